@@ -7,6 +7,7 @@ across processes and versions of Python: it is the identity used to deduplicate 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ class Candidate:
             raise InvalidCandidate("timesteps: empty schedule")
         if any(t < 0 for t in ts):
             raise InvalidCandidate(f"timesteps: negative timestep in {list(ts)}")
-        if any(a <= b for a, b in zip(ts, ts[1:], strict=False)):
+        if any(a <= b for a, b in itertools.pairwise(ts)):
             raise InvalidCandidate(f"timesteps: not strictly descending: {list(ts)}")
         wb = tuple(sorted((str(s), int(b)) for s, b in self.weight_bits))
         ab = tuple(sorted((str(s), int(b)) for s, b in self.act_bits))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
 from search.candidate import Candidate
@@ -43,8 +42,9 @@ class CostModel:
     fp_params: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "macs", MappingProxyType(dict(self.macs)))
-        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+        # Private copies (plain dicts, so the model pickles for Ray); treat them as read-only.
+        object.__setattr__(self, "macs", {str(k): int(v) for k, v in self.macs.items()})
+        object.__setattr__(self, "params", {str(k): int(v) for k, v in self.params.items()})
 
     @property
     def sites(self) -> tuple[str, ...]:
