@@ -1,0 +1,257 @@
+"""The ``tmpq`` command line: a thin face over the library.
+
+Exit codes: 0 ok, 1 the command failed, 2 bad usage or bad input (one line on stderr naming the field).
+Heavy modules (torch, ray, fastapi) are imported inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from search.errors import ConfigError, InvalidCandidate, ModelLoadError, ScheduleError, TmpqError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+USAGE_ERRORS = (ConfigError, ModelLoadError, ScheduleError, InvalidCandidate)
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _cmd_zoo_train_digits(args: argparse.Namespace) -> int:
+    from supernet.zoo.testbed import TrainSettings, train_digits_ddpm
+
+    start = time.perf_counter()
+    out = train_digits_ddpm(args.out, TrainSettings(steps=args.steps, seed=args.seed, threads=args.threads))
+    print(f"trained the digits DDPM in {time.perf_counter() - start:.0f} s -> {out}")
+    return EXIT_OK
+
+
+def _cmd_zoo_train_features(args: argparse.Namespace) -> int:
+    from supernet.zoo.features import FeatureTrainSettings, train_features
+
+    out, acc = train_features(args.out, FeatureTrainSettings(seed=args.seed))
+    print(f"trained the digits classifier: test accuracy {acc:.4f} -> {out}")
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from supernet.images import save_grid
+    from supernet.metrics import FDDScorer, psnr
+    from supernet.sampling import uniform_schedule
+    from supernet.zoo.loader import load_model
+
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    sampler = model.sampler(batch_size=64)
+    scorer = FDDScorer.for_testbed()
+    print(
+        f"model {model.path} (hash {model.model_hash}), {sum(p.numel() for p in model.unet.parameters()):,} "
+        f"parameters, T={model.num_train_timesteps}"
+    )
+    results = {}
+    for steps in (100, 10):
+        start = time.perf_counter()
+        images = sampler.sample(uniform_schedule(steps, model.num_train_timesteps), args.samples, seed=args.seed)
+        results[steps] = images
+        print(
+            f"DDIM {steps:>3} steps: {args.samples} samples in {time.perf_counter() - start:5.1f} s, "
+            f"FDD {scorer.score(images):7.2f}"
+        )
+    print(f"PSNR of 10 steps vs 100 steps (same noise): {psnr(results[10], results[100]):.2f} dB")
+    out = Path(args.out)
+    for steps, images in results.items():
+        path = save_grid(images[:64], out / f"samples_{steps}_steps.png", ncol=8)
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
+def _print_front(rows: Sequence, knee: str | None, quality: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Pareto front ({len(rows)} points; quality = {quality}, lower is better)")
+    for col in ("", "K", "timesteps", "bits", quality, "PSNR dB", "FDD@rescore", "GBitOps", "rel. cost"):
+        table.add_column(col, justify="right" if col not in ("timesteps", "bits") else "left")
+    for r in rows:
+        ts = ",".join(str(t) for t in r.timesteps)
+        fdd = r.extra.get("fdd_rescored")
+        psnr_db = r.extra.get("psnr")
+        table.add_row(
+            "knee" if r.key == knee else "",
+            str(len(r.timesteps)),
+            ts if len(ts) < 40 else ts[:37] + "...",
+            r.bits,
+            f"{r.quality:.4g}",
+            f"{psnr_db:.1f}" if psnr_db is not None else "-",
+            f"{fdd:.1f}" if fdd is not None else "-",
+            f"{r.bitops / 1e9:.2f}",
+            f"{r.relative_cost:.3f}",
+        )
+    Console().print(table)
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from search.runner import resolve_budget
+    from search.spec import SearchSpec
+    from workers.driver import DriverOptions, run_job
+    from workers.local import FRONT_FILE, PLOT_FILE, DirectorySink
+    from workers.report import front_rows, knee_key, plot_search, write_front_json
+
+    torch.set_num_threads(args.threads)
+    spec = SearchSpec.from_yaml(args.config)
+    out = Path(args.out or spec.output or "out/search")
+    if out.exists() and any(out.iterdir()) and not args.resume:
+        raise ConfigError("--out", f"{out} is not empty (use --resume to continue the search stored there)")
+    prepared = {}
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+    ) as progress:
+        task = progress.add_task("calibrating / loading the supernet", total=spec.generations, info="")
+
+        def on_progress(record: Any) -> None:
+            progress.update(
+                task,
+                completed=record.generation + 1,
+                description="searching",
+                info=f"evaluated {record.evaluated}, failed {record.failed}, HV {record.hypervolume:.4f}",
+            )
+
+        sink = DirectorySink(out, on_progress)
+        resume = sink.resume_state() if args.resume else None
+        result = run_job(
+            spec,
+            sink,
+            resume,
+            options=DriverOptions(evaluator=args.evaluator),
+            on_prepared=lambda job: prepared.setdefault("job", job),
+        )
+    job = prepared["job"]
+    fp = job.cost_model.uniform_cost(32, 32, max(spec.steps)).bitops
+    candidates = {**sink.candidates, **dict(result.candidates)}
+    rows = front_rows(result.front, candidates, fp)
+    knee = knee_key(result.front)
+    budget = resolve_budget(spec.budget, job.cost_model, job.space, spec.algorithm)
+    write_front_json(
+        out / FRONT_FILE,
+        rows,
+        knee_key=knee,
+        meta={
+            "spec": spec.to_dict(),
+            "evaluated": result.evaluated,
+            "failed": result.failed,
+            "generations": result.generations,
+            "stopped": result.stopped,
+            "hypervolumes": list(result.hypervolumes),
+            "supernet": str(job.supernet_path),
+        },
+    )
+    plot_search(
+        out / PLOT_FILE,
+        list(sink.evaluations.values()),
+        result.front,
+        candidates,
+        job.baselines(),
+        quality=spec.objective,
+        budget=budget,
+        title=f"{Path(spec.model).name}: {spec.algorithm}",
+    )
+    _print_front(rows, knee, spec.objective)
+    print(
+        f"{result.evaluated} candidates evaluated ({result.failed} failed) over {result.generations} generations; "
+        f"wrote {out / FRONT_FILE}, {out / 'candidates.jsonl'}, {out / PLOT_FILE}"
+    )
+    return EXIT_OK
+
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="run a search locally (no server) and write its front, candidates and plot")
+    p.add_argument("--config", required=True, help="the job spec (YAML)")
+    p.add_argument("--out", help="output directory (default: the spec's output, else out/search)")
+    p.add_argument("--resume", action="store_true", help="continue the search stored in --out")
+    p.add_argument(
+        "--evaluator",
+        choices=("inprocess", "ray"),
+        default=None,
+        help="where candidates are evaluated (default: ray if the spec has a ray section)",
+    )
+    p.add_argument("--threads", type=int, default=2, help="torch threads for in-process evaluation")
+    p.set_defaults(handler=_cmd_search)
+
+
+def _add_zoo(sub: argparse._SubParsersAction) -> None:
+    zoo = sub.add_parser("zoo", help="train the shipped testbed models")
+    zsub = zoo.add_subparsers(dest="zoo_cmd", required=True, metavar="COMMAND")
+    p = zsub.add_parser("train-digits", help="train the digits DDPM (models/digits-ddpm-16)")
+    p.add_argument("--out", default="models/digits-ddpm-16")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(handler=_cmd_zoo_train_digits)
+    p = zsub.add_parser("train-features", help="train the digits classifier (models/digits-features)")
+    p.add_argument("--out", default="models/digits-features")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_cmd_zoo_train_features)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from supernet.zoo.testbed import TESTBED_DIR
+
+    p = sub.add_parser("demo", help="sample the shipped model and score it")
+    p.add_argument("--model", default=str(TESTBED_DIR))
+    p.add_argument("--samples", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="out/demo")
+    p.set_defaults(handler=_cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="tmpq", description="Joint timestep + mixed-precision search for quantized diffusion models."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_zoo(sub)
+    _add_demo(sub)
+    _add_search(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tmpq`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.handler(args)
+    except USAGE_ERRORS as exc:
+        print(f"tmpq: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except TmpqError as exc:
+        print(f"tmpq: failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("tmpq: interrupted", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

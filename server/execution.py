@@ -1,0 +1,36 @@
+"""The runner's one call into the search: :func:`execute_job`.
+
+It imports :mod:`workers.driver` lazily (the driver imports torch and ray; the server never does at module level).
+The protocol between the two is documented in :mod:`server.protocol`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from search.errors import TmpqError
+
+if TYPE_CHECKING:
+    from search.spec import SearchSpec
+    from server.protocol import JobSink, ResumeState
+
+#: The signature of :func:`execute_job` (a runner may be given another one, e.g. in tests).
+ExecuteFn = Callable[["SearchSpec", "JobSink", "ResumeState | None"], None]
+
+
+class DriverUnavailable(TmpqError):
+    """``workers.driver`` cannot be imported (not installed, or a dependency is missing)."""
+
+
+def execute_job(spec: SearchSpec, sink: JobSink, resume: ResumeState | None) -> None:
+    """Run one job to its end with ``workers.driver.run_job(spec, sink, resume)``.
+
+    Returns when the search finished; raises :class:`~server.protocol.JobInterrupted` when the sink stopped it, and
+    anything else when it failed.
+    """
+    try:
+        from workers.driver import run_job
+    except ImportError as exc:
+        raise DriverUnavailable(f"the search driver cannot be imported: {exc}") from exc
+    run_job(spec, sink, resume)

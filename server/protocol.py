@@ -1,0 +1,137 @@
+"""What the job runner hands the search driver, and what the driver hands back.
+
+The runner calls ``workers.driver.run_job(spec, sink, resume)`` (through :func:`server.execution.execute_job`):
+
+- ``spec``: the job's validated :class:`~search.spec.SearchSpec`.
+- ``sink``: a :class:`JobSink`. After each generation the driver calls ``sink.on_generation(record)`` with a
+  :class:`GenerationRecord`; the sink stores it (one transaction: candidates, objective values, front flags,
+  hypervolume, checkpoint) and only then returns. If the job was cancelled, lost its lease, or the runner is
+  shutting down, ``on_generation`` raises a :class:`JobInterrupted` subclass *after* the generation was stored;
+  the driver must let it propagate (clean up in ``finally``, never swallow it; a swallowed one is re-raised by the
+  runner when ``run_job`` returns). The driver may also call ``sink.raise_if_interrupted()`` at any other point
+  (e.g. between evaluation batches), and ``sink.on_rescored(evaluations)`` after the search to add metrics of
+  already reported candidates (the final front's FDD at ``rescore_samples``).
+- ``resume``: ``None`` for a fresh job, else a :class:`ResumeState`: the job ran before (its runner died or was
+  stopped) and ``resume.last_generation`` was the last generation stored. The driver continues from
+  ``resume.checkpoint`` (bytes it produced itself) with ``resume.known`` as already-evaluated candidates, so
+  nothing is evaluated twice. Re-recording a generation that is already stored is harmless (an upsert).
+
+``run_job`` returning normally means the job SUCCEEDED; any other exception FAILS it with
+``"<ExceptionType>: <message>"`` as the reason.
+
+This module imports nothing heavy (no torch, no ray, no database): drivers may import it freely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from search.candidate import Candidate
+from search.errors import TmpqError
+from search.evaluator import Evaluation
+
+
+class JobInterrupted(TmpqError):
+    """The job must stop now; raised by the sink. The driver lets it propagate to the runner."""
+
+
+class JobCancelled(JobInterrupted):
+    """The user cancelled the job; the runner marks it CANCELLED."""
+
+
+class LeaseLost(JobInterrupted):
+    """Another runner took the job over (this runner's lease expired); this runner drops it silently."""
+
+
+class RunnerStopping(JobInterrupted):
+    """This runner is shutting down; the job goes back to PENDING and is resumed from its last generation."""
+
+
+@dataclass(frozen=True)
+class GenerationRecord:
+    """One generation's results, as the driver reports them.
+
+    Attributes:
+        generation: index of the generation, from 0.
+        evaluations: the evaluations first made in this generation (failed ones included).
+        candidates: the candidate of every key in ``evaluations`` (extra entries are ignored).
+        front_keys: keys of the current Pareto front of the whole job (feasible, non-dominated); each must be an
+            evaluation of this record or of an earlier stored generation.
+        hypervolume: hypervolume of that front (the job's fixed normalisation).
+        evaluated: evaluations so far for the whole job; ``None``: counted by the store.
+        failed: failed evaluations so far; ``None``: counted by the store.
+        checkpoint: opaque bytes from which the driver can resume *after* this generation; stored with it.
+    """
+
+    generation: int
+    evaluations: Sequence[Evaluation]
+    candidates: Mapping[str, Candidate]
+    front_keys: Sequence[str]
+    hypervolume: float
+    evaluated: int | None = None
+    failed: int | None = None
+    checkpoint: bytes | None = None
+
+    @classmethod
+    def from_result(cls, result: Any, checkpoint: bytes | None = None) -> GenerationRecord:
+        """From a :class:`search.runner.GenerationResult` (duck-typed: this module does not import the runner)."""
+        return cls(
+            generation=int(result.generation),
+            evaluations=tuple(result.evaluations),
+            candidates=dict(result.candidates),
+            front_keys=tuple(e.key for e in result.front),
+            hypervolume=float(result.hypervolume),
+            evaluated=int(result.evaluated),
+            failed=int(result.failed),
+            checkpoint=checkpoint,
+        )
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """What the store holds of a job that ran before.
+
+    Attributes:
+        last_generation: the last stored generation (the driver continues with ``last_generation + 1``).
+        checkpoint: the bytes stored with generation ``checkpoint_generation`` (``None`` if the driver never gave
+            any; then it must rebuild its state from ``known``).
+        checkpoint_generation: the generation the checkpoint was stored with (normally ``last_generation``).
+        known: every stored (candidate, evaluation) of the job, in the order they were first stored.
+        hypervolumes: the stored hypervolume history, index = generation (missing generations are NaN).
+    """
+
+    last_generation: int
+    checkpoint: bytes | None
+    checkpoint_generation: int | None
+    known: tuple[tuple[Candidate, Evaluation], ...] = ()
+    hypervolumes: tuple[float, ...] = field(default_factory=tuple)
+
+    @property
+    def next_generation(self) -> int:
+        """The generation the driver runs next."""
+        return self.last_generation + 1
+
+
+@runtime_checkable
+class JobSink(Protocol):
+    """Where the driver reports a job's generations (implemented by :class:`server.runner.StoreJobSink`)."""
+
+    @property
+    def job_id(self) -> int:
+        """The job's id in the store (for logging and artefact names)."""
+        ...
+
+    def on_generation(self, record: GenerationRecord) -> None:
+        """Store the generation atomically, then raise a :class:`JobInterrupted` if the job must stop."""
+        ...
+
+    def on_rescored(self, evaluations: Sequence[Evaluation]) -> None:
+        """Store extra metrics of already reported candidates (e.g. the final front re-scored with more samples:
+        the evaluations' ``extra``; their quality and BitOps are not changed), then raise like ``on_generation``."""
+        ...
+
+    def raise_if_interrupted(self) -> None:
+        """Raise a :class:`JobInterrupted` if the job was cancelled, lost or its runner is stopping."""
+        ...

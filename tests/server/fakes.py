@@ -1,0 +1,143 @@
+"""A small deterministic search driver with the ``workers.driver.run_job`` signature, for the runner tests.
+
+It records generations of fake evaluations through the real :class:`~server.protocol.JobSink`, resumes from a
+:class:`~server.protocol.ResumeState` exactly like a real driver must (same result as an uninterrupted run), and
+can run inside a real runner process::
+
+    python -m tests.server.fakes runner --url sqlite:///x.db --log runs.log --delay 0.05 --lease 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+from search.candidate import Candidate
+from search.evaluator import Evaluation
+from search.pareto import pareto_front
+from search.spec import SearchSpec
+from server.protocol import GenerationRecord, JobSink, ResumeState
+
+SITES = ("down.0.conv", "mid.attn.qk", "up.1.conv")
+
+
+def fake_candidate(seed: int, generation: int, index: int) -> Candidate:
+    """A deterministic candidate (the same for the same arguments, in every process)."""
+    rng = random.Random(f"{seed}:{generation}:{index}")
+    steps = rng.choice([4, 6, 8, 10])
+    timesteps = sorted(rng.sample(range(100), steps), reverse=True)
+    return Candidate.from_maps(
+        timesteps, {s: rng.choice([4, 6, 8]) for s in SITES}, {s: rng.choice([4, 6, 8]) for s in SITES}
+    )
+
+
+def fake_evaluation(candidate: Candidate) -> Evaluation:
+    """Quality falls with bits and steps; BitOps rise with them; about one in eight fails."""
+    w, a = candidate.w_map(), candidate.a_map()
+    bitops = float(sum(w[s] * a[s] for s in SITES) * candidate.steps * 1e6)
+    weight_bytes = float(sum(w.values()) * 1000 / 8)
+    if int(candidate.key(), 16) % 8 == 0:
+        return Evaluation.failure(candidate.key(), "fake evaluation failure", bitops, weight_bytes)
+    quality = 10.0 / (sum(w.values()) + sum(a.values())) + 1.0 / candidate.steps
+    return Evaluation(
+        candidate.key(), quality, bitops, weight_bytes, {"fdd": 100 * quality, "psnr": 40 - quality, "device": "fake"}
+    )
+
+
+def run_fake_job(
+    spec: SearchSpec,
+    sink: JobSink,
+    resume: ResumeState | None,
+    *,
+    delay: float = 0.0,
+    log: Path | None = None,
+    fail_at: int | None = None,
+) -> None:
+    """Run ``spec.generations`` generations of ``spec.population`` fake candidates through ``sink``."""
+    known: dict[str, tuple[Candidate, Evaluation]] = {}
+    start = 0
+    if resume is not None:
+        known = {c.key(): (c, e) for c, e in resume.known}
+        start = json.loads(resume.checkpoint)["next"] if resume.checkpoint is not None else resume.next_generation
+    if log is not None:
+        with open(log, "a") as fh:
+            fh.write(f"{sink.job_id} {os.getpid()} {start}\n")
+    for generation in range(start, spec.generations):
+        sink.raise_if_interrupted()
+        if fail_at is not None and generation == fail_at:
+            raise ValueError(f"boom at generation {generation}")
+        new: dict[str, tuple[Candidate, Evaluation]] = {}
+        for index in range(spec.population):
+            candidate = fake_candidate(spec.seed, generation, index)
+            if candidate.key() not in known and candidate.key() not in new:
+                new[candidate.key()] = (candidate, fake_evaluation(candidate))
+        known.update(new)
+        front = pareto_front(e for _, e in known.values())
+        hv = sum(1.0 / (e.quality * math.log10(e.bitops)) for e in front)
+        if delay:
+            time.sleep(delay)
+        sink.on_generation(
+            GenerationRecord(
+                generation=generation,
+                evaluations=[e for _, e in new.values()],
+                candidates={k: c for k, (c, _) in new.items()},
+                front_keys=[e.key for e in front],
+                hypervolume=hv,
+                checkpoint=json.dumps({"next": generation + 1}).encode(),
+            )
+        )
+    front = pareto_front(e for _, e in known.values())
+    if spec.rescore_samples and front:  # as the real driver does: re-score the final front
+        sink.on_rescored(
+            [
+                replace(e, extra={**e.extra, "fdd_rescored": 2 * e.extra["fdd"], "fdd_rescored_samples": 99})
+                for e in front
+            ]
+        )
+
+
+def main() -> None:
+    """A real runner process (``runner``) or a real ``tmpq serve`` process (``serve``: uvicorn, API + runner) around
+    :func:`run_fake_job`; both stop on SIGTERM."""
+    from server.settings import Settings
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["runner", "serve"])
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--log", type=Path, required=True)
+    parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--lease", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--model-root", type=Path, default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    settings = Settings(
+        database_url=args.url,
+        lease_seconds=args.lease,
+        runner_concurrency=args.concurrency,
+        poll_seconds=0.05,
+        port=args.port,
+        **({"model_root": args.model_root} if args.model_root else {}),
+    )
+    execute = partial(run_fake_job, delay=args.delay, log=args.log)
+    if args.mode == "runner":
+        from server.runner import run_forever
+
+        run_forever(settings, execute=execute)
+        return
+    from server.app import serve
+
+    serve(settings, execute=execute, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
