@@ -5,7 +5,7 @@
 - :mod:`server.app`: ``create_app(settings)`` (FastAPI, all routes under ``/api/v1``) and ``serve(settings)``
   (``tmpq serve``: uvicorn with a job runner in the same process).
 - :mod:`server.runner`: ``JobRunner`` and ``run_forever(settings)`` (``tmpq runner``).
-- :mod:`server.protocol`: what the runner hands ``workers.driver.run_job(spec, sink, resume)``: ``JobSink``,
+- :mod:`workers.protocol`: what the runner hands ``workers.driver.run_job(spec, sink, resume)``: ``JobSink``,
   ``GenerationRecord``, ``ResumeState`` and the ``JobInterrupted`` exceptions.
 - :mod:`server.execution`: ``execute_job``, the runner's one (lazy) call into ``workers.driver``.
 """

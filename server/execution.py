@@ -1,7 +1,7 @@
 """The runner's one call into the search: :func:`execute_job`.
 
 It imports :mod:`workers.driver` lazily (the driver imports torch and ray; the server never does at module level).
-The protocol between the two is documented in :mod:`server.protocol`.
+The protocol between the two is documented in :mod:`workers.protocol`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from search.errors import TmpqError
 
 if TYPE_CHECKING:
     from search.spec import SearchSpec
-    from server.protocol import JobSink, ResumeState
+    from workers.protocol import JobSink, ResumeState
 
 #: The signature of :func:`execute_job` (a runner may be given another one, e.g. in tests).
 ExecuteFn = Callable[["SearchSpec", "JobSink", "ResumeState | None"], None]
@@ -26,7 +26,7 @@ class DriverUnavailable(TmpqError):
 def execute_job(spec: SearchSpec, sink: JobSink, resume: ResumeState | None) -> None:
     """Run one job to its end with ``workers.driver.run_job(spec, sink, resume)``.
 
-    Returns when the search finished; raises :class:`~server.protocol.JobInterrupted` when the sink stopped it, and
+    Returns when the search finished; raises :class:`~workers.protocol.JobInterrupted` when the sink stopped it, and
     anything else when it failed.
     """
     try:

@@ -4,10 +4,10 @@
   runners, in any number of processes, never take the same job.
 - Each claim is a lease (owner id + expiry). A heartbeat thread renews the leases of the jobs a runner holds every
   third of ``lease_seconds``; a runner that dies stops renewing, and once the lease has expired another runner
-  takes the job over and resumes it from its last stored generation (:class:`~server.protocol.ResumeState`).
+  takes the job over and resumes it from its last stored generation (:class:`~workers.protocol.ResumeState`).
 - Up to ``runner_concurrency`` jobs run at once, each in its own thread, through ``execute`` (by default
   :func:`server.execution.execute_job`, which lazily imports ``workers.driver``).
-- Cancellation is honoured between generations: the sink raises :class:`~server.protocol.JobCancelled` after
+- Cancellation is honoured between generations: the sink raises :class:`~workers.protocol.JobCancelled` after
   storing a generation of a job whose cancel flag is set.
 - Stopping a runner (:meth:`JobRunner.stop`, SIGTERM in :func:`run_forever`) interrupts its jobs after their
   current generation and puts them back to PENDING, so another runner resumes them without waiting for the lease.
@@ -30,7 +30,7 @@ from search.errors import InvalidCandidate, StoreError, TmpqError
 from search.evaluator import Evaluation
 from server.execution import ExecuteFn, execute_job
 from server.models import JobState
-from server.protocol import (
+from workers.protocol import (
     GenerationRecord,
     JobCancelled,
     JobInterrupted,
@@ -65,7 +65,7 @@ class _JobControl:
 
 
 class StoreJobSink:
-    """The :class:`~server.protocol.JobSink` a runner hands the driver: stores generations under its lease."""
+    """The :class:`~workers.protocol.JobSink` a runner hands the driver: stores generations under its lease."""
 
     def __init__(self, store: Store, job_id: int, owner: str, control: _JobControl | None = None) -> None:
         self._store = store

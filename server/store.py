@@ -39,7 +39,7 @@ from server.models import (
     ObjectiveValueModel,
     utcnow,
 )
-from server.protocol import LeaseLost, ResumeState
+from workers.protocol import LeaseLost, ResumeState
 from server.records import CandidatePage, CandidateRecord, FrontRecord, HypervolumePoint, JobPage, JobRecord
 
 if TYPE_CHECKING:

@@ -6,6 +6,7 @@ seed and is drawn for all samples at once, so results do not depend on the batch
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ def validate_schedule(timesteps: Sequence[int], num_train_timesteps: int) -> lis
     bad = [t for t in ts if not 0 <= t < num_train_timesteps]
     if bad:
         raise ScheduleError(f"timesteps {bad[:5]} are outside [0, {num_train_timesteps})")
-    for a, b in zip(ts, ts[1:], strict=False):
+    for a, b in itertools.pairwise(ts):
         if a <= b:
             raise ScheduleError(f"schedule is not strictly descending at {a} -> {b}")
     return ts
@@ -86,11 +87,11 @@ class DDIMSampler:
         return self.denoise(noise, ts, hook)
 
     @torch.no_grad()
-    def denoise(self, x_T: torch.Tensor, timesteps: Sequence[int], hook: StepHook | None = None) -> torch.Tensor:
+    def denoise(self, noise: torch.Tensor, timesteps: Sequence[int], hook: StepHook | None = None) -> torch.Tensor:
         """Run the schedule from the given starting noise; batches of ``batch_size``."""
         ts = validate_schedule(timesteps, self.num_train_timesteps)
-        out = [self._denoise_batch(chunk, ts, hook) for chunk in torch.split(x_T, self.batch_size)]
-        return torch.cat(out) if out else x_T.new_zeros((0, *x_T.shape[1:]))
+        out = [self._denoise_batch(chunk, ts, hook) for chunk in torch.split(noise, self.batch_size)]
+        return torch.cat(out) if out else noise.new_zeros((0, *noise.shape[1:]))
 
     def _denoise_batch(self, x: torch.Tensor, ts: list[int], hook: StepHook | None) -> torch.Tensor:
         dev = self.device()

@@ -22,5 +22,5 @@ def load_digits_tensor(size: int = IMAGE_SIZE) -> tuple[torch.Tensor, torch.Tens
 def split_indices(n: int, seed: int = 0, test_fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
     """A fixed train/test split of ``n`` items."""
     perm = np.random.default_rng(seed).permutation(n)
-    n_test = int(round(n * test_fraction))
+    n_test = round(n * test_fraction)
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])

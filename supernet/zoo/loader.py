@@ -37,7 +37,7 @@ class DiffusionModel:
     def num_train_timesteps(self) -> int:
         return int(self.alphas_cumprod.shape[0])
 
-    def sampler(self, batch_size: int = 64):  # noqa: ANN201 - avoids an import cycle in the annotation
+    def sampler(self, batch_size: int = 64):
         """A :class:`~supernet.sampling.DDIMSampler` over this model's UNet."""
         from supernet.sampling import DDIMSampler
 
@@ -77,9 +77,11 @@ def inspect_model_dir(path: str | Path) -> tuple[Path, dict, dict]:
     sched_cfg = _read_json(root / "scheduler" / "scheduler_config.json", "scheduler/scheduler_config.json", root)
     sched_class = sched_cfg.get("_class_name", "")
     if sched_class not in SUPPORTED_SCHEDULERS:
-        raise ModelLoadError(root, f"unsupported scheduler {sched_class!r} (supported: {', '.join(SUPPORTED_SCHEDULERS)})")
+        supported = ", ".join(SUPPORTED_SCHEDULERS)
+        raise ModelLoadError(root, f"unsupported scheduler {sched_class!r} (supported: {supported})")
     if sched_cfg.get("prediction_type", "epsilon") != "epsilon":
-        raise ModelLoadError(root, f"prediction_type {sched_cfg.get('prediction_type')!r} is not supported (epsilon only)")
+        kind = sched_cfg.get("prediction_type")
+        raise ModelLoadError(root, f"prediction_type {kind!r} is not supported (epsilon only)")
     if not list((root / "unet").glob("*.safetensors")):
         raise ModelLoadError(root, "unet/ has no .safetensors weights (only safetensors are loaded)")
     return root, unet_cfg, sched_cfg

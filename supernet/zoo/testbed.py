@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 TESTBED_DIR = Path(__file__).resolve().parents[2] / "models" / "digits-ddpm-16"
 
 
-def testbed_unet(seed: int = 0):  # noqa: ANN201 - diffusers type imported lazily
+def testbed_unet(seed: int = 0):
     """The testbed architecture with freshly initialised weights (deterministic from ``seed``)."""
     from diffusers import UNet2DModel
 
@@ -40,7 +40,7 @@ def testbed_unet(seed: int = 0):  # noqa: ANN201 - diffusers type imported lazil
     )
 
 
-def testbed_scheduler():  # noqa: ANN201
+def testbed_scheduler():
     """The 1000-step linear-beta DDPM training scheduler."""
     from diffusers import DDPMScheduler
 
@@ -89,9 +89,9 @@ def train_digits_ddpm(out_dir: str | Path = TESTBED_DIR, settings: TrainSettings
         opt.step()
         lr_sched.step()
         if progress is not None:
-            progress(step + 1, float(loss))
+            progress(step + 1, loss.item())
         if (step + 1) % 100 == 0:
-            log.info("step %d/%d loss %.4f (%.0f s)", step + 1, settings.steps, float(loss),
+            log.info("step %d/%d loss %.4f (%.0f s)", step + 1, settings.steps, loss.item(),
                      time.perf_counter() - start)
     unet.eval()
     out = Path(out_dir)

@@ -1,0 +1,87 @@
+"""Quality metrics: FDD (Fréchet distance in a digits classifier's feature space) and FP-reference MSE/PSNR.
+
+FDD needs ~1,000 samples to be stable (see DESIGN.md §6); the FP-reference MSE with fixed noise is the cheap,
+low-variance search objective and works for any model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+#: Images live in [-1, 1]: the data range for PSNR is 2.
+DATA_RANGE = 2.0
+
+
+def mse(images: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean squared error between two image batches of the same shape."""
+    if images.shape != reference.shape:
+        raise ValueError(f"shape mismatch: {tuple(images.shape)} vs {tuple(reference.shape)}")
+    return float(torch.mean((images.double() - reference.double()) ** 2))
+
+
+def psnr(images: torch.Tensor, reference: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB for images in [-1, 1] (``inf`` when identical)."""
+    err = mse(images, reference)
+    return math.inf if err == 0.0 else 10.0 * math.log10(DATA_RANGE**2 / err)
+
+
+def _sqrtm_psd(mat: np.ndarray) -> np.ndarray:
+    vals, vecs = np.linalg.eigh((mat + mat.T) / 2.0)
+    return (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
+
+
+def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets ``(N, D)``.
+
+    ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2)``, computed with symmetric square roots
+    (numerically stable, no complex parts).
+    """
+    a = np.asarray(feats_a, dtype=np.float64)
+    b = np.asarray(feats_b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature sets must be (N, D) with equal D, got {a.shape} and {b.shape}")
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("need at least two samples per set")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root_a = _sqrtm_psd(cov_a)
+    cross = _sqrtm_psd(root_a @ cov_b @ root_a)
+    value = float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(cross))
+    return max(value, 0.0)
+
+
+@dataclass
+class FDDScorer:
+    """Scores generated digits against the real ones in the classifier's feature space."""
+
+    extractor: nn.Module
+    real_features: np.ndarray
+    batch_size: int = 256
+
+    @classmethod
+    def for_testbed(cls, features_dir: str | Path | None = None) -> FDDScorer:
+        """The shipped classifier, with all 1,797 real digits as the reference set."""
+        from supernet.zoo.digits import load_digits_tensor
+        from supernet.zoo.features import FEATURES_DIR, load_features
+
+        extractor = load_features(features_dir or FEATURES_DIR)
+        real, _ = load_digits_tensor()
+        scorer = cls(extractor, np.empty((0, 0)))
+        scorer.real_features = scorer.features(real)
+        return scorer
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> np.ndarray:
+        """Feature vectors of images in [-1, 1], ``(N, D)``."""
+        parts = [self.extractor.features(chunk.float()).numpy() for chunk in images.split(self.batch_size)]
+        return np.concatenate(parts).astype(np.float64)
+
+    def score(self, images: torch.Tensor) -> float:
+        """FDD of ``images`` against the real digits (lower is better)."""
+        return frechet_distance(self.features(images), self.real_features)
