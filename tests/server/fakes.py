@@ -1,7 +1,7 @@
 """A small deterministic search driver with the ``workers.driver.run_job`` signature, for the runner tests.
 
-It records generations of fake evaluations through the real :class:`~server.protocol.JobSink`, resumes from a
-:class:`~server.protocol.ResumeState` exactly like a real driver must (same result as an uninterrupted run), and
+It records generations of fake evaluations through the real :class:`~workers.protocol.JobSink`, resumes from a
+:class:`~workers.protocol.ResumeState` exactly like a real driver must (same result as an uninterrupted run), and
 can run inside a real runner process::
 
     python -m tests.server.fakes runner --url sqlite:///x.db --log runs.log --delay 0.05 --lease 5
@@ -24,7 +24,7 @@ from search.candidate import Candidate
 from search.evaluator import Evaluation
 from search.pareto import pareto_front
 from search.spec import SearchSpec
-from server.protocol import GenerationRecord, JobSink, ResumeState
+from workers.protocol import GenerationRecord, JobSink, ResumeState
 
 SITES = ("down.0.conv", "mid.attn.qk", "up.1.conv")
 

@@ -21,7 +21,7 @@ from sqlalchemy import update
 
 from search.spec import SearchSpec
 from server.models import JobModel, JobState
-from server.protocol import GenerationRecord, JobSink, LeaseLost, ResumeState
+from workers.protocol import GenerationRecord, JobSink, LeaseLost, ResumeState
 from server.runner import JobRunner, StoreJobSink
 from server.settings import Settings
 from server.store import Store
@@ -345,7 +345,7 @@ def test_serve_runs_api_and_runner_in_one_uvicorn_process(tmp_path: Path, model_
 def test_server_never_imports_torch_or_ray() -> None:
     code = (
         "import sys\n"
-        "import server.app, server.runner, server.store, server.execution, server.protocol, server.settings\n"
+        "import server.app, server.runner, server.store, server.execution, workers.protocol, server.settings\n"
         "import server.api.routes.jobs, server.api.routes.front, server.modelcheck, server.submission\n"
         "heavy = sorted(m for m in ('torch', 'ray', 'diffusers', 'pymoo') if m in sys.modules)\n"
         "assert not heavy, heavy\n"

@@ -16,7 +16,7 @@ from search.errors import ConfigError, Conflict, InvalidCandidate, NotFound, Sto
 from search.evaluator import Evaluation
 from search.pareto import pareto_front
 from server.models import CandidateModel, HypervolumeModel, JobModel, JobState, ObjectiveValueModel
-from server.protocol import LeaseLost
+from workers.protocol import LeaseLost
 from server.store import Store
 from tests.server.fakes import fake_candidate, fake_evaluation
 
