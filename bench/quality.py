@@ -5,6 +5,14 @@ Prints one JSON object as its last line. ``--quick``: one seed, 512 samples, und
 
 from __future__ import annotations
 
+import os
+import sys
+
+# Run as a script, Python puts bench/ first on sys.path, where benchmark names (supernet.py, search.py) shadow the
+# packages they measure: drop it.
+_HERE = os.path.dirname(os.path.realpath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE]
+
 import argparse
 import json
 import statistics

@@ -10,7 +10,8 @@ from fastapi import FastAPI
 
 from server.api.errors import install_error_handlers
 from server.api.front_cache import FrontCache
-from server.api.routes import candidates, front, hypervolume, jobs, meta
+from server.api.routes import candidates, front, hypervolume, jobs, meta, plots, web
+from server.baselines import TrainTimesteps
 from server.execution import ExecuteFn
 from server.runner import JobRunner
 from server.settings import Settings
@@ -27,7 +28,7 @@ def create_app(
     run_runner: bool = False,
     execute: ExecuteFn | None = None,
 ) -> FastAPI:
-    """The API app; every route under ``/api/v1``, OpenAPI docs at ``/docs``.
+    """The API app; every route under ``/api/v1``, OpenAPI docs at ``/docs``, the web page at ``/``.
 
     Args:
         settings: configuration (default: ``Settings()`` from the environment).
@@ -66,10 +67,12 @@ def create_app(
     app.state.settings = settings
     app.state.store = store
     app.state.runner = None
-    app.state.front_cache = FrontCache(store)
+    app.state.train_timesteps = TrainTimesteps(store, settings.model_root)
+    app.state.front_cache = FrontCache(store, train_timesteps=app.state.train_timesteps)
     install_error_handlers(app)
-    for module in (jobs, front, candidates, hypervolume, meta):
+    for module in (jobs, front, candidates, hypervolume, plots, meta):
         app.include_router(module.router, prefix=API_PREFIX)
+    web.install(app)
     return app
 
 

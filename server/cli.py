@@ -192,6 +192,52 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_search)
 
 
+def _settings(args: argparse.Namespace) -> Any:
+    """``Settings`` from the environment, overridden by the flags that were given."""
+    from server.settings import Settings
+
+    overrides = {k: v for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None)),
+                                   ("database_url", getattr(args, "database_url", None)),
+                                   ("ray_address", getattr(args, "ray_address", None)),
+                                   ("runner_concurrency", getattr(args, "concurrency", None))) if v is not None}
+    try:
+        return Settings(**overrides)
+    except ValueError as exc:  # pydantic's ValidationError
+        raise ConfigError("settings", str(exc).splitlines()[0]) from None
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from server.app import serve
+
+    serve(_settings(args), run_runner=not args.no_runner, log_level="debug" if args.verbose else "info")
+    return EXIT_OK
+
+
+def _cmd_runner(args: argparse.Namespace) -> int:
+    from server.runner import run_forever
+
+    run_forever(_settings(args))
+    return EXIT_OK
+
+
+def _add_server_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--database-url", help="SQLAlchemy URL (default: $TMPQ_DATABASE_URL, else SQLite in the data dir)")
+    p.add_argument("--ray-address", help="Ray cluster for jobs that name none (default: $TMPQ_RAY_ADDRESS, else local)")
+    p.add_argument("--concurrency", type=int, help="jobs a runner runs at once ($TMPQ_RUNNER_CONCURRENCY)")
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="start the REST API (and a job runner, unless --no-runner)")
+    p.add_argument("--host", help="listen address (default: $TMPQ_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (default: $TMPQ_PORT or 8000)")
+    p.add_argument("--no-runner", action="store_true", help="serve the API only (run `tmpq runner` separately)")
+    _add_server_flags(p)
+    p.set_defaults(handler=_cmd_serve)
+    p = sub.add_parser("runner", help="run a job runner alone (claims PENDING jobs from the database)")
+    _add_server_flags(p)
+    p.set_defaults(handler=_cmd_runner)
+
+
 def _add_zoo(sub: argparse._SubParsersAction) -> None:
     zoo = sub.add_parser("zoo", help="train the shipped testbed models")
     zsub = zoo.add_subparsers(dest="zoo_cmd", required=True, metavar="COMMAND")
@@ -229,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_zoo(sub)
     _add_demo(sub)
     _add_search(sub)
+    _add_serve(sub)
     return parser
 
 

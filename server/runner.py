@@ -30,6 +30,9 @@ from search.errors import InvalidCandidate, StoreError, TmpqError
 from search.evaluator import Evaluation
 from server.execution import ExecuteFn, execute_job
 from server.models import JobState
+from server.records import JobRecord
+from server.settings import Settings
+from server.store import Store
 from workers.protocol import (
     GenerationRecord,
     JobCancelled,
@@ -38,9 +41,6 @@ from workers.protocol import (
     ResumeState,
     RunnerStopping,
 )
-from server.records import JobRecord
-from server.settings import Settings
-from server.store import Store
 
 if TYPE_CHECKING:
     from search.spec import SearchSpec

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, StringConstraints
 
 from search.spec import ALGORITHMS, GRANULARITIES, GROUPINGS, OBJECTIVES
+from server.baselines import DEFAULT_NUM_TRAIN_TIMESTEPS, is_uniform_baseline
 from server.models import JobState
 from server.records import CandidateRecord, HypervolumePoint, JobRecord
 
@@ -165,12 +166,21 @@ class CandidateOut(BaseModel):
     weight_bytes: float | None
     feasible: bool
     non_dominated: bool
+    is_baseline: bool = Field(
+        default=False,
+        description="A uniform baseline: one weight bit-width and one activation bit-width for every site, on DDIM's "
+        "uniform schedule of its step count K (``i*(T//K)`` descending, T the model's training timesteps).",
+    )
     error: str | None
     objectives: dict[str, float | None] = Field(description="Every numeric metric (core and extras like fdd, psnr).")
     info: dict[str, Any] = Field(description="Extras that are not numbers.")
 
     @classmethod
-    def from_record(cls, record: CandidateRecord) -> CandidateOut:
+    def from_record(
+        cls, record: CandidateRecord, *, num_train_timesteps: int = DEFAULT_NUM_TRAIN_TIMESTEPS
+    ) -> CandidateOut:
+        """The response body of a stored candidate; ``num_train_timesteps`` is the job's model's T (for
+        ``is_baseline``)."""
         return cls(
             seq=record.seq,
             key=record.key,
@@ -183,6 +193,7 @@ class CandidateOut(BaseModel):
             weight_bytes=record.weight_bytes,
             feasible=record.feasible,
             non_dominated=record.non_dominated,
+            is_baseline=is_uniform_baseline(record.candidate, num_train_timesteps),
             error=record.error,
             objectives=record.objectives,
             info=record.info,

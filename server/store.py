@@ -39,8 +39,8 @@ from server.models import (
     ObjectiveValueModel,
     utcnow,
 )
-from workers.protocol import LeaseLost, ResumeState
 from server.records import CandidatePage, CandidateRecord, FrontRecord, HypervolumePoint, JobPage, JobRecord
+from workers.protocol import LeaseLost, ResumeState
 
 if TYPE_CHECKING:
     from server.readers import VersionReader

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from starlette.concurrency import run_in_threadpool
 
 from search.errors import NotFound
+from server.baselines import DEFAULT_NUM_TRAIN_TIMESTEPS
 from server.records import CandidateRecord, FrontRecord
 from server.schemas import CandidateOut
 from server.store import Store
@@ -34,8 +35,12 @@ class CachedFront:
     fragments: dict[str, bytes]
 
     @classmethod
-    def build(cls, front: FrontRecord) -> CachedFront:
-        fragments = {p.key: CandidateOut.from_record(p).model_dump_json().encode() for p in front.points}
+    def build(cls, front: FrontRecord, *, num_train_timesteps: int = DEFAULT_NUM_TRAIN_TIMESTEPS) -> CachedFront:
+        """The entry of a stored front; ``num_train_timesteps`` is the T of the job's model (``is_baseline``)."""
+        fragments = {
+            p.key: CandidateOut.from_record(p, num_train_timesteps=num_train_timesteps).model_dump_json().encode()
+            for p in front.points
+        }
         return cls(front.job_id, front.generation, front.results_version, front.points, fragments)
 
     def render(self, points: Sequence[CandidateRecord], knee: CandidateRecord | None) -> bytes:
@@ -48,10 +53,19 @@ class CachedFront:
 
 class FrontCache:
     """Per-job front cache over a :class:`Store`; :meth:`get` is for worker threads, :meth:`aget` for the event
-    loop (it reads the version with a :class:`server.readers.VersionReader`)."""
+    loop (it reads the version with a :class:`server.readers.VersionReader`). ``train_timesteps(job_id)`` gives the
+    T of a job's model for the points' ``is_baseline`` (default: 1000)."""
 
-    def __init__(self, store: Store, *, max_jobs: int = 64, max_points: int = 20_000) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_jobs: int = 64,
+        max_points: int = 20_000,
+        train_timesteps: Callable[[int], int] | None = None,
+    ) -> None:
         self.store = store
+        self.train_timesteps = train_timesteps
         self.max_jobs = max_jobs
         self.max_points = max_points
         self._entries: OrderedDict[int, CachedFront] = OrderedDict()
@@ -103,7 +117,9 @@ class FrontCache:
 
     def _refresh(self, job_id: int) -> CachedFront:
         # The store reads the version before the points, so the entry's label is never newer than its content.
-        entry = CachedFront.build(self.store.front(job_id))
+        front = self.store.front(job_id)
+        steps = self.train_timesteps(job_id) if self.train_timesteps is not None else DEFAULT_NUM_TRAIN_TIMESTEPS
+        entry = CachedFront.build(front, num_train_timesteps=steps)
         if len(entry.points) <= self.max_points:
             with self._lock:
                 current = self._entries.get(job_id)

@@ -21,11 +21,11 @@ from sqlalchemy import update
 
 from search.spec import SearchSpec
 from server.models import JobModel, JobState
-from workers.protocol import GenerationRecord, JobSink, LeaseLost, ResumeState
 from server.runner import JobRunner, StoreJobSink
 from server.settings import Settings
 from server.store import Store
 from tests.server.fakes import run_fake_job
+from workers.protocol import GenerationRecord, JobSink, LeaseLost, ResumeState
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = {"version": 1, "model": "/models/tiny", "population": 6, "generations": 4, "seed": 3}

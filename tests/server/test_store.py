@@ -16,9 +16,9 @@ from search.errors import ConfigError, Conflict, InvalidCandidate, NotFound, Sto
 from search.evaluator import Evaluation
 from search.pareto import pareto_front
 from server.models import CandidateModel, HypervolumeModel, JobModel, JobState, ObjectiveValueModel
-from workers.protocol import LeaseLost
 from server.store import Store
 from tests.server.fakes import fake_candidate, fake_evaluation
+from workers.protocol import LeaseLost
 
 SPEC = {"version": 1, "model": "/models/tiny", "population": 8, "generations": 3, "seed": 0}
 

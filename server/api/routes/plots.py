@@ -1,0 +1,93 @@
+"""``/jobs/{id}/front.png``: the job's Pareto plot as a PNG (matplotlib, rendered in memory).
+
+Imports neither torch nor Ray: :mod:`workers.plots` needs only matplotlib, imported when a plot is drawn.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
+
+from server.api.deps import ReadAuth, StoreDep
+from server.api.routes.candidates import TrainTimestepsDep
+from server.baselines import budget_bitops, is_uniform_baseline
+from server.records import CandidateRecord
+from server.store import Store
+from workers.plots import PlotPoint, plot_front
+
+router = APIRouter(prefix="/jobs/{job_id}", tags=["plots"])
+
+_PAGE = 1000
+
+
+def all_candidates(store: Store, job_id: int) -> Iterator[CandidateRecord]:
+    """Every stored candidate of a job, in storage order (read a page at a time)."""
+    after = 0
+    while True:
+        page = store.list_candidates(job_id, after=after, limit=_PAGE)
+        yield from page.items
+        if page.next_after is None:
+            return
+        after = page.next_after
+
+
+def _point(record: CandidateRecord, label: str = "") -> PlotPoint:
+    assert record.bitops is not None and record.quality is not None
+    return PlotPoint(record.bitops, record.quality, label)
+
+
+@router.get(
+    "/front.png",
+    response_class=Response,
+    dependencies=[ReadAuth],
+    responses={
+        200: {"content": {"image/png": {}}, "description": "The plot (PNG)"},
+        304: {"description": "Unchanged since the given ETag"},
+        404: {"description": "No such job"},
+    },
+)
+def get_front_png(
+    job_id: int,
+    store: StoreDep,
+    timesteps: TrainTimestepsDep,
+    budget: Annotated[
+        float | None,
+        Query(gt=0, description="BitOps budget to mark (default: the job's budget, when it has one)."),
+    ] = None,
+    if_none_match: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Response:
+    """The job's evaluated candidates as quality against BitOps: the current Pareto front (blue line), every other
+    evaluated candidate (grey), the uniform baselines (red squares) and the budget (dashed line).
+
+    A job without evaluated candidates gets a plot saying "no points yet". The ETag changes with every stored
+    generation.
+    """
+    job = store.get_job(job_id)
+    etag = f'"front-{job.id}-{job.results_version}-{budget}"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if if_none_match == etag:
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    steps = timesteps.of_spec(job.spec)
+    records = [r for r in all_candidates(store, job_id) if r.quality is not None and r.bitops is not None]
+    baselines = [r for r in records if is_uniform_baseline(r.candidate, steps)]
+    baseline_keys = {r.key for r in baselines}
+    objective = str(job.spec.get("objective", "mse"))
+    model = Path(str(job.spec.get("model", ""))).name or "model"
+    title = f"job {job.id}: {model}, {job.spec.get('algorithm', 'search')}"
+    if job.generation is not None:
+        title += f" after {job.generation + 1} generation{'s' if job.generation else ''}"
+    buffer = io.BytesIO()
+    plot_front(
+        buffer,
+        [_point(r) for r in records if r.non_dominated],
+        others=[_point(r) for r in records if not r.non_dominated and r.key not in baseline_keys],
+        baselines=[_point(r, f"{r.bits} K={r.steps}") for r in baselines],
+        quality=objective,
+        title=title,
+        budget=budget if budget is not None else budget_bitops(job.spec, baselines),
+    )
+    return Response(buffer.getvalue(), media_type="image/png", headers=headers)

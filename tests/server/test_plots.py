@@ -1,0 +1,159 @@
+"""Pareto plots: ``workers.plots.plot_front`` (to a path or a file object) and ``GET /jobs/{id}/front.png``."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from search.candidate import Candidate
+from search.evaluator import Evaluation
+from server.app import create_app
+from server.settings import Settings
+from server.store import Store
+from tests.server.test_web import SPEC, FilledJob, fill_finished_job, model_root
+from workers.plots import PlotPoint, plot_front
+from workers.report import plot_search
+
+REPO = Path(__file__).resolve().parents[2]
+API = "/api/v1"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+BASELINE_RED = (0xD6, 0x27, 0x28)
+NOTE_GREY = (0x77, 0x77, 0x77)
+
+
+def decode(png: bytes) -> np.ndarray:
+    """RGB pixels (0-255) of a PNG."""
+    import matplotlib.image
+
+    return (matplotlib.image.imread(io.BytesIO(png), format="png")[..., :3] * 255).round().astype(int)
+
+
+def pixels_near(image: np.ndarray, rgb: tuple[int, int, int], tolerance: int = 12) -> np.ndarray:
+    return np.all(np.abs(image - np.array(rgb)) <= tolerance, axis=-1)
+
+
+FRONT = [PlotPoint(2e9, 0.02), PlotPoint(3e9, 0.01), PlotPoint(6e9, 0.006)]
+OTHERS = [PlotPoint(4e9, 0.015), PlotPoint(5e9, 0.012), PlotPoint(float("nan"), 0.1), PlotPoint(7e9, float("inf"))]
+BASELINES = [PlotPoint(2.5e9, 0.03, "W4A4 K=8"), PlotPoint(7e9, 0.007, "W8A8 K=8")]
+
+
+def test_plot_front_to_a_path_and_to_a_file_object(tmp_path: Path) -> None:
+    kwargs = {"others": OTHERS, "baselines": BASELINES, "quality": "fdd", "title": "t", "budget": 4e9}
+    out = plot_front(tmp_path / "deep" / "front.png", FRONT, **kwargs)
+    assert out == tmp_path / "deep" / "front.png" and out.read_bytes().startswith(PNG_SIGNATURE)
+    buffer = io.BytesIO()
+    assert plot_front(buffer, FRONT, **kwargs) is buffer
+    assert buffer.getvalue() == out.read_bytes()  # the same drawing either way
+    image = decode(buffer.getvalue())
+    assert image.shape == (550, 825, 3)  # 7.5 x 5 inches at 110 dpi
+    assert pixels_near(image, BASELINE_RED).sum() > 50  # the baselines' squares and labels
+
+
+def test_plot_search_still_writes_its_file(tmp_path: Path) -> None:
+    """``workers.report.plot_search`` (the CLI's plot) calls ``plot_front`` with a path, as before."""
+    sites = ("a.conv", "b.attn.qk")
+    base = Candidate.uniform((750, 500, 250, 0), sites, 4, 4)
+    mixed = Candidate.from_maps((700, 400, 90, 0), {"a.conv": 4, "b.attn.qk": 8}, {"a.conv": 6, "b.attn.qk": 8})
+    evaluations = [Evaluation(base.key(), 0.02, 1e9, 10.0), Evaluation(mixed.key(), 0.01, 2e9, 12.0)]
+    candidates = {c.key(): c for c in (base, mixed)}
+    out = plot_search(tmp_path / "pareto.png", evaluations, evaluations[1:], candidates, [base], quality="mse")
+    assert out == tmp_path / "pareto.png" and out.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_an_empty_plot_says_no_points_yet() -> None:
+    empty = decode(plot_front(io.BytesIO(), [], others=[PlotPoint(float("nan"), 1.0)]).getvalue())
+    drawn = decode(plot_front(io.BytesIO(), FRONT).getvalue())
+    middle = (slice(200, 350), slice(250, 600))
+    assert pixels_near(empty[middle], NOTE_GREY, 40).sum() > 100  # the note, in grey, in the middle
+    assert pixels_near(drawn[middle], NOTE_GREY, 40).sum() < pixels_near(empty[middle], NOTE_GREY, 40).sum()
+
+
+# -- the route ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[TestClient, Store, FilledJob]]:
+    settings = Settings(data_dir=tmp_path / "data", model_root=model_root(tmp_path / "models"))
+    store = Store.from_settings(settings)
+    try:
+        filled = fill_finished_job(store)
+        with TestClient(create_app(settings, store=store)) as client:
+            yield client, store, filled
+    finally:
+        store.close()
+
+
+def test_front_png(served: tuple[TestClient, Store, FilledJob]) -> None:
+    client, _, job = served
+    response = client.get(f"{API}/jobs/{job.job_id}/front.png")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert response.content.startswith(PNG_SIGNATURE)
+    image = decode(response.content)
+    assert image.shape == (550, 825, 3)
+    assert pixels_near(image, BASELINE_RED).sum() > 100  # six labelled uniform baselines
+    etag = response.headers["etag"]
+    again = client.get(f"{API}/jobs/{job.job_id}/front.png", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b""
+    other = client.get(f"{API}/jobs/{job.job_id}/front.png", params={"budget": 3e9})
+    assert other.status_code == 200 and other.headers["etag"] != etag and other.content != response.content
+    assert client.get(f"{API}/jobs/{job.job_id}/front.png", params={"budget": 0}).status_code == 422
+
+
+def test_front_png_of_unknown_and_empty_jobs(served: tuple[TestClient, Store, FilledJob]) -> None:
+    client, store, _ = served
+    missing = client.get(f"{API}/jobs/4242/front.png")
+    assert missing.status_code == 404 and missing.json() == {"detail": "job 4242 does not exist"}
+    pending, _ = store.create_job({**SPEC, "seed": 99})
+    empty = client.get(f"{API}/jobs/{pending.id}/front.png")
+    assert empty.status_code == 200 and empty.content.startswith(PNG_SIGNATURE)
+    image = decode(empty.content)
+    assert pixels_near(image[200:350, 250:600], NOTE_GREY, 40).sum() > 100  # "no points yet"
+    assert pixels_near(image, BASELINE_RED).sum() == 0
+
+
+def test_front_png_needs_the_token_when_reads_do(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", api_token="s3cret", read_token_required=True)
+    store = Store.from_settings(settings)
+    try:
+        job, _ = store.create_job(SPEC)
+        with TestClient(create_app(settings, store=store)) as client:
+            assert client.get(f"{API}/jobs/{job.id}/front.png").status_code == 401
+            ok = client.get(f"{API}/jobs/{job.id}/front.png", headers={"Authorization": "Bearer s3cret"})
+            assert ok.status_code == 200 and ok.content.startswith(PNG_SIGNATURE)
+    finally:
+        store.close()
+
+
+def test_the_route_imports_neither_torch_nor_ray(tmp_path: Path) -> None:
+    """In a fresh interpreter: build the app and draw a plot; torch and ray must stay unimported."""
+    script = f"""
+import sys
+from pathlib import Path
+from fastapi.testclient import TestClient
+from server.app import create_app
+from server.settings import Settings
+from server.store import Store
+from tests.server.test_web import fill_finished_job, model_root
+
+tmp = Path({str(tmp_path)!r})
+settings = Settings(data_dir=tmp / "data", model_root=model_root(tmp / "models"))
+store = Store.from_settings(settings)
+job = fill_finished_job(store)
+with TestClient(create_app(settings, store=store)) as client:
+    response = client.get(f"/api/v1/jobs/{{job.job_id}}/front.png")
+    assert response.status_code == 200, response.text
+    assert client.get("/").status_code == 200
+heavy = sorted(m for m in ("torch", "ray", "diffusers") if m in sys.modules)
+assert "matplotlib" in sys.modules
+print("heavy:", heavy)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "heavy: []"

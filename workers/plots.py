@@ -1,0 +1,195 @@
+"""Pareto plots (PNG, matplotlib's Agg backend): quality against BitOps, front highlighted, baselines marked.
+
+Torch- and Ray-free, and matplotlib is imported only when a plot is drawn, so the API server can render plots
+(``GET /api/v1/jobs/{id}/front.png``). Figures are built with matplotlib's object API (no ``pyplot`` global state)
+and drawn one at a time under a lock, so rendering from several server threads is safe.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, overload
+
+QUALITY_LABELS = {
+    "mse": "MSE vs FP reference (same noise, lower is better)",
+    "fdd": "FDD, Fréchet distance to real digits (lower is better)",
+}
+
+#: Text drawn on a plot that has no point to show.
+EMPTY_NOTE = "no points yet"
+
+_DRAW_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class PlotPoint:
+    """One point: total BitOps of the schedule, quality, and a short label."""
+
+    bitops: float
+    quality: float
+    label: str = ""
+
+    @property
+    def drawable(self) -> bool:
+        """Both coordinates are finite numbers and BitOps are positive (the x axis is logarithmic)."""
+        return math.isfinite(self.bitops) and math.isfinite(self.quality) and self.bitops > 0
+
+
+def _plain_log_labels(axis: Any) -> None:
+    """Label a log axis with plain numbers (``3``, ``0.006``) instead of ``3×10^0``, on the ticks matplotlib's
+    ``LogFormatter`` would label."""
+    from matplotlib.ticker import Formatter, LogFormatter
+
+    class PlainLogFormatter(Formatter):
+        def __init__(self) -> None:
+            self.chooser = LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5))
+
+        def set_axis(self, axis: Any) -> None:
+            super().set_axis(axis)
+            self.chooser.set_axis(axis)
+
+        def set_locs(self, locs: Any) -> None:
+            super().set_locs(locs)
+            self.chooser.set_locs(locs)
+
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            return f"{x:g}" if self.chooser(x, pos) else ""
+
+    axis.set_major_formatter(PlainLogFormatter())
+    axis.set_minor_formatter(PlainLogFormatter())
+
+
+@overload
+def plot_front(
+    path: str | os.PathLike[str],
+    front: Sequence[PlotPoint],
+    *,
+    others: Sequence[PlotPoint] = (),
+    baselines: Sequence[PlotPoint] = (),
+    quality: str = "mse",
+    title: str = "",
+    budget: float | None = None,
+) -> Path: ...
+
+
+@overload
+def plot_front(
+    path: BinaryIO,
+    front: Sequence[PlotPoint],
+    *,
+    others: Sequence[PlotPoint] = (),
+    baselines: Sequence[PlotPoint] = (),
+    quality: str = "mse",
+    title: str = "",
+    budget: float | None = None,
+) -> BinaryIO: ...
+
+
+def plot_front(
+    path: str | os.PathLike[str] | BinaryIO,
+    front: Sequence[PlotPoint],
+    *,
+    others: Sequence[PlotPoint] = (),
+    baselines: Sequence[PlotPoint] = (),
+    quality: str = "mse",
+    title: str = "",
+    budget: float | None = None,
+) -> Path | BinaryIO:
+    """Draw the front (line + points), every other evaluated candidate (grey) and the uniform baselines as a PNG.
+
+    Args:
+        path: a file path (parent directories are created) or a binary file object such as ``io.BytesIO``.
+        front: the Pareto points (joined by a line in BitOps order).
+        others: every other evaluated candidate.
+        baselines: the uniform baselines (red squares, labelled).
+        quality: the quality objective (``mse``, ``fdd`` or any name, used as the y label).
+        title: the plot's title.
+        budget: a BitOps budget drawn as a dashed vertical line.
+
+    Points with a non-finite coordinate or non-positive BitOps are left out; with nothing left the plot says
+    "no points yet". The quality axis is logarithmic when every drawn quality is positive. Returns the written
+    path, or the file object.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    others = [p for p in others if p.drawable]
+    front = sorted((p for p in front if p.drawable), key=lambda p: p.bitops)
+    baselines = [p for p in baselines if p.drawable]
+    drawn = [*others, *front, *baselines]
+
+    with _DRAW_LOCK:
+        fig = Figure(figsize=(7.5, 5), dpi=110)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        if others:
+            ax.scatter(
+                [p.bitops / 1e9 for p in others],
+                [p.quality for p in others],
+                s=10,
+                c="#bbbbbb",
+                label=f"evaluated ({len(others)})",
+                zorder=1,
+            )
+        if front:
+            ax.plot(
+                [p.bitops / 1e9 for p in front],
+                [p.quality for p in front],
+                "-o",
+                c="#1f77b4",
+                ms=5,
+                label=f"Pareto front ({len(front)})",
+                zorder=3,
+            )
+        if baselines:
+            ax.scatter(
+                [p.bitops / 1e9 for p in baselines],
+                [p.quality for p in baselines],
+                marker="s",
+                s=40,
+                facecolors="none",
+                edgecolors="#d62728",
+                label=f"uniform baselines ({len(baselines)})",
+                zorder=4,
+            )
+            for p in baselines:
+                ax.annotate(
+                    p.label,
+                    (p.bitops / 1e9, p.quality),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=7,
+                    color="#d62728",
+                )
+        if budget is not None and math.isfinite(budget) and budget > 0:
+            ax.axvline(budget / 1e9, ls="--", c="#555555", lw=1, label=f"budget ({budget / 1e9:.4g} GBitOps)")
+        if drawn:
+            ax.set_xscale("log")
+            _plain_log_labels(ax.xaxis)
+            if all(p.quality > 0 for p in drawn):
+                ax.set_yscale("log")
+                _plain_log_labels(ax.yaxis)
+            ax.legend(fontsize=8)
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.text(
+                0.5, 0.5, EMPTY_NOTE, transform=ax.transAxes, ha="center", va="center", fontsize=14, color="#777777"
+            )
+        ax.set_xlabel("BitOps per sample over the whole schedule (GBitOps, log scale)")
+        ax.set_ylabel(QUALITY_LABELS.get(quality, quality))
+        ax.set_title(title or "tmpq: quality vs cost")
+        ax.grid(True, which="both", alpha=0.3)
+        fig.tight_layout()
+        if isinstance(path, str | os.PathLike):
+            out = Path(path)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(out, format="png")
+            return out
+        fig.savefig(path, format="png")
+        return path
