@@ -253,9 +253,11 @@ def _add_zoo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_zoo_train_features)
 
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:
-    from supernet.zoo.testbed import TESTBED_DIR
+#: The shipped testbed (kept torch-free here: building the parser must not import torch).
+TESTBED_DIR = Path(__file__).resolve().parents[1] / "models" / "digits-ddpm-16"
 
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="sample the shipped model and score it")
     p.add_argument("--model", default=str(TESTBED_DIR))
     p.add_argument("--samples", type=int, default=512)
@@ -276,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_search(sub)
     _add_serve(sub)
+    from server.cli_remote import add_remote_commands  # submit, jobs, status, cancel, front (a server)
+    add_remote_commands(sub)
     return parser
 
 

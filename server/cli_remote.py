@@ -1,0 +1,484 @@
+"""The ``tmpq`` commands that talk to a tmpq server: ``submit``, ``jobs``, ``status``, ``cancel`` and ``front``.
+
+They are thin faces over :class:`server.client.TmpqClient` (scripts can make the same calls). The server URL and
+token come from ``--url``/``--token`` or ``$TMPQ_URL``/``$TMPQ_API_TOKEN``. Errors reach ``server.cli.main`` as
+exceptions: a bad field (locally, or the server's 400/422) is a ``ConfigError`` → exit 2 with one line naming it;
+any other server error, an unreachable server or a job that did not succeed is a ``TmpqError`` → exit 1.
+
+Only argparse is imported at module level; httpx, rich and yaml are imported by the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from search.errors import ConfigError, TmpqError
+from server.cli import EXIT_OK
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from server.client import TmpqClient
+
+#: Job states, for ``tmpq jobs --state``.
+STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+#: Sort keys of the front (``tmpq front --sort``).
+SORT_KEYS = ("bitops", "quality", "weight_bytes", "steps")
+#: Spec fields that only mean something to a local ``tmpq search`` (not sent to the server).
+LOCAL_ONLY_FIELDS = ("output",)
+
+#: Width of tables written into a pipe or file (no terminal to ask).
+PIPE_WIDTH = 160
+
+_TIMESTEPS_WIDTH = 40
+
+
+class JobDidNotSucceed(TmpqError):
+    """``--wait`` saw the job end FAILED or CANCELLED (exit 1)."""
+
+
+# -- argument types -----------------------------------------------------------------------------------------
+
+
+def _number(kind: str, *, minimum: float | None = None) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or (minimum is not None and value < minimum):
+            bound = f" ≥ {minimum:g}" if minimum is not None else ""
+            raise argparse.ArgumentTypeError(f"expected a finite number{bound} ({kind}), got {text!r}")
+        return value
+
+    parse.__name__ = kind  # argparse names the type in some messages
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _number("seconds", minimum=0)(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+_bitops = _number("BitOps, e.g. 2.5e9", minimum=0)
+_bytes = _number("bytes", minimum=0)
+_quality = _number("quality")
+
+
+# -- shared helpers -----------------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> TmpqClient:
+    from server.client import TmpqClient
+
+    return TmpqClient(args.url, args.token)
+
+
+def _console(*, stderr: bool = False) -> Console:
+    """A rich console on stdout (or stderr); into a pipe or file it is :data:`PIPE_WIDTH` wide unless
+    ``$COLUMNS`` says otherwise (rich's 80 would squeeze the tables)."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    isatty = getattr(stream, "isatty", None)
+    piped = not (isatty is not None and isatty())
+    width = PIPE_WIDTH if piped and not os.environ.get("COLUMNS") else None
+    return Console(stderr=stderr, highlight=False, width=width)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _fmt(value: Any, spec: str = ".4g", missing: str = "-") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def _when(timestamp: str | None) -> str:
+    """``2025-01-02T03:04:05.678Z`` → ``2025-01-02 03:04:05``."""
+    return timestamp[:19].replace("T", " ") if timestamp else "-"
+
+
+def _model_name(spec: Mapping[str, Any]) -> str:
+    return Path(str(spec.get("model", "?"))).name or "?"
+
+
+def _generation_text(progress: Mapping[str, Any]) -> str:
+    """``3/10`` (generations stored / asked for) or ``-/10`` before the first one."""
+    generation, total = progress.get("generation"), progress.get("generations")
+    done = "-" if generation is None else str(generation + 1)
+    return f"{done}/{total}" if total is not None else done
+
+
+def _progress_text(progress: Mapping[str, Any]) -> str:
+    return (
+        f"generation {_generation_text(progress)}, evaluated {progress.get('evaluated', 0)}, "
+        f"failed {progress.get('failed', 0)}, hypervolume {_fmt(progress.get('hypervolume'))}"
+    )
+
+
+def _add_remote_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help="the tmpq server (default: $TMPQ_URL, else http://127.0.0.1:8000)")
+    p.add_argument("--token", help="the server's bearer token (default: $TMPQ_API_TOKEN; the variable is safer)")
+
+
+def _add_json_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--json", action="store_true", help=f"print {what} as JSON instead of a table")
+
+
+# -- submit / wait ------------------------------------------------------------------------------------------
+
+
+def read_job_file(path: str | Path) -> dict[str, Any]:
+    """The mapping to submit from a job YAML (the file ``tmpq search --config`` takes).
+
+    The file is validated locally first (``SearchSpec.from_yaml``: a bad field is a ``ConfigError`` naming it,
+    before anything is sent); the mapping is returned as written, minus the local-only ``output`` field.
+    """
+    import yaml
+
+    from search.spec import SearchSpec
+
+    SearchSpec.from_yaml(path)
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    body = {k: v for k, v in data.items() if k not in LOCAL_ONLY_FIELDS}
+    try:  # what YAML has and JSON has not (dates, NaN) in the fields checked later (calibration)
+        json.dumps(body, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("spec", f"{path} holds a value JSON cannot carry: {exc}") from None
+    return body
+
+
+def wait_for_job(client: TmpqClient, job: Mapping[str, Any], *, poll_s: float, as_json: bool) -> int:
+    """Show a live progress bar (on stderr) until the job is terminal; 0 when it SUCCEEDED, else
+    :class:`JobDidNotSucceed` (exit 1) with the job's error."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    job_id = job["id"]
+    with Progress(
+        TextColumn("[bold]job {task.fields[job]}[/] {task.fields[state]}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=_console(stderr=True),
+    ) as bar:
+        task = bar.add_task("", total=None, job=job_id, state=job["state"], info="")
+
+        def on_progress(current: dict[str, Any]) -> None:
+            progress = current["progress"]
+            generation = progress.get("generation")
+            bar.update(
+                task,
+                total=progress.get("generations"),
+                completed=0 if generation is None else generation + 1,
+                state=current["state"],
+                info=_progress_text(progress),
+            )
+
+        try:
+            final = client.wait(job_id, poll_s=poll_s, on_progress=on_progress)
+        except KeyboardInterrupt:
+            raise TmpqError(
+                f"stopped waiting; job {job_id} goes on on the server (tmpq status {job_id}, tmpq cancel {job_id})"
+            ) from None
+    if as_json:
+        _print_json(final)
+    state, progress = final["state"], final["progress"]
+    if state != "SUCCEEDED":
+        reason = f": {final['error']}" if final.get("error") else ""
+        raise JobDidNotSucceed(f"job {job_id} {state}{reason}")
+    if not as_json:
+        _console().print(
+            f"job {job_id} SUCCEEDED: {_progress_text(progress)}, {progress.get('front_size', 0)} points on the "
+            f"front (tmpq front {job_id})"
+        )
+    return EXIT_OK
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    body = read_job_file(args.spec)
+    with _client(args) as client:
+        job = client.submit(body, submission_id=args.submission_id)
+        if args.wait:
+            if not args.json:
+                _console().print(f"job {job['id']} submitted ({job['state']})")
+            return wait_for_job(client, job, poll_s=args.poll, as_json=args.json)
+    if args.json:
+        _print_json(job)
+    else:
+        _console().print(f"job {job['id']} submitted ({job['state']})")
+    return EXIT_OK
+
+
+# -- jobs / status / cancel ---------------------------------------------------------------------------------
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        page = client.jobs(state=args.state, limit=args.limit, offset=args.offset)
+    if args.json:
+        _print_json(page)
+        return EXIT_OK
+    from rich.table import Table
+
+    items = page["items"]
+    table = Table(title=f"{len(items)} of {page['total']} jobs (newest first)")
+    for col in ("id", "state", "model", "algorithm", "generation", "evaluated", "failed", "front", "HV", "created"):
+        left = col in ("state", "model", "algorithm", "created")
+        table.add_column(col, justify="left" if left else "right", no_wrap=col in ("id", "state", "created"))
+    for job in items:
+        progress, spec = job["progress"], job["spec"]
+        state = job["state"] + (" (cancelling)" if job["cancel_requested"] and job["state"] == "RUNNING" else "")
+        table.add_row(
+            str(job["id"]),
+            state,
+            _model_name(spec),
+            str(spec.get("algorithm", "-")),
+            _generation_text(progress),
+            str(progress["evaluated"]),
+            str(progress["failed"]),
+            str(progress["front_size"]),
+            _fmt(progress["hypervolume"]),
+            _when(job["created_at"]),
+        )
+    _console().print(table)
+    return EXIT_OK
+
+
+def _print_job(job: Mapping[str, Any]) -> None:
+    from rich.table import Table
+
+    spec, progress = job["spec"], job["progress"]
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    state = job["state"] + (" (cancel requested)" if job["cancel_requested"] and job["state"] == "RUNNING" else "")
+    rows: list[tuple[str, str]] = [
+        ("job", str(job["id"])),
+        ("state", state),
+        ("submission id", job.get("submission_id") or "-"),
+        ("model", str(spec.get("model", "-"))),
+        ("algorithm", f"{spec.get('algorithm', '-')}, population {spec.get('population', '-')}"),
+        ("objective", str(spec.get("objective", "-"))),
+        ("budget", str(spec.get("budget")) if spec.get("budget") is not None else "-"),
+        ("generation", _generation_text(progress)),
+        ("evaluated", f"{progress['evaluated']} ({progress['failed']} failed)"),
+        ("front", f"{progress['front_size']} points"),
+        ("hypervolume", _fmt(progress["hypervolume"])),
+        ("created", _when(job.get("created_at"))),
+        ("started", _when(job.get("started_at"))),
+        ("finished", _when(job.get("finished_at"))),
+    ]
+    if job.get("runner"):
+        rows.append(("runner", f"{job['runner']} (attempt {job.get('attempts')})"))
+    if job.get("error"):
+        rows.append(("error", str(job["error"])))
+    for name, value in rows:
+        grid.add_row(name, value)
+    _console().print(grid)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.job(args.job)
+        if args.wait:
+            return wait_for_job(client, job, poll_s=args.poll, as_json=args.json)
+    if args.json:
+        _print_json(job)
+    else:
+        _print_job(job)
+    return EXIT_OK
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.cancel(args.job)
+    if args.json:
+        _print_json(job)
+    elif job["state"] == "RUNNING":
+        _console().print(f"job {job['id']}: cancel requested; it stops after its current generation")
+    else:
+        _console().print(f"job {job['id']}: {job['state']}")
+    return EXIT_OK
+
+
+# -- front --------------------------------------------------------------------------------------------------
+
+
+def _timesteps_text(point: Mapping[str, Any]) -> str:
+    text = ",".join(str(t) for t in point.get("candidate", {}).get("timesteps", []))
+    return text if len(text) <= _TIMESTEPS_WIDTH else text[: _TIMESTEPS_WIDTH - 3] + "..."
+
+
+def _gbitops(value: float | None) -> str:
+    return _fmt(None if value is None else value / 1e9, ".4g")
+
+
+def print_front(front: Mapping[str, Any], job: Mapping[str, Any], *, console: Console | None = None) -> None:
+    """The front as a rich table: key, K, timesteps, bits, quality, PSNR, the re-scored FDD and the relative cost
+    (when any point has them), GBitOps and whether the point is a uniform baseline; the knee (if asked) marked."""
+    from rich.table import Table
+
+    items: Sequence[Mapping[str, Any]] = front["items"]
+    knee = front.get("knee")
+    knee_key = knee["key"] if knee else None
+    objective = str(job["spec"].get("objective", "quality"))
+    generation = front.get("generation")
+    after = f"generation {generation + 1}" if generation is not None else "no generation yet"
+    table = Table(
+        title=f"job {job['id']} ({job['state']}, {after}): {front['count']} front points",
+        caption=f"quality = {objective} (lower is better); GBitOps = 1e9 BitOps",
+    )
+
+    def has(name: str) -> bool:
+        return any(p.get("objectives", {}).get(name) is not None for p in items)
+
+    # (header, cell, left-aligned, never wrapped): key and bits stay whole, the timesteps give way first
+    columns: list[tuple[str, Callable[[Mapping[str, Any]], str], bool, bool]] = []
+    if knee_key is not None:
+        columns.append(("", lambda p: "knee" if p["key"] == knee_key else "", True, True))
+    columns += [
+        ("key", lambda p: str(p["key"]), True, True),
+        ("K", lambda p: str(p["steps"]), False, True),
+        ("timesteps", _timesteps_text, True, False),
+        ("bits", lambda p: str(p["bits"]), True, True),
+        (objective, lambda p: _fmt(p.get("quality")), False, True),
+        ("PSNR dB", lambda p: _fmt(p.get("objectives", {}).get("psnr"), ".1f"), False, False),
+    ]
+    if has("fdd_rescored"):
+        columns.append(("FDD re-scored", lambda p: _fmt(p["objectives"].get("fdd_rescored"), ".4g"), False, False))
+    columns.append(("GBitOps", lambda p: _gbitops(p.get("bitops")), False, True))
+    if has("relative_cost"):
+        columns.append(("rel. cost", lambda p: _fmt(p["objectives"].get("relative_cost"), ".3g"), False, False))
+    columns.append(("is_baseline", lambda p: "yes" if p.get("is_baseline") else "", True, False))
+    for name, _, left, no_wrap in columns:
+        table.add_column(name, justify="left" if left else "right", no_wrap=no_wrap)
+    for point in items:
+        table.add_row(*(cell(point) for _, cell, _, _ in columns), style="bold" if point["key"] == knee_key else None)
+    console = console or _console()
+    console.print(table)
+    if knee:
+        console.print(
+            f"knee: {knee['key']} ({knee['bits']}, K={knee['steps']}, {objective} {_fmt(knee.get('quality'))}, "
+            f"{_gbitops(knee.get('bitops'))} GBitOps)"
+        )
+
+
+def _cmd_front(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.job(args.job)
+        front = client.front(
+            args.job,
+            max_bitops=args.max_bitops,
+            max_steps=args.max_steps,
+            max_weight_bytes=args.max_weight_bytes,
+            max_quality=args.max_quality,
+            sort=args.sort,
+            order="desc" if args.desc else "asc",
+            knee=args.knee,
+        )
+        png = client.front_png(args.job, budget=args.max_bitops or None) if args.plot else None
+    if args.json:
+        _print_json(front)
+    else:
+        print_front(front, job)
+    if png is not None:
+        path = Path(args.plot)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(png)
+        except OSError as exc:
+            raise ConfigError("--plot", f"cannot write {path}: {exc.strerror}") from None
+        print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
+    return EXIT_OK
+
+
+# -- registration -------------------------------------------------------------------------------------------
+
+
+def add_remote_commands(sub: argparse._SubParsersAction) -> None:
+    """Register ``submit``, ``jobs``, ``status``, ``cancel`` and ``front`` on the ``tmpq`` sub-parsers."""
+    p = sub.add_parser(
+        "submit",
+        help="submit a job spec (YAML) to a tmpq server",
+        description="Validate the job spec locally, submit it to the server and print the job id. With --wait, "
+        "follow it with a progress bar until it ends (exit 0 when it SUCCEEDED, 1 when it FAILED or was "
+        "CANCELLED).",
+    )
+    p.add_argument("spec", metavar="job.yaml", help="the job spec (the same YAML `tmpq search --config` takes)")
+    p.add_argument("--submission-id", help="idempotency key: submitting the same spec with it again gives the same job")
+    p.add_argument("--wait", action="store_true", help="follow the job until it ends (progress bar on stderr)")
+    p.add_argument("--poll", type=_positive_seconds, default=1.0, metavar="SECONDS", help="poll interval of --wait")
+    _add_json_flag(p, "the job")
+    _add_remote_flags(p)
+    p.set_defaults(handler=_cmd_submit)
+
+    p = sub.add_parser("jobs", help="list the server's jobs", description="The server's jobs, newest first.")
+    p.add_argument(
+        "--state",
+        action="append",
+        type=str.upper,
+        choices=STATES,
+        help="only jobs in this state (repeatable)",
+    )
+    p.add_argument("--limit", type=_positive_int, default=50, help="at most this many jobs (default 50, max 500)")
+    p.add_argument("--offset", type=int, default=0, help="skip this many jobs")
+    _add_json_flag(p, "the page")
+    _add_remote_flags(p)
+    p.set_defaults(handler=_cmd_jobs)
+
+    p = sub.add_parser("status", help="show a job's state and progress", description="A job's state and progress.")
+    p.add_argument("job", type=int, metavar="JOB", help="the job id")
+    p.add_argument("--wait", action="store_true", help="follow the job until it ends (exit 0 only if it SUCCEEDED)")
+    p.add_argument("--poll", type=_positive_seconds, default=1.0, metavar="SECONDS", help="poll interval of --wait")
+    _add_json_flag(p, "the job")
+    _add_remote_flags(p)
+    p.set_defaults(handler=_cmd_status)
+
+    p = sub.add_parser(
+        "cancel",
+        help="cancel a job",
+        description="Cancel a job: a PENDING one at once, a RUNNING one after its current generation. A job that "
+        "already SUCCEEDED or FAILED cannot be cancelled (exit 1).",
+    )
+    p.add_argument("job", type=int, metavar="JOB", help="the job id")
+    _add_json_flag(p, "the job")
+    _add_remote_flags(p)
+    p.set_defaults(handler=_cmd_cancel)
+
+    p = sub.add_parser(
+        "front",
+        help="show a job's Pareto front (optionally within budgets, with its knee, as a plot)",
+        description="The job's current Pareto front (quality vs BitOps), the points within the given limits.",
+    )
+    p.add_argument("job", type=int, metavar="JOB", help="the job id")
+    p.add_argument("--max-bitops", type=_bitops, metavar="X", help="only points with BitOps ≤ X (e.g. 2.5e9)")
+    p.add_argument("--max-steps", type=_positive_int, metavar="K", help="only points with at most K sampling steps")
+    p.add_argument("--max-weight-bytes", type=_bytes, metavar="B", help="only points whose weights take ≤ B bytes")
+    p.add_argument("--max-quality", type=_quality, metavar="Q", help="only points with quality ≤ Q (lower is better)")
+    p.add_argument("--sort", choices=SORT_KEYS, default="bitops", help="sort key (default bitops; ties by key)")
+    p.add_argument("--desc", action="store_true", help="sort in descending order")
+    p.add_argument("--knee", action="store_true", help="mark the knee point of the selected points")
+    p.add_argument("--plot", metavar="PATH", help="also write the job's Pareto plot (PNG) to PATH")
+    _add_json_flag(p, "the front")
+    _add_remote_flags(p)
+    p.set_defaults(handler=_cmd_front)
