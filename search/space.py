@@ -60,6 +60,17 @@ def ddim_uniform_schedule(steps: int, num_train_timesteps: int) -> tuple[int, ..
     return tuple(i * stride for i in reversed(range(steps)))
 
 
+def baseline_schedule(steps: int, num_train_timesteps: int, grouping: str = "nonuniform") -> tuple[int, ...]:
+    """DDIM's uniform K-step schedule moved into the space's groups (each step clipped into its group).
+
+    This is the schedule of the uniform baselines the search is seeded with: in the non-uniform grouping the
+    exact DDIM schedule is usually not a member of the space, so its nearest member stands in for it.
+    """
+    groups = timestep_groups(num_train_timesteps, steps, grouping)[::-1]
+    ddim = ddim_uniform_schedule(steps, num_train_timesteps)
+    return tuple(min(max(t, g.start), g.stop - 1) for t, g in zip(ddim, groups, strict=True))
+
+
 def blocks_by_prefix(sites: Iterable[str], depth: int = 2) -> dict[str, str]:
     """A ``{site: block}`` map taking the first ``depth`` dotted components of each site name.
 
@@ -178,7 +189,7 @@ class SearchSpace:
 
     def ddim_schedule(self, steps: int) -> tuple[int, ...]:
         """The uniform DDIM schedule of K steps, moved to the nearest valid schedule of this space."""
-        return self.nearest_schedule(ddim_uniform_schedule(steps, self.num_train_timesteps))
+        return baseline_schedule(steps, self.num_train_timesteps, self.grouping)
 
     def schedule_count(self, steps: int) -> int:
         """How many schedules of K steps the space holds (the product of the group sizes)."""

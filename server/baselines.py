@@ -1,8 +1,10 @@
 """Uniform baselines among a job's candidates, and the job's BitOps budget, torch-free.
 
 A candidate is a *uniform baseline* when every weight bit-width is the same, every activation bit-width is the
-same, and its timesteps are DDIM's uniform schedule of its step count K for the model's T training timesteps
-(``search.space.ddim_uniform_schedule``). T comes from the model's ``scheduler/scheduler_config.json``
+same, and its timesteps are DDIM's uniform schedule of its step count K for the model's T training timesteps as
+the search seeds it (``search.space.baseline_schedule``): exact in the uniform grouping, moved into the groups in
+the non-uniform one (where the exact DDIM schedule is usually not in the space). Both groupings' versions count,
+so the rule needs only T. T comes from the model's ``scheduler/scheduler_config.json``
 (:func:`server.modelcheck.check_model_dir`), cached per model directory; when the model cannot be read any more,
 T is taken as :data:`DEFAULT_NUM_TRAIN_TIMESTEPS`.
 """
@@ -16,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search.errors import ConfigError, ModelLoadError
-from search.space import ddim_uniform_schedule
-from search.spec import UniformBudget, parse_budget
+from search.space import baseline_schedule
+from search.spec import GROUPINGS, UniformBudget, parse_budget
 from server.modelcheck import check_model_dir
 from server.records import CandidateRecord
 
@@ -46,10 +48,10 @@ def is_uniform_baseline(candidate: Mapping[str, Any], num_train_timesteps: int =
     if not isinstance(timesteps, list | tuple) or not timesteps:
         return False
     try:
-        schedule = ddim_uniform_schedule(len(timesteps), num_train_timesteps)
+        schedules = {baseline_schedule(len(timesteps), num_train_timesteps, g) for g in GROUPINGS}
     except ConfigError:
         return False
-    return [int(t) for t in timesteps] == list(schedule)
+    return tuple(int(t) for t in timesteps) in schedules
 
 
 def uniform_bits(candidate: Mapping[str, Any]) -> tuple[int, int] | None:

@@ -199,7 +199,8 @@ def _settings(args: argparse.Namespace) -> Any:
     overrides = {k: v for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None)),
                                    ("database_url", getattr(args, "database_url", None)),
                                    ("ray_address", getattr(args, "ray_address", None)),
-                                   ("runner_concurrency", getattr(args, "concurrency", None))) if v is not None}
+                                   ("runner_concurrency", getattr(args, "concurrency", None)),
+                                   ("evaluator", getattr(args, "evaluator", None))) if v is not None}
     try:
         return Settings(**overrides)
     except ValueError as exc:  # pydantic's ValidationError
@@ -224,6 +225,8 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--database-url", help="SQLAlchemy URL (default: $TMPQ_DATABASE_URL, else SQLite in the data dir)")
     p.add_argument("--ray-address", help="Ray cluster for jobs that name none (default: $TMPQ_RAY_ADDRESS, else local)")
     p.add_argument("--concurrency", type=int, help="jobs a runner runs at once ($TMPQ_RUNNER_CONCURRENCY)")
+    p.add_argument("--evaluator", choices=("ray", "inprocess"),
+                   help="where candidates are evaluated ($TMPQ_EVALUATOR, default ray: a local Ray unless an address)")
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:

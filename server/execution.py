@@ -23,14 +23,15 @@ class DriverUnavailable(TmpqError):
     """``workers.driver`` cannot be imported (not installed, or a dependency is missing)."""
 
 
-def execute_job(spec: SearchSpec, sink: JobSink, resume: ResumeState | None) -> None:
+def execute_job(spec: SearchSpec, sink: JobSink, resume: ResumeState | None, *, evaluator: str | None = None) -> None:
     """Run one job to its end with ``workers.driver.run_job(spec, sink, resume)``.
 
+    ``evaluator`` (``ray`` / ``inprocess``; ``None``: the driver's default) is the runner's ``Settings.evaluator``.
     Returns when the search finished; raises :class:`~workers.protocol.JobInterrupted` when the sink stopped it, and
     anything else when it failed.
     """
     try:
-        from workers.driver import run_job
+        from workers.driver import DriverOptions, run_job
     except ImportError as exc:
         raise DriverUnavailable(f"the search driver cannot be imported: {exc}") from exc
-    run_job(spec, sink, resume)
+    run_job(spec, sink, resume, options=DriverOptions(evaluator=evaluator))

@@ -23,6 +23,7 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 from search.candidate import Candidate
@@ -160,7 +161,7 @@ class JobRunner:
     ) -> None:
         self.store = store
         self.settings = settings
-        self.execute: ExecuteFn = execute if execute is not None else execute_job
+        self.execute: ExecuteFn = execute if execute is not None else partial(execute_job, evaluator=settings.evaluator)
         self.owner = owner or default_owner_id()
         self._active: dict[int, _JobControl] = {}
         self._lock = threading.Lock()

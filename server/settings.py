@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -59,6 +60,11 @@ class Settings(BaseSettings):
         default=None,
         description="Ray cluster address handed to jobs whose spec names none (``ray.address``); unset: the driver "
         "decides (a local Ray).",
+    )
+    evaluator: Literal["ray", "inprocess"] = Field(
+        default="ray",
+        description="Where a job's candidates are evaluated: ``ray`` (Ray actors: a local Ray unless an address is "
+        "given) or ``inprocess`` (in the runner's own process: no Ray, for small jobs and tests).",
     )
     host: str = Field(default="127.0.0.1", description="Address ``tmpq serve`` listens on.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port ``tmpq serve`` listens on.")
