@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -39,7 +40,7 @@ def _cmd_zoo_train_features(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+def _cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from supernet.images import save_grid
@@ -50,26 +51,62 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     sampler = model.sampler(batch_size=64)
-    scorer = FDDScorer.for_testbed()
-    print(
-        f"model {model.path} (hash {model.model_hash}), {sum(p.numel() for p in model.unet.parameters()):,} "
-        f"parameters, T={model.num_train_timesteps}"
-    )
+    scorer = FDDScorer.for_testbed() if Path(args.model).resolve() == TESTBED_DIR.resolve() else None
+    n_params = sum(p.numel() for p in model.unet.parameters())
+    print(f"model {model.path} (hash {model.model_hash}), {n_params:,} parameters, T={model.num_train_timesteps}")
     results = {}
-    for steps in (100, 10):
+    for steps in sorted(set(args.steps), reverse=True):
         start = time.perf_counter()
         images = sampler.sample(uniform_schedule(steps, model.num_train_timesteps), args.samples, seed=args.seed)
         results[steps] = images
-        print(
-            f"DDIM {steps:>3} steps: {args.samples} samples in {time.perf_counter() - start:5.1f} s, "
-            f"FDD {scorer.score(images):7.2f}"
-        )
-    print(f"PSNR of 10 steps vs 100 steps (same noise): {psnr(results[10], results[100]):.2f} dB")
-    out = Path(args.out)
+        fdd = f", FDD {scorer.score(images):7.2f}" if scorer is not None else ""
+        print(f"DDIM {steps:>3} steps: {args.samples} samples in {time.perf_counter() - start:5.1f} s{fdd}")
+        print(f"wrote {save_grid(images[:64], Path(args.out) / f'samples_{steps}_steps.png', ncol=8)}")
+    longest = max(results)
     for steps, images in results.items():
-        path = save_grid(images[:64], out / f"samples_{steps}_steps.png", ncol=8)
-        print(f"wrote {path}")
+        if steps != longest:
+            print(f"PSNR of {steps} steps vs {longest} steps (same noise): {psnr(images, results[longest]):.2f} dB")
     return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from server.cli_remote import print_front, wait_for_job
+    from server.client import TmpqClient
+    from server.demo import DEMO_JOB, sample_knee, start_server
+
+    out, data = Path(args.out), Path(args.data_dir)
+    started = time.perf_counter()
+    print(f"1/5 starting tmpq serve (SQLite in {data}, a local Ray for evaluations; log {out / 'server.log'})")
+    proc, url = start_server(data, out / "server.log")
+    try:
+        client = TmpqClient(url)
+        print(f"    serving on {url} (web page: {url}/, API docs: {url}/docs)")
+        job = client.submit({**DEMO_JOB, "generations": args.generations})
+        print(f"2/5 submitted job {job['id']}: NSGA-II over K in {DEMO_JOB['steps']} x block bit-widths "
+              f"{DEMO_JOB['bit_options']} on the shipped digits DDPM (the first run calibrates the supernet)")
+        code = wait_for_job(client, job, poll_s=1.0, as_json=False)
+        if code != EXIT_OK:
+            return code
+        job = client.job(job["id"])
+        front = client.front(job["id"], knee=True)
+        print("3/5 the Pareto front (quality = MSE vs the FP model at 50 steps, same noise):")
+        print_front(front, job)
+        knee = front["knee"]
+        print(f"    knee point: {knee['key']}  K={knee['steps']}  {knee['bits']}  "
+              f"{knee['bitops'] / 1e9:.2f} GBitOps  MSE {knee['quality']:.4g}")
+        plot = out / "front.png"
+        plot.write_bytes(client.front_png(job["id"]))
+        print(f"4/5 wrote the Pareto plot: {plot}")
+        grid, db = sample_knee(job, knee, out, data)
+        print(f"5/5 sampled the knee candidate: {grid} (PSNR {db:.1f} dB vs FP at 100 steps, same noise)")
+        print(f"done in {time.perf_counter() - started:.0f} s. Try: tmpq front {job['id']} --url {url} --knee")
+        return EXIT_OK
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def _print_front(rows: Sequence, knee: str | None, quality: str) -> None:
@@ -261,13 +298,19 @@ TESTBED_DIR = Path(__file__).resolve().parents[1] / "models" / "digits-ddpm-16"
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="sample the shipped model and score it")
+    p = sub.add_parser("demo", help="the main job end to end: serve, submit a search, watch, front, plot, sample")
+    p.add_argument("--data-dir", default="data", help="SQLite database and supernet cache (default: data)")
+    p.add_argument("--out", default="out/demo", help="where the plot, samples and server log go")
+    p.add_argument("--generations", type=int, default=4)
+    p.set_defaults(handler=_cmd_demo)
+    p = sub.add_parser("sample", help="sample a model at uniform DDIM schedules and score it (FDD on the testbed)")
     p.add_argument("--model", default=str(TESTBED_DIR))
+    p.add_argument("--steps", type=int, nargs="+", default=[100, 10])
     p.add_argument("--samples", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default="out/demo")
-    p.set_defaults(handler=_cmd_demo)
+    p.add_argument("--out", default="out/sample")
+    p.set_defaults(handler=_cmd_sample)
 
 
 def build_parser() -> argparse.ArgumentParser:
