@@ -1,0 +1,188 @@
+"""Benchmark of the precision supernet on the shipped testbed.
+
+Measures, on a 10-step uniform DDIM schedule at batch 64:
+- ``assemble_ms``: median time to assemble a random mixed candidate;
+- ``overhead_ratio``: sampling time of an assembled mixed candidate / FP sampling time, measured side by side
+  (two copies of the model in one process, interleaved, order alternating);
+- ``amortization_ratio``: N per-configuration calibrations (each timed for a few configurations and
+  extrapolated linearly over N) / (one calibration per bit option + N assemblies);
+- ``quality``: FDD and PSNR against the FP samples of the same noise, for FP and uniform W8A8, W6A6, W4A8, W4A4.
+
+Prints progress to stderr and one JSON object as the last stdout line. ``--quick`` runs in under a minute
+(coarser calibration grid, fewer samples and repeats; its figures are a smoke test, not the reference).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# This script is named like the package it measures: keep bench/ off the import path so `supernet` is the package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse
+import json
+import logging
+import os
+import platform
+import random
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from supernet.calibration import CalibrationData, CalibrationSettings, collect_calibration_data
+from supernet.sampling import DDIMSampler, uniform_schedule
+from supernet.supernet import QuantSupernet
+from supernet.zoo.loader import DiffusionModel, load_model
+from supernet.zoo.testbed import TESTBED_DIR
+
+QUALITY_CONFIGS = (("W8A8", 8, 8), ("W6A6", 6, 6), ("W4A8", 4, 8), ("W4A4", 4, 4))
+
+
+def _log(msg: str) -> None:
+    print(f"[bench/supernet] {msg}", file=sys.stderr, flush=True)
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def bench_assemble(sn: QuantSupernet, schedule: list[int], n: int) -> dict[str, Any]:
+    """Median and p90 time to assemble one of ``n`` pre-built random mixed candidates."""
+    cands = [sn.random_candidate(random.Random(1000 + i), schedule) for i in range(n)]
+    times = []
+    for c in cands:
+        _, dt = _timed(lambda c=c: sn.assemble(c))
+        times.append(dt)
+    sn.assemble(sn.uniform(32, 32, schedule))
+    times.sort()
+    return {"assemble_ms": round(1e3 * statistics.median(times), 4),
+            "assemble_p90_ms": round(1e3 * times[int(0.9 * (len(times) - 1))], 4), "assemble_trials": n,
+            "sites": len(sn.sites)}
+
+
+def bench_overhead(fp: DiffusionModel, sn: QuantSupernet, q_model: DiffusionModel, schedule: list[int],
+                   batch: int, repeats: int) -> dict[str, Any]:
+    """FP vs assembled mixed candidate sampling time, interleaved in one process."""
+    mixed = sn.random_candidate(random.Random(7), schedule)
+    fp_sampler = fp.sampler(batch)
+    q_sampler = DDIMSampler(sn.unet, q_model.alphas_cumprod, q_model.clip_sample, batch)
+    fp_times, q_times = [], []
+    with sn.assembled(mixed):
+        fp_sampler.sample(schedule, batch, seed=0)
+        q_sampler.sample(schedule, batch, seed=0)
+        for r in range(repeats):
+            order = [("fp", fp_sampler), ("q", q_sampler)]
+            for name, sampler in order if r % 2 == 0 else order[::-1]:
+                _, dt = _timed(lambda s=sampler, r=r: s.sample(schedule, batch, seed=r))
+                (fp_times if name == "fp" else q_times).append(dt)
+    fp_med, q_med = statistics.median(fp_times), statistics.median(q_times)
+    pairs = sorted(q / f for q, f in zip(q_times, fp_times, strict=True))
+    return {"overhead_ratio": round(q_med / fp_med, 4), "overhead_ratio_paired_median": round(
+        statistics.median(pairs), 4), "fp_sample_s": round(fp_med, 4), "quantized_sample_s": round(q_med, 4),
+        "overhead_repeats": repeats, "overhead_candidate": mixed.bits_summary()}
+
+
+def bench_amortization(model: DiffusionModel, bits: tuple[int, ...], calib: CalibrationSettings,
+                       data: CalibrationData, supernet_calib_s: float, assemble_s: float, schedule: list[int],
+                       n_configs: int, measured: int) -> dict[str, Any]:
+    """Per-configuration PTQ (timed on ``measured`` random mixes) vs the supernet, extrapolated to N."""
+    baseline = QuantSupernet.build(model, bits, calib_settings=calib)
+    per_config = []
+    for i in range(measured):
+        cand = baseline.random_candidate(random.Random(500 + i), schedule)
+        _, dt = _timed(lambda c=cand: baseline.calibrate_config(c, data))
+        per_config.append(dt)
+        _log(f"per-config calibration {i + 1}/{measured}: {dt:.2f} s")
+    baseline.detach()
+    per_config_s = statistics.mean(per_config)
+    ptq_total = n_configs * per_config_s
+    supernet_total = supernet_calib_s + n_configs * assemble_s
+    return {"amortization_ratio": round(ptq_total / supernet_total, 2), "amortization_n": n_configs,
+            "per_config_calibration_s": [round(t, 3) for t in per_config],
+            "per_config_measured": measured, "supernet_calibration_s": round(supernet_calib_s, 3),
+            "amortization_method": (f"per-config calibration timed on {measured} random mixed candidates and "
+                                    f"extrapolated linearly to N={n_configs}; supernet side = measured calibration "
+                                    f"of {len(bits)} bit options + N x median assemble time; FP trajectory "
+                                    "collection shared by both and excluded")}
+
+
+def bench_quality(fp: DiffusionModel, sn: QuantSupernet, q_model: DiffusionModel, schedule: list[int],
+                  batch: int, n: int, seed: int) -> dict[str, Any]:
+    """FDD (vs real digits) and PSNR (vs FP samples from the same noise) of uniform configurations."""
+    from supernet.metrics import FDDScorer, psnr
+
+    scorer = FDDScorer.for_testbed()
+    fp_images = fp.sampler(batch).sample(schedule, n, seed=seed)
+    out: dict[str, Any] = {"FP": {"fdd": round(scorer.score(fp_images), 3), "psnr_db": None}}
+    q_sampler = DDIMSampler(sn.unet, q_model.alphas_cumprod, q_model.clip_sample, batch)
+    for name, w, a in QUALITY_CONFIGS:
+        with sn.assembled(sn.uniform(w, a, schedule)):
+            images = q_sampler.sample(schedule, n, seed=seed)
+        out[name] = {"fdd": round(scorer.score(images), 3), "psnr_db": round(psnr(images, fp_images), 2)}
+        _log(f"quality {name}: {out[name]}")
+    return {"quality": out, "quality_samples": n, "quality_seed": seed}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer repeats and samples (under a minute)")
+    p.add_argument("--model", type=Path, default=TESTBED_DIR)
+    p.add_argument("--bits", type=int, nargs="+", default=[4, 6, 8])
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quick = args.quick
+    load_start = round(os.getloadavg()[0], 2)  # the machine may be shared: record how busy it was
+    n_configs, measured = (50, 2) if quick else (200, 3)
+    repeats, q_samples, assemble_trials = (3, 128, 100) if quick else (9, 1000, 300)
+    bits = tuple(sorted(set(args.bits)))
+    # --quick calibrates on a coarser grid with fewer samples (both sides of the amortization alike)
+    calib = CalibrationSettings(grid_steps=10, samples=32) if quick else CalibrationSettings()
+
+    fp, q_model, baseline_model = (load_model(args.model) for _ in range(3))
+    schedule = uniform_schedule(args.steps, fp.num_train_timesteps)
+    data, data_s = _timed(lambda: collect_calibration_data(fp.unet, fp.alphas_cumprod, fp.clip_sample, calib,
+                                                           args.batch, source={"model_hash": fp.model_hash}))
+    _log(f"calibration data {tuple(data.inputs.shape)} in {data_s:.2f} s")
+    sn = QuantSupernet.build(q_model, bits, calib_settings=calib)
+    _, calib_s = _timed(lambda: sn.calibrate(data))
+    _log(f"supernet calibration of {bits} in {calib_s:.2f} s")
+
+    result: dict[str, Any] = {
+        "bench": "supernet", "quick": quick, "model": str(args.model), "model_hash": fp.model_hash,
+        "bit_options": list(bits), "steps": args.steps, "schedule": schedule, "batch": args.batch,
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
+        "calibration_settings": calib.to_dict(), "calibration_data_s": round(data_s, 3),
+        "supernet_calibration_s": round(calib_s, 3),
+    }
+    result.update(bench_assemble(sn, schedule, assemble_trials))
+    _log(f"assemble {result['assemble_ms']} ms")
+    result.update(bench_overhead(fp, sn, q_model, schedule, args.batch, repeats))
+    _log(f"overhead {result['overhead_ratio']}")
+    result.update(bench_amortization(baseline_model, bits, calib, data, calib_s, result["assemble_ms"] / 1e3,
+                                     schedule, n_configs, measured))
+    result.update(bench_quality(fp, sn, q_model, schedule, args.batch, q_samples, seed=2024))
+    result["cost"] = {name: {"gbitops": round(sn.cost(sn.uniform(w, a, schedule)).bitops / 1e9, 3),
+                             "weight_kb": round(sn.cost(sn.uniform(w, a, schedule)).weight_bytes / 1e3, 1)}
+                      for name, w, a in (("FP", 32, 32), *QUALITY_CONFIGS)}
+    result["load_average_start_end"] = [load_start, round(os.getloadavg()[0], 2)]
+    print(json.dumps(result, sort_keys=False))
+    return result
+
+
+if __name__ == "__main__":
+    main()

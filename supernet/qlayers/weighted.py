@@ -1,0 +1,109 @@
+"""Quantized ``nn.Conv2d`` and ``nn.Linear``: the FP parameters are shared, not copied.
+
+A layer holds one :class:`~supernet.quant.qtensor.QuantizedTensor` per weight bit-width (``slots``) and an
+activation quantizer for its input. :meth:`QuantWeightLayer.activate` swaps references in O(1); at 16/32 bits
+the forward pass is exactly the wrapped layer's. The activation scale is folded into the (smaller) weight:
+``conv(q · s, ŵ) = conv(q, s · ŵ)`` with the same integer codes ``q``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from supernet.errors import CalibrationError
+from supernet.qlayers.act import ActQuantizer
+from supernet.qlayers.context import TimestepContext
+from supernet.quant.protocol import is_fp
+from supernet.quant.qtensor import QuantizedTensor
+
+
+class QuantWeightLayer(nn.Module):
+    """Mixin state and behaviour of a quantized layer with a weight (one site)."""
+
+    kind: ClassVar[str] = ""
+    site: str
+    act: ActQuantizer
+    slots: dict[int, QuantizedTensor]
+    w_bits: int
+    _w: torch.Tensor | None
+
+    def _init_site(self, site: str, ctx: TimestepContext) -> None:
+        self.site = site
+        self.act = ActQuantizer(site, "x", "a", ctx)
+        self.slots = {}
+        self.w_bits = 32
+        self._w = None
+
+    @property
+    def name(self) -> str:
+        return self.site
+
+    @property
+    def a_bits(self) -> int:
+        return self.act.bits
+
+    def act_quantizers(self) -> tuple[ActQuantizer, ...]:
+        return (self.act,)
+
+    def activate(self, w_bits: int, a_bits: int) -> None:
+        """Select the stored weight for ``w_bits`` and the activation parameters for ``a_bits``."""
+        if is_fp(w_bits):
+            w = None
+        else:
+            slot = self.slots.get(w_bits)
+            if slot is None:
+                raise CalibrationError(f"{self.site}: no weights quantized to {w_bits} bits")
+            w = slot.dequantized
+        self.act.activate(a_bits)
+        self._w, self.w_bits = w, w_bits
+
+    def _operands(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q, s = self.act.split(x)
+        w = self.weight if self._w is None else self._w
+        return q, (w if s is None else w * s)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, site={self.site!r}, w_bits={self.w_bits}, a_bits={self.a_bits}"
+
+
+class QConv2d(QuantWeightLayer, nn.Conv2d):
+    """Quantized ``nn.Conv2d`` (weights per output channel, input per tensor)."""
+
+    kind: ClassVar[str] = "conv2d"
+
+    @classmethod
+    def wrap(cls, conv: nn.Conv2d, site: str, ctx: TimestepContext) -> QConv2d:
+        """A wrapper sharing ``conv``'s parameters."""
+        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                conv.groups, conv.bias is not None, conv.padding_mode, device="meta")
+        q.weight, q.bias = conv.weight, conv.bias
+        q.train(conv.training)
+        q._init_site(site, ctx)
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, w = self._operands(x)
+        return self._conv_forward(q, w, self.bias)
+
+
+class QLinear(QuantWeightLayer, nn.Linear):
+    """Quantized ``nn.Linear`` (weights per output feature, input per tensor)."""
+
+    kind: ClassVar[str] = "linear"
+
+    @classmethod
+    def wrap(cls, linear: nn.Linear, site: str, ctx: TimestepContext) -> QLinear:
+        """A wrapper sharing ``linear``'s parameters."""
+        q = cls(linear.in_features, linear.out_features, linear.bias is not None, device="meta")
+        q.weight, q.bias = linear.weight, linear.bias
+        q.train(linear.training)
+        q._init_site(site, ctx)
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, w = self._operands(x)
+        return F.linear(q, w, self.bias)

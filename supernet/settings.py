@@ -1,0 +1,70 @@
+"""Frozen, versioned, validated settings of a supernet's structure and quantizer format.
+
+The canonical dict (``to_dict``) is part of the supernet cache key, next to
+:class:`~supernet.calibration.settings.CalibrationSettings`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from search.errors import ConfigError, VersionMismatchError
+
+SUPERNET_SETTINGS_VERSION = 1
+
+
+def canonical_key(payload: Mapping[str, Any], length: int = 16) -> str:
+    """Hex digest of the canonical JSON of ``payload`` (sorted keys, no spaces)."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+@dataclass(frozen=True)
+class SupernetSettings:
+    """Which operations become sites and the integer format of their quantizers.
+
+    Attributes:
+        weight_symmetric: signed weight codes with zero-point 0 (else unsigned with a zero-point per channel).
+        act_symmetric: signed activation codes (else unsigned with a zero-point per tensor).
+        attention_matmuls: make the attention matmuls (``.qk``/``.pv``) sites.
+        exclude: module names (or name prefixes) left in floating point, e.g. ``("conv_out",)``.
+        version: format version of these settings.
+    """
+
+    weight_symmetric: bool = False
+    act_symmetric: bool = False
+    attention_matmuls: bool = True
+    exclude: tuple[str, ...] = ()
+    version: int = SUPERNET_SETTINGS_VERSION
+
+    def __post_init__(self) -> None:
+        if self.version != SUPERNET_SETTINGS_VERSION:
+            raise VersionMismatchError(
+                f"supernet settings version {self.version} is not supported (expected {SUPERNET_SETTINGS_VERSION})")
+        for name in ("weight_symmetric", "act_symmetric", "attention_matmuls"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, "must be a boolean")
+        if isinstance(self.exclude, str) or not all(isinstance(e, str) and e for e in self.exclude):
+            raise ConfigError("exclude", "must be a sequence of non-empty module names")
+        object.__setattr__(self, "exclude", tuple(sorted(set(self.exclude))))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Canonical, JSON-ready form."""
+        d = asdict(self)
+        d["exclude"] = list(self.exclude)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SupernetSettings:
+        """Inverse of :meth:`to_dict`; refuses another version or unknown fields."""
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError("supernet settings", f"unknown fields {sorted(unknown)}")
+        values = dict(data)
+        if "exclude" in values:
+            values["exclude"] = tuple(values["exclude"])
+        return cls(**values)

@@ -1,0 +1,309 @@
+"""The weight-shared precision supernet: calibrate once per bit option, assemble any per-site mix in O(sites).
+
+``QuantSupernet.build`` wraps the model's conv/linear layers and attention matmuls in place (sharing the FP
+parameters). ``calibrate`` sets the whole network to each bit option b in turn (WbAb) and lets the calibration
+strategy fit every site's quantizers with the rest of the net at b; the weight codes of every (site, b) and the
+per-timestep activation parameters are stored. ``assemble(candidate)`` then only swaps references.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from search.candidate import FP_BITS, Candidate
+from search.cost import Cost, CostModel
+from search.errors import ConfigError, InvalidCandidate
+from supernet.calibration.data import CalibrationData
+from supernet.calibration.session import CalibrationSession
+from supernet.calibration.settings import CalibrationSettings
+from supernet.calibration.strategy import make_strategy
+from supernet.cost import trace_costs
+from supernet.errors import CalibrationError
+from supernet.qlayers.attention import QuantAttnProcessor
+from supernet.qlayers.context import TimestepContext
+from supernet.qlayers.registry import Installation, Site, install_sites
+from supernet.qlayers.weighted import QuantWeightLayer
+from supernet.quant.protocol import QUANT_BITS
+from supernet.settings import SupernetSettings
+
+log = logging.getLogger(__name__)
+
+#: Version of the saved artifact layout (``supernet.artifact``).
+FORMAT_VERSION = 1
+
+BitState = tuple[tuple[str, int, int], ...]
+
+
+def module_hash(module: nn.Module) -> str:
+    """SHA-256 (16 hex digits) over a module's config (if any) and its state dict."""
+    h = hashlib.sha256()
+    config = getattr(module, "config", None)
+    if config is not None:
+        h.update(json.dumps(dict(config), sort_keys=True, default=str).encode())
+    for key, value in sorted(module.state_dict().items()):
+        t = value.detach().cpu().contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def sample_shape_of(unet: nn.Module) -> tuple[int, ...]:
+    """``(C, H, W)`` of a diffusers UNet's input, from its config."""
+    cfg = getattr(unet, "config", None)
+    if cfg is None:
+        raise CalibrationError("the model has no config: pass sample_shape")
+    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    return (int(cfg.in_channels), int(size), int(size))
+
+
+def block_of(root: nn.Module, name: str) -> str:
+    """The top-level block a site belongs to: ``down_blocks.1``, ``mid_block``, ``conv_in``…"""
+    parts = name.split(".")
+    child = root._modules.get(parts[0])
+    if isinstance(child, nn.ModuleList | nn.ModuleDict | nn.Sequential) and len(parts) > 2:
+        return ".".join(parts[:2])
+    return parts[0]
+
+
+def _already_wrapped(unet: nn.Module) -> bool:
+    return any(isinstance(m, QuantWeightLayer) or isinstance(getattr(m, "processor", None), QuantAttnProcessor)
+               for m in unet.modules())
+
+
+class QuantSupernet:
+    """A model whose every quantizable site can run at any of ``bit_options`` (or FP) independently.
+
+    Build with :meth:`build` (or :func:`supernet.artifact.get_or_build_supernet`); do not call directly.
+    """
+
+    def __init__(self, unet: nn.Module, bit_options: tuple[int, ...], settings: SupernetSettings,
+                 calib_settings: CalibrationSettings, model_hash: str, ctx: TimestepContext,
+                 installation: Installation, hooks: list[RemovableHandle], sample_shape: tuple[int, ...]) -> None:
+        self.unet = unet
+        self.bit_options = bit_options
+        self.settings = settings
+        self.calib_settings = calib_settings
+        self.model_hash = model_hash
+        self.sample_shape = sample_shape
+        self._ctx = ctx
+        self._install = installation
+        self._sites: dict[str, Site] = installation.sites
+        self._names: tuple[str, ...] = tuple(self._sites)
+        self._allowed = frozenset(bit_options) | frozenset(FP_BITS)
+        self._hooks = hooks
+        self.site_blocks: dict[str, str] = {s: block_of(unet, s) for s in self._names}
+        self.skipped: dict[str, str] = dict(installation.skipped)
+        self.cost_model: CostModel = trace_costs(unet, self._sites, sample_shape)
+        self.calibrated = False
+        self.calibration_source: dict[str, Any] = {}
+
+    # --- construction -----------------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, model: Any, bit_options: Iterable[int], settings: SupernetSettings | None = None,
+              calib_settings: CalibrationSettings | None = None, *, model_hash: str | None = None,
+              sample_shape: Sequence[int] | None = None) -> QuantSupernet:
+        """Wrap ``model`` (a :class:`~supernet.zoo.loader.DiffusionModel` or a UNet module) in place.
+
+        Args:
+            model: the model; a ``DiffusionModel`` contributes its file hash, a bare module is hashed.
+            bit_options: the calibrated bit-widths (each in 2..8); 16/32 (FP) are always accepted too.
+            settings: structure and quantizer format.
+            calib_settings: how :meth:`calibrate` fits quantizers.
+            model_hash: override the model identity recorded in artifacts.
+            sample_shape: ``(C, H, W)`` of one input; read from a diffusers config when omitted.
+        """
+        unet = getattr(model, "unet", model)
+        if not isinstance(unet, nn.Module):
+            raise TypeError(f"expected a DiffusionModel or an nn.Module, got {type(model).__name__}")
+        if _already_wrapped(unet):
+            raise CalibrationError("this model is already wrapped by a supernet (detach() it first)")
+        options = tuple(sorted({int(b) for b in bit_options}))
+        if not options or not set(options) <= set(QUANT_BITS):
+            raise ConfigError("bit_options", f"must be a non-empty set of widths in 2..8, got {list(options)} "
+                                             "(16/32 mean FP and are always accepted)")
+        settings = settings or SupernetSettings()
+        identity = model_hash or getattr(model, "model_hash", None) or module_hash(unet)
+        shape = tuple(sample_shape) if sample_shape is not None else sample_shape_of(unet)
+        ctx = TimestepContext()
+        installation = install_sites(unet, ctx, attention=settings.attention_matmuls, exclude=settings.exclude)
+        hooks = ctx.install(unet)
+        try:
+            if not installation.sites:
+                raise CalibrationError("the model has no quantizable layer")
+            return cls(unet, options, settings, calib_settings or CalibrationSettings(), identity, ctx,
+                       installation, hooks, shape)
+        except BaseException:
+            for h in hooks:
+                h.remove()
+            installation.uninstall()
+            raise
+
+    def detach(self) -> None:
+        """Restore the model's original modules and processors and remove the hooks (the supernet is unusable
+        afterwards)."""
+        for h in self._hooks:
+            h.remove()
+        self._install.uninstall()
+        self._sites, self._names = {}, ()
+
+    # --- introspection --------------------------------------------------------------------------------------
+    @property
+    def sites(self) -> tuple[str, ...]:
+        """Site names, sorted (the order of ``Candidate.sites``)."""
+        return self._names
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """The calibrated timesteps (empty before calibration)."""
+        return self._ctx.grid
+
+    def site(self, name: str) -> Site:
+        """The site object called ``name``."""
+        try:
+            return self._sites[name]
+        except KeyError:
+            raise InvalidCandidate(f"unknown site {name!r}") from None
+
+    def state(self) -> BitState:
+        """``(site, w_bits, a_bits)`` of every site, as currently assembled."""
+        return tuple((n, s.w_bits, s.a_bits) for n, s in self._sites.items())
+
+    def uniform(self, w_bits: int, a_bits: int, timesteps: Sequence[int] = (0,)) -> Candidate:
+        """The candidate with every site at ``w_bits``/``a_bits``."""
+        return Candidate.uniform(timesteps, self._names, w_bits, a_bits)
+
+    def random_candidate(self, rng: random.Random, timesteps: Sequence[int] = (0,)) -> Candidate:
+        """Every gene drawn uniformly from ``bit_options``."""
+        w = [(n, rng.choice(self.bit_options)) for n in self._names]
+        a = [(n, rng.choice(self.bit_options)) for n in self._names]
+        return Candidate(tuple(timesteps), tuple(w), tuple(a))
+
+    # --- assembling -----------------------------------------------------------------------------------------
+    def _check(self, candidate: Candidate) -> None:
+        if candidate.sites != self._names:
+            names = set(candidate.sites)
+            unknown = sorted(names - set(self._names))
+            if unknown:
+                raise InvalidCandidate(f"unknown site {unknown[0]!r} ({len(unknown)} unknown in all)")
+            missing = sorted(set(self._names) - names)
+            raise InvalidCandidate(f"candidate does not set site {missing[0]!r} ({len(missing)} missing in all)")
+        allowed = self._allowed
+        for genes, what in ((candidate.weight_bits, "weight"), (candidate.act_bits, "activation")):
+            for name, bits in genes:
+                if bits not in allowed:
+                    raise InvalidCandidate(f"site {name!r}: {what} bit-width {bits} is not among the supernet's "
+                                           f"options {sorted(self.bit_options)} (or FP {FP_BITS})")
+
+    def _apply(self, state: Iterable[tuple[str, int, int]]) -> None:
+        before = self.state()
+        try:
+            sites = self._sites
+            for name, w, a in state:
+                sites[name].activate(w, a)
+        except CalibrationError:
+            for name, w, a in before:
+                self._sites[name].activate(w, a)
+            raise
+
+    def assemble(self, candidate: Candidate) -> None:
+        """Set every site's weight and activation width from ``candidate`` (references only, O(sites)).
+
+        Raises :class:`InvalidCandidate` for an unknown or missing site or a width outside the options, and
+        :class:`CalibrationError` if a width has not been calibrated; the previous state is kept on error.
+        """
+        self._check(candidate)
+        self._apply((n, w, a) for (n, w), (_, a) in zip(candidate.weight_bits, candidate.act_bits, strict=True))
+
+    @contextmanager
+    def assembled(self, candidate: Candidate) -> Iterator[QuantSupernet]:
+        """Assemble ``candidate`` for the duration of the block, then restore the previous state."""
+        before = self.state()
+        self.assemble(candidate)
+        try:
+            yield self
+        finally:
+            self._apply(before)
+
+    def cost(self, candidate: Candidate) -> Cost:
+        """BitOps (whole schedule) and weight bytes of ``candidate`` (analytic; see :class:`CostModel`)."""
+        self._check(candidate)
+        return self.cost_model.cost(candidate)
+
+    # --- calibration ----------------------------------------------------------------------------------------
+    def _check_data(self, data: CalibrationData) -> None:
+        if tuple(data.inputs.shape[2:]) != tuple(self.sample_shape):
+            raise CalibrationError(f"calibration inputs of shape {tuple(data.inputs.shape[2:])} do not match the "
+                                   f"model's {self.sample_shape}")
+
+    def _fp_state(self) -> BitState:
+        return tuple((n, 32, 32) for n in self._names)
+
+    def _session(self, data: CalibrationData, w_bits: dict[str, int], a_bits: dict[str, int]) -> CalibrationSession:
+        return CalibrationSession(self.unet, self._sites, self._ctx, data, self.calib_settings, self.settings,
+                                  w_bits, a_bits)
+
+    def calibrate(self, data: CalibrationData) -> None:
+        """Fit every bit option: the whole network at WbAb, one strategy session per b. Replaces any previous
+        calibration; the supernet is left in FP."""
+        self._check_data(data)
+        strategy = make_strategy(self.calib_settings)
+        self._apply(self._fp_state())
+        self.calibrated = False
+        for site in self._sites.values():
+            if isinstance(site, QuantWeightLayer):
+                site.slots.clear()
+            for q in site.act_quantizers():
+                q.tables.clear()
+        self._ctx.set_grid(data.timesteps)
+        strategy.prepare(self, data)
+        for bits in self.bit_options:
+            uniform = dict.fromkeys(self._names, bits)
+            try:
+                strategy.calibrate(self._session(data, uniform, uniform))
+            finally:
+                self._apply(self._fp_state())
+            log.info("calibrated W%dA%d on %d timesteps x %d samples", bits, bits, len(data.timesteps), data.samples)
+        self.calibration_source = dict(data.source)
+        self.calibrated = True
+
+    def calibrate_config(self, candidate: Candidate, data: CalibrationData) -> None:
+        """Per-configuration PTQ (the baseline the supernet amortizes): fit exactly ``candidate``'s mix, with
+        the network at that mix, overwriting the (site, bits) slots it uses. Leaves ``candidate`` assembled."""
+        self._check(candidate)
+        self._check_data(data)
+        if self._ctx.grid and self._ctx.grid != data.timesteps:
+            raise CalibrationError("calibrate_config needs the same timestep grid as the existing calibration")
+        if not self._ctx.grid:
+            self._ctx.set_grid(data.timesteps)
+        strategy = make_strategy(self.calib_settings)
+        self._apply(self._fp_state())
+        try:
+            strategy.calibrate(self._session(data, candidate.w_map(), candidate.a_map()))
+        finally:
+            self._apply(self._fp_state())
+        self.assemble(candidate)
+
+    # --- persistence ----------------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the calibrated supernet to directory ``path`` (see :mod:`supernet.artifact`)."""
+        from supernet.artifact import save_supernet
+
+        return save_supernet(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path, model: Any) -> QuantSupernet:
+        """Wrap ``model`` and restore the calibration saved at ``path``; refuses another format or model."""
+        from supernet.artifact import load_supernet
+
+        return load_supernet(path, model)

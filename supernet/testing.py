@@ -1,0 +1,63 @@
+"""Helpers for tests of code built on the supernet: a toy timestep-conditioned net and tiny calibrations.
+
+Torch-only and fast; nothing here is used by the library itself.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from supernet.calibration import CalibrationData, CalibrationSettings
+from supernet.supernet import QuantSupernet
+from supernet.zoo.testbed import testbed_unet
+
+TOY_SHAPE = (1, 8, 8)
+TESTBED_SHAPE = (1, 16, 16)
+
+#: Small enough for unit tests: 3 grid timesteps, 4 samples, a short MSE search.
+TINY_CALIB = CalibrationSettings(grid_steps=3, samples=4, mse_grid=12, act_max_elems=4096)
+
+
+class ToyNet(nn.Module):
+    """conv 1→4 (3x3 on 8x8) → SiLU → linear 256→10, with a timestep-dependent shift so ``t`` matters.
+
+    MACs per sample: conv 8·8·4·(1·3·3) = 2,304; linear 10·256 = 2,560.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.act = nn.SiLU()
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        h = self.act(self.conv(x)) + float(t) / 1000.0
+        return self.fc(h.flatten(1))
+
+
+def toy_net(seed: int = 0) -> ToyNet:
+    """A :class:`ToyNet` with weights from ``seed``, in eval mode."""
+    torch.manual_seed(seed)
+    return ToyNet().eval()
+
+
+def random_data(shape: tuple[int, ...], grid: tuple[int, ...] = (900, 500, 100), n: int = 4,
+                seed: int = 1) -> CalibrationData:
+    """Gaussian calibration inputs of ``shape`` on ``grid`` (no trajectories: for wiring tests)."""
+    gen = torch.Generator().manual_seed(seed)
+    return CalibrationData(grid, torch.randn((len(grid), n, *shape), generator=gen))
+
+
+def calibrated_toy(bits: tuple[int, ...] = (4, 8), seed: int = 0) -> QuantSupernet:
+    """A calibrated supernet over a fresh :class:`ToyNet`."""
+    sn = QuantSupernet.build(toy_net(seed), bits, calib_settings=TINY_CALIB, sample_shape=TOY_SHAPE)
+    sn.calibrate(random_data(TOY_SHAPE, n=8))
+    return sn
+
+
+def calibrated_testbed(bits: tuple[int, ...] = (4, 8), seed: int = 0) -> QuantSupernet:
+    """A supernet over the testbed architecture (random weights) calibrated on random inputs."""
+    sn = QuantSupernet.build(testbed_unet(seed).eval(), bits, calib_settings=TINY_CALIB)
+    sn.calibrate(random_data(TESTBED_SHAPE, grid=(999, 500, 0)))
+    return sn
