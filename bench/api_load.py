@@ -35,10 +35,10 @@ except ImportError:
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from search.candidate import Candidate  # noqa: E402
-from search.evaluator import Evaluation  # noqa: E402
-from server.models import JobState  # noqa: E402
-from server.store import Store  # noqa: E402
+from search.candidate import Candidate
+from search.evaluator import Evaluation
+from server.models import JobState
+from server.store import Store
 
 logger = logging.getLogger("bench.api_load")
 
