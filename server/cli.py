@@ -92,8 +92,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print("3/5 the Pareto front (quality = MSE vs the FP model at 50 steps, same noise):")
         print_front(front, job)
         knee = front["knee"]
-        print(f"    knee point: {knee['key']}  K={knee['steps']}  {knee['bits']}  "
-              f"{knee['bitops'] / 1e9:.2f} GBitOps  MSE {knee['quality']:.4g}")
         plot = out / "front.png"
         plot.write_bytes(client.front_png(job["id"]))
         print(f"4/5 wrote the Pareto plot: {plot}")
