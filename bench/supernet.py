@@ -85,7 +85,9 @@ def bench_overhead(fp: DiffusionModel, sn: QuantSupernet, q_model: DiffusionMode
     pairs = sorted(q / f for q, f in zip(q_times, fp_times, strict=True))
     return {"overhead_ratio": round(q_med / fp_med, 4), "overhead_ratio_paired_median": round(
         statistics.median(pairs), 4), "fp_sample_s": round(fp_med, 4), "quantized_sample_s": round(q_med, 4),
-        "overhead_repeats": repeats, "overhead_candidate": mixed.bits_summary()}
+        "overhead_repeats": repeats, "overhead_candidate": mixed.bits_summary(),
+        "fp_sample_times_s": [round(t, 4) for t in fp_times],
+        "quantized_sample_times_s": [round(t, 4) for t in q_times]}
 
 
 def bench_amortization(model: DiffusionModel, bits: tuple[int, ...], calib: CalibrationSettings,
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     quick = args.quick
     load_start = round(os.getloadavg()[0], 2)  # the machine may be shared: record how busy it was
     n_configs, measured = (50, 2) if quick else (200, 3)
-    repeats, q_samples, assemble_trials = (3, 128, 100) if quick else (9, 1000, 300)
+    repeats, q_samples, assemble_trials = (3, 64, 100) if quick else (11, 1000, 300)
     bits = tuple(sorted(set(args.bits)))
     # --quick calibrates on a coarser grid with fewer samples (both sides of the amortization alike)
     calib = CalibrationSettings(grid_steps=10, samples=32) if quick else CalibrationSettings()
