@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from server.settings import Settings
@@ -27,6 +27,8 @@ async def get_store(request: Request) -> Store:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[Store, Depends(get_store)]
 CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+#: A job id in a path: a positive 64-bit integer (larger ones cannot exist in either database: 422, not 500).
+JobId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The job's id.")]
 
 
 def _check_token(settings: Settings, credentials: HTTPAuthorizationCredentials | None) -> None:

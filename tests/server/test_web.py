@@ -9,13 +9,8 @@ job's model.
 from __future__ import annotations
 
 import math
-import os
 import random
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +30,8 @@ from server.models import JobState
 from server.settings import Settings
 from server.store import Store
 from tests.server.conftest import in_ci, write_fake_model
+from tests.server.live import API, uvicorn_server
 
-REPO = Path(__file__).resolve().parents[2]
-API = "/api/v1"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -219,12 +213,6 @@ def test_candidate_responses_flag_baselines_with_the_models_timesteps(tmp_path: 
 # -- a live server and a browser ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass(frozen=True)
 class LiveServer:
     url: str
@@ -246,53 +234,8 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         running_id, pending_id = fill_other_jobs(store)
     finally:
         store.close()
-    env = {
-        **os.environ,
-        "TMPQ_DATA_DIR": str(settings.data_dir),
-        "TMPQ_MODEL_ROOT": str(root),
-        "PYTHONPATH": str(REPO),
-    }
-    env.pop("TMPQ_DATABASE_URL", None)
-    env.pop("TMPQ_API_TOKEN", None)
-    log = base / "uvicorn.log"
-    for _ in range(3):  # the port is free when chosen; another process may still take it first
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        with log.open("w") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "server.app:create_app", "--factory", "--host", "127.0.0.1",
-                 "--port", str(port), "--log-level", "warning"],
-                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        if wait_healthy(url, process):
-            break
-        process.kill()
-        process.wait()
-    else:
-        pytest.fail(f"uvicorn did not start: {log.read_text()[-2000:]}")
-    try:
-        yield LiveServer(url, finished, running_id, pending_id, log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        try:
-            if httpx.get(f"{url}{API}/healthz", timeout=1.0).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    return False
+    with uvicorn_server(settings.data_dir, root, base / "uvicorn.log") as url:
+        yield LiveServer(url, finished, running_id, pending_id, base / "uvicorn.log")
 
 
 def require_browser() -> Any:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
-from server.api.deps import ReadAuth, StoreDep
+from server.api.deps import JobId, ReadAuth, StoreDep
 from server.baselines import TrainTimesteps
 from server.schemas import CandidateList, CandidateOut
 
@@ -23,7 +23,7 @@ TrainTimestepsDep = Annotated[TrainTimesteps, Depends(get_train_timesteps)]
 
 @router.get("", response_model=CandidateList, dependencies=[ReadAuth], responses={404: {"description": "No such job"}})
 def list_candidates(
-    job_id: int,
+    job_id: JobId,
     store: StoreDep,
     timesteps: TrainTimestepsDep,
     after: Annotated[int, Query(ge=0, description="Only candidates with seq > after (the previous next_after).")] = 0,
@@ -47,7 +47,7 @@ def list_candidates(
     responses={404: {"description": "No such job or candidate"}},
 )
 def get_candidate(
-    job_id: int, key: Annotated[str, Path(max_length=64)], store: StoreDep, timesteps: TrainTimestepsDep
+    job_id: JobId, key: Annotated[str, Path(max_length=64)], store: StoreDep, timesteps: TrainTimestepsDep
 ) -> CandidateOut:
     """One candidate by its key."""
     record = store.get_candidate(job_id, key)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from search.evaluator import Evaluation
 from search.pareto import knee_point
-from server.api.deps import ReadAuth
+from server.api.deps import JobId, ReadAuth
 from server.api.front_cache import FrontCache
 from server.records import CandidateRecord
 from server.schemas import FrontOut
@@ -109,7 +109,7 @@ def _query_docs(model: type[BaseModel]) -> list[dict[str, object]]:
     responses={404: {"description": "No such job"}},
     openapi_extra={"parameters": _query_docs(FrontQuery)},
 )
-async def get_front(job_id: int, request: Request, cache: FrontCacheDep) -> Response:
+async def get_front(job_id: JobId, request: Request, cache: FrontCacheDep) -> Response:
     """The points of the job's current Pareto front (quality vs BitOps) within the given limits.
 
     The front is the stored non-dominated set of the whole job (the store keeps its flag current every

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from server.api.deps import ReadAuth, SettingsDep, StoreDep, WriteAuth
+from server.api.deps import JobId, ReadAuth, SettingsDep, StoreDep, WriteAuth
 from server.models import JobState
 from server.schemas import JobList, JobOut, JobSubmission
 from server.submission import validate_submission
@@ -51,7 +51,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, dependencies=[ReadAuth], responses=_ERRORS)
-def get_job(job_id: int, store: StoreDep) -> JobOut:
+def get_job(job_id: JobId, store: StoreDep) -> JobOut:
     """A job's state and progress."""
     return JobOut.from_record(store.get_job(job_id))
 
@@ -66,7 +66,7 @@ def get_job(job_id: int, store: StoreDep) -> JobOut:
         409: {"description": "The job already SUCCEEDED or FAILED"},
     },
 )
-def cancel_job(job_id: int, store: StoreDep, response: Response) -> JobOut:
+def cancel_job(job_id: JobId, store: StoreDep, response: Response) -> JobOut:
     """Cancel a job: a PENDING one at once, a RUNNING one after its current generation (202)."""
     job = store.cancel_job(job_id)
     if job.state is JobState.RUNNING:
@@ -80,7 +80,7 @@ def cancel_job(job_id: int, store: StoreDep, response: Response) -> JobOut:
     dependencies=[WriteAuth],
     responses={**_ERRORS, 409: {"description": "The job is not finished"}},
 )
-def delete_job(job_id: int, store: StoreDep) -> Response:
+def delete_job(job_id: JobId, store: StoreDep) -> Response:
     """Delete a finished job (SUCCEEDED, FAILED or CANCELLED) and everything stored for it."""
     store.delete_job(job_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

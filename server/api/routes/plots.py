@@ -12,7 +12,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from server.api.deps import ReadAuth, StoreDep
+from server.api.deps import JobId, ReadAuth, StoreDep
 from server.api.routes.candidates import TrainTimestepsDep
 from server.baselines import budget_bitops, is_uniform_baseline
 from server.records import CandidateRecord
@@ -51,7 +51,7 @@ def _point(record: CandidateRecord, label: str = "") -> PlotPoint:
     },
 )
 def get_front_png(
-    job_id: int,
+    job_id: JobId,
     store: StoreDep,
     timesteps: TrainTimestepsDep,
     budget: Annotated[

@@ -13,6 +13,8 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from server.api.deps import JobId
+
 #: The page's files (packaged with ``server``).
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 INDEX = STATIC_DIR / "index.html"
@@ -33,7 +35,7 @@ def job_list_page() -> FileResponse:
 
 
 @router.get("/jobs/{job_id}")
-def job_page(job_id: int) -> FileResponse:
+def job_page(job_id: JobId) -> FileResponse:
     """A job's page (its data comes from the REST API, so an unknown job is reported by the page itself)."""
     return _page()
 
