@@ -4,8 +4,9 @@ varied ``max_bitops`` at concurrency 32 for 20 s (5 s with ``--quick``).
 The store is SQLite in a temporary directory unless ``--database-url`` names another (e.g. PostgreSQL on its socket:
 ``postgresql+psycopg://postgres@/test?host=/var/run/postgresql``); the benchmark's job is deleted afterwards. The
 server runs in its own process (``server.app.serve``, no runner) on a free loopback port; the load comes from an
-httpx async client in this process. Prints one JSON object as its last line: ``p50_ms``, ``p99_ms``, ``rps``,
-``errors`` (target: p99 ≤ 50 ms, 0 errors).
+load generator: ``wrk`` (Debian's package; C, one thread, so the client takes little of this 2-core machine) when it
+is on the PATH, else an httpx async client in this process (``--client`` chooses; the JSON says which ran). Prints
+one JSON object as its last line: ``p50_ms``, ``p99_ms``, ``rps``, ``errors`` (target: p99 ≤ 50 ms, 0 errors).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import socket
 import statistics
 import subprocess
@@ -178,9 +180,55 @@ async def load(
     return latencies, errors, wall
 
 
+WRK_SCRIPT = """
+local budgets = {%(budgets)s}
+local path = "%(path)s"
+math.randomseed(%(seed)d)
+request = function()
+  return wrk.format("GET", path .. "?max_bitops=" .. budgets[math.random(#budgets)])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("TMPQ-RESULT %%d %%d %%d %%d %%.1f %%.1f\\n", summary.requests, e.status,
+    e.connect + e.read + e.write + e.timeout, summary.duration, latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def load_wrk(
+    base: str, job_id: int, budgets: list[float], concurrency: int, seconds: float, warmup: float, tmp: Path
+) -> dict[str, float]:
+    """``wrk`` with ``concurrency`` connections on one thread: a warm-up run, then the measured one.
+
+    Returns ``requests``, ``errors`` (non-2xx answers and socket errors), ``wall`` (s), ``p50_ms``, ``p99_ms``.
+    """
+    script = tmp / "front.lua"
+    script.write_text(WRK_SCRIPT % {"budgets": ", ".join(repr(b) for b in budgets),
+                                    "path": f"/api/v1/jobs/{job_id}/front", "seed": 1})
+    url = base.removesuffix("/api/v1")
+    out = ""
+    for duration in (warmup, seconds):
+        cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--timeout", "10s", "-s",
+               str(script), url]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=duration + 60).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("TMPQ-RESULT"))
+    requests, status_errors, socket_errors, duration_us, p50_us, p99_us = line.split()[1:]
+    return {"requests": int(requests), "errors": int(status_errors) + int(socket_errors),
+            "wall": int(duration_us) / 1e6, "p50_ms": float(p50_us) / 1e3, "p99_ms": float(p99_us) / 1e3}
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+def server_stack() -> str:
+    """What uvicorn picks with its defaults here: uvloop/httptools when installed, else asyncio/h11."""
+    import importlib.util
+
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    return f"uvicorn {loop}+{http}"
 
 
 def main() -> None:
@@ -191,10 +239,15 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=None, help="load duration (default 20, or 5 with --quick)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--client", choices=("auto", "wrk", "httpx"), default="auto",
+                        help="load generator (auto: wrk when on the PATH, else httpx)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     seconds = args.seconds if args.seconds is not None else (5.0 if args.quick else 20.0)
+    client = args.client if args.client != "auto" else ("wrk" if shutil.which("wrk") else "httpx")
+    if client == "wrk" and not shutil.which("wrk"):
+        parser.error("--client wrk: wrk is not on the PATH (Debian: apt-get install wrk)")
 
     with tempfile.TemporaryDirectory(prefix="tmpq-bench-") as tmp:
         url = args.database_url or f"sqlite:///{Path(tmp) / 'tmpq.db'}"
@@ -210,9 +263,14 @@ def main() -> None:
         proc = start_server(url, port, Path(tmp))
         try:
             wait_until_up(base, proc)
-            latencies, errors, wall = asyncio.run(
-                load(base, job_id, budgets, args.concurrency, seconds, warmup=1.0 if args.quick else 2.0)
-            )
+            warmup = 1.0 if args.quick else 2.0
+            if client == "wrk":
+                measured = load_wrk(base, job_id, budgets, args.concurrency, seconds, warmup, Path(tmp))
+            else:
+                latencies, errors, wall = asyncio.run(load(base, job_id, budgets, args.concurrency, seconds, warmup))
+                measured = {"requests": len(latencies), "errors": errors, "wall": wall,
+                            "p50_ms": statistics.median(latencies) if latencies else None,
+                            "p99_ms": percentile(latencies, 99) if latencies else None}
         finally:
             proc.terminate()
             proc.wait(30)
@@ -227,12 +285,14 @@ def main() -> None:
         "candidates": args.candidates,
         "front_size": len(front),
         "concurrency": args.concurrency,
-        "seconds": round(wall, 2),
-        "requests": len(latencies),
-        "p50_ms": round(statistics.median(latencies), 2) if latencies else None,
-        "p99_ms": round(percentile(latencies, 99), 2) if latencies else None,
-        "rps": round(len(latencies) / wall, 1) if wall > 0 else 0.0,
-        "errors": errors,
+        "client": client,
+        "server": server_stack(),
+        "seconds": round(measured["wall"], 2),
+        "requests": measured["requests"],
+        "p50_ms": round(measured["p50_ms"], 2) if measured["p50_ms"] is not None else None,
+        "p99_ms": round(measured["p99_ms"], 2) if measured["p99_ms"] is not None else None,
+        "rps": round(measured["requests"] / measured["wall"], 1) if measured["wall"] > 0 else 0.0,
+        "errors": measured["errors"],
     }
     print(json.dumps(result))
 
