@@ -83,7 +83,7 @@ class ActQuantizer:
             raise CalibrationError(f"{self.key}: no timestep selected (call the UNet as unet(x, t) with one t)")
         return active[index]
 
-    def split(self, x: torch.Tensor, inplace: bool = False) -> tuple[torch.Tensor, float | None]:
+    def split(self, x: torch.Tensor, *, inplace: bool = False) -> tuple[torch.Tensor, float | None]:
         """``(q, s)`` with ``q * s`` the fake-quantized ``x`` (``s`` None: ``q`` is already the value).
 
         ``inplace=True`` lets the quantizer overwrite ``x`` (only for tensors the caller owns).
@@ -91,7 +91,7 @@ class ActQuantizer:
         p = self._observer(self, x) if self._observer is not None else self.params()
         if p is None:
             return x, None
-        return p.split(x, inplace)
+        return p.split(x, x if inplace else None)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         q, s = self.split(x)

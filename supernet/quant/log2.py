@@ -37,9 +37,9 @@ class Log2Params:
     def code_dtype(self) -> torch.dtype:
         return torch.uint8
 
-    def _levels(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    def _levels(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``round(-log2(x / s))`` as float; ``+inf`` for ``x <= 0``."""
-        lv = x.div_(self.scale) if inplace else torch.div(x, self.scale)
+        lv = torch.div(x, self.scale) if out is None else torch.div(x, self.scale, out=out)
         return lv.clamp_min_(0.0).log2_().neg_().round_().clamp_min_(0.0)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,13 +51,13 @@ class Log2Params:
         out = torch.exp2(c.neg()).mul_(self.scale)
         return out.masked_fill_(c >= self.zero_code, 0.0)
 
-    def fake_quantize(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-        lv = self._levels(x, inplace)
+    def fake_quantize(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        lv = self._levels(x, out)
         zero = lv > self.zero_code - 1
         return lv.neg_().exp2_().mul_(self.scale).masked_fill_(zero, 0.0)
 
-    def split(self, x: torch.Tensor, inplace: bool = False) -> tuple[torch.Tensor, float | None]:
-        return self.fake_quantize(x, inplace), None
+    def split(self, x: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, float | None]:
+        return self.fake_quantize(x, out), None
 
 
 @dataclass(frozen=True)

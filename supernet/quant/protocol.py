@@ -56,10 +56,11 @@ class QParams(Protocol):
         """``dequantize(quantize(x))`` in one pass of float arithmetic."""
         ...
 
-    def split(self, x: torch.Tensor, inplace: bool = False) -> tuple[torch.Tensor, float | None]:
+    def split(self, x: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, float | None]:
         """``(q, s)`` with ``q * s == fake_quantize(x)``; ``s`` is ``None`` if nothing factors out.
 
-        ``inplace=True`` may overwrite ``x`` (for tensors the caller owns, e.g. attention probabilities).
+        ``out`` (same shape as ``x``, may be ``x`` itself) is where ``q`` may be written instead of a new tensor
+        (per-tensor parameters do; use the returned tensor either way).
         """
         ...
 

@@ -68,12 +68,12 @@ class UniformParams:
     def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
         return (codes.to(torch.float32) - self.zero_point) * self.scale
 
-    def split(self, x: torch.Tensor, inplace: bool = False) -> tuple[torch.Tensor, float | None]:
+    def split(self, x: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, float | None]:
         """``(code - z, s)`` as float; only per-tensor parameters factor out a Python-float scale."""
         if self._floats is None:
             return self.fake_quantize(x), None
         inv, lo, hi, s = self._floats
-        q = x.mul_(inv) if inplace else torch.mul(x, inv)
+        q = torch.mul(x, inv) if out is None else torch.mul(x, inv, out=out)
         return q.round_().clamp_(lo, hi), s
 
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,6 @@ def _out(sn: QuantSupernet, x: torch.Tensor, t: int) -> torch.Tensor:
         return sn.unet(x, t).sample
 
 
-@pytest.mark.slow
 def test_save_load_gives_identical_outputs_on_the_testbed(tmp_path):
     sn = calibrated_testbed(bits=(4, 8))
     path = sn.save(tmp_path / "art")

@@ -8,7 +8,7 @@ from supernet.calibration import CalibrationSettings, collect_calibration_data
 from supernet.metrics import psnr
 from supernet.sampling import uniform_schedule
 from supernet.supernet import QuantSupernet
-from supernet.zoo.loader import load_model
+from supernet.zoo.loader import DiffusionModel, load_model
 from supernet.zoo.testbed import TESTBED_DIR
 
 pytestmark = pytest.mark.slow
@@ -18,7 +18,7 @@ W2_PSNR_CEILING_DB = 20.0  # 2-bit weights: ≈ 11 dB, noise
 
 
 @pytest.fixture(scope="module")
-def trained_supernet() -> QuantSupernet:
+def trained_supernet() -> tuple[QuantSupernet, DiffusionModel]:
     if not (TESTBED_DIR / "model_index.json").exists():
         pytest.skip(f"the trained testbed is not at {TESTBED_DIR}")
     model = load_model(TESTBED_DIR)
@@ -26,15 +26,12 @@ def trained_supernet() -> QuantSupernet:
     data = collect_calibration_data(model.unet, model.alphas_cumprod, model.clip_sample, settings)
     sn = QuantSupernet.build(model, (2, 8), calib_settings=settings)
     sn.calibrate(data)
-    sn.alphas_cumprod = model.alphas_cumprod  # type: ignore[attr-defined]
-    return sn
+    return sn, model
 
 
-def test_w8a8_close_to_fp_and_w2_weights_break(trained_supernet: QuantSupernet):
-    from supernet.sampling import DDIMSampler
-
-    sn = trained_supernet
-    sampler = DDIMSampler(sn.unet, sn.alphas_cumprod, True, batch_size=32)  # type: ignore[attr-defined]
+def test_w8a8_close_to_fp_and_w2_weights_break(trained_supernet: tuple[QuantSupernet, DiffusionModel]):
+    sn, model = trained_supernet
+    sampler = model.sampler(batch_size=32)  # over the wrapped UNet
     schedule = uniform_schedule(10, 1000)
     fp = sampler.sample(schedule, 32, seed=123)  # no site quantized: the FP model exactly
     with sn.assembled(sn.uniform(8, 8, schedule)):
