@@ -1,20 +1,16 @@
-"""A torch-free check that a job's model path is a supported diffusers directory under the model root.
+"""A job's model path: it must resolve under ``TMPQ_MODEL_ROOT`` and be a supported diffusers directory.
 
-Mirrors :func:`supernet.zoo.loader.inspect_model_dir` (which imports torch, so the server cannot use it): the
-directory must lie under ``TMPQ_MODEL_ROOT`` once symlinks are resolved, and hold ``model_index.json`` naming a
-``UNet2DModel``, ``unet/config.json``, ``scheduler/scheduler_config.json`` and safetensors weights in ``unet/``.
+The directory rules are :func:`supernet.zoo.modeldir.check_model_dir`'s (torch-free), the same the loader applies,
+so a job the API accepts is one the workers can load.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from search.errors import ModelLoadError
-
-SUPPORTED_UNETS = ("UNet2DModel",)
+from supernet.zoo.modeldir import check_model_dir as check_diffusers_dir
 
 
 @dataclass(frozen=True)
@@ -23,18 +19,6 @@ class ModelInfo:
 
     path: Path
     num_train_timesteps: int
-
-
-def _read_json(path: Path, what: str, shown: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelLoadError(shown, f"not a diffusers directory: {what} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(shown, f"{what} is unreadable: {exc}") from None
-    if not isinstance(data, dict):
-        raise ModelLoadError(shown, f"{what} does not hold a JSON object")
-    return data
 
 
 def resolve_model_path(model: str, root: Path) -> Path:
@@ -57,24 +41,6 @@ def resolve_model_path(model: str, root: Path) -> Path:
 
 
 def check_model_dir(model: str, root: Path) -> ModelInfo:
-    """Validate a job's model directory (see the module docstring); raises :class:`ModelLoadError`."""
-    path = resolve_model_path(model, root)
-    if not path.is_dir():
-        raise ModelLoadError(model, "not a directory")
-    index = _read_json(path / "model_index.json", "model_index.json", model)
-    unet_entry = index.get("unet")
-    if not unet_entry:
-        raise ModelLoadError(model, "model_index.json names no 'unet' component")
-    unet_class = unet_entry[1] if isinstance(unet_entry, list) and len(unet_entry) == 2 else str(unet_entry)
-    if unet_class not in SUPPORTED_UNETS:
-        raise ModelLoadError(model, f"unsupported model class {unet_class!r} (supported: {', '.join(SUPPORTED_UNETS)})")
-    unet_cfg = _read_json(path / "unet" / "config.json", "unet/config.json", model)
-    if unet_cfg.get("_class_name", "UNet2DModel") not in SUPPORTED_UNETS:
-        raise ModelLoadError(model, f"unsupported model class {unet_cfg.get('_class_name')!r} in unet/config.json")
-    sched_cfg = _read_json(path / "scheduler" / "scheduler_config.json", "scheduler/scheduler_config.json", model)
-    if not any((path / "unet").glob("*.safetensors")):
-        raise ModelLoadError(model, "unet/ has no .safetensors weights (only safetensors are loaded)")
-    steps = sched_cfg.get("num_train_timesteps", 1000)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ModelLoadError(model, f"scheduler_config.json has an invalid num_train_timesteps {steps!r}")
-    return ModelInfo(path, steps)
+    """Validate a job's model directory (see the module docstring); raises :class:`ModelLoadError` naming ``model``."""
+    checked = check_diffusers_dir(resolve_model_path(model, root), shown=model)
+    return ModelInfo(checked.path, checked.num_train_timesteps)

@@ -6,8 +6,6 @@ same way. Nothing is ever downloaded.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +13,10 @@ from pathlib import Path
 import torch
 
 from search.errors import ModelLoadError
+from supernet.zoo.modeldir import check_model_dir, model_hash
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_UNETS = ("UNet2DModel",)
-SUPPORTED_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "DDPMParallelScheduler")
 
 
 @dataclass
@@ -44,59 +41,11 @@ class DiffusionModel:
         return DDIMSampler(self.unet, self.alphas_cumprod, self.clip_sample, batch_size)
 
 
-def _read_json(path: Path, what: str, root: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelLoadError(root, f"not a diffusers directory: {what} is missing") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(root, f"{what} is unreadable: {exc}") from None
-
-
 def inspect_model_dir(path: str | Path) -> tuple[Path, dict, dict]:
-    """Check ``path`` is a supported diffusers directory without loading weights.
-
-    Returns the resolved path, the UNet config and the scheduler config. Raises :class:`ModelLoadError`.
-    """
-    root = Path(path).expanduser()
-    if not root.exists():
-        raise ModelLoadError(root, "path does not exist")
-    if not root.is_dir():
-        raise ModelLoadError(root, "not a directory")
-    root = root.resolve()
-    index = _read_json(root / "model_index.json", "model_index.json", root)
-    unet_entry = index.get("unet")
-    if not unet_entry:
-        raise ModelLoadError(root, "model_index.json names no 'unet' component")
-    unet_class = unet_entry[1] if isinstance(unet_entry, list) and len(unet_entry) == 2 else str(unet_entry)
-    if unet_class not in SUPPORTED_UNETS:
-        raise ModelLoadError(root, f"unsupported model class {unet_class!r} (supported: {', '.join(SUPPORTED_UNETS)})")
-    unet_cfg = _read_json(root / "unet" / "config.json", "unet/config.json", root)
-    if unet_cfg.get("_class_name", "UNet2DModel") not in SUPPORTED_UNETS:
-        raise ModelLoadError(root, f"unsupported model class {unet_cfg.get('_class_name')!r} in unet/config.json")
-    sched_cfg = _read_json(root / "scheduler" / "scheduler_config.json", "scheduler/scheduler_config.json", root)
-    sched_class = sched_cfg.get("_class_name", "")
-    if sched_class not in SUPPORTED_SCHEDULERS:
-        supported = ", ".join(SUPPORTED_SCHEDULERS)
-        raise ModelLoadError(root, f"unsupported scheduler {sched_class!r} (supported: {supported})")
-    if sched_cfg.get("prediction_type", "epsilon") != "epsilon":
-        kind = sched_cfg.get("prediction_type")
-        raise ModelLoadError(root, f"prediction_type {kind!r} is not supported (epsilon only)")
-    if not list((root / "unet").glob("*.safetensors")):
-        raise ModelLoadError(root, "unet/ has no .safetensors weights (only safetensors are loaded)")
-    return root, unet_cfg, sched_cfg
-
-
-def model_hash(path: str | Path) -> str:
-    """SHA-256 over the UNet's config and safetensors files: the identity used to key supernet artifacts."""
-    root = Path(path)
-    h = hashlib.sha256()
-    for f in [root / "unet" / "config.json", *sorted((root / "unet").glob("*.safetensors"))]:
-        h.update(f.name.encode())
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
+    """Check ``path`` is a supported diffusers directory without loading weights (see
+    :func:`supernet.zoo.modeldir.check_model_dir`); returns the resolved path, the UNet and scheduler configs."""
+    checked = check_model_dir(path)
+    return checked.path, checked.unet_config, checked.scheduler_config
 
 
 def alphas_cumprod_from_config(cfg: dict) -> torch.Tensor:

@@ -130,7 +130,12 @@ def store(store_url: str) -> Iterator[Store]:
 
 
 def write_fake_model(
-    path: Path, *, unet_class: str = "UNet2DModel", num_train_timesteps: int = 1000, weights: bool = True
+    path: Path,
+    *,
+    unet_class: str = "UNet2DModel",
+    num_train_timesteps: int = 1000,
+    weights: bool = True,
+    scheduler: dict | None = None,
 ) -> Path:
     """A directory shaped like a diffusers DDPM checkpoint (the weights file holds no real tensors)."""
     (path / "unet").mkdir(parents=True)
@@ -146,7 +151,7 @@ def write_fake_model(
     )
     (path / "unet" / "config.json").write_text(json.dumps({"_class_name": unet_class, "sample_size": 16}))
     (path / "scheduler" / "scheduler_config.json").write_text(
-        json.dumps({"_class_name": "DDPMScheduler", "num_train_timesteps": num_train_timesteps})
+        json.dumps({"_class_name": "DDPMScheduler", "num_train_timesteps": num_train_timesteps, **(scheduler or {})})
     )
     if weights:
         (path / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
@@ -160,5 +165,7 @@ def model_root(tmp_path: Path) -> Path:
     write_fake_model(root / "tiny-ddpm", num_train_timesteps=100)
     write_fake_model(root / "no-weights", weights=False)
     write_fake_model(root / "wrong-class", unet_class="UNet2DConditionModel")
+    write_fake_model(root / "wrong-scheduler", scheduler={"_class_name": "EulerDiscreteScheduler"})
+    write_fake_model(root / "v-prediction", scheduler={"prediction_type": "v_prediction"})
     (root / "not-a-model").mkdir()
     return root

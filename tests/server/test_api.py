@@ -124,6 +124,8 @@ def test_missing_model_and_non_object_bodies_are_422(client: TestClient) -> None
         ("not-a-model", "model_index.json is missing"),
         ("no-weights", "safetensors"),
         ("wrong-class", "UNet2DConditionModel"),
+        ("wrong-scheduler", "unsupported scheduler 'EulerDiscreteScheduler'"),
+        ("v-prediction", "epsilon only"),
         ("tiny-ddpm/unet/config.json", "not a directory"),
     ],
 )
