@@ -12,7 +12,8 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from search.candidate import FP_BITS, Candidate
 from search.cost import Cost, CostModel
 from search.errors import ConfigError, InvalidCandidate
 from supernet.calibration.data import CalibrationData
+from supernet.calibration.reparam import Reparameterization, apply_reparameterization
 from supernet.calibration.session import CalibrationSession
 from supernet.calibration.settings import CalibrationSettings
 from supernet.calibration.strategy import make_strategy
@@ -107,6 +109,13 @@ class QuantSupernet:
         self.cost_model: CostModel = trace_costs(unet, self._sites, sample_shape)
         self.calibrated = False
         self.calibration_source: dict[str, Any] = {}
+        #: What the calibration strategy decided (JSON-ready; saved with the artifact): e.g. TCR's folded and
+        #: explicit layers, DAQ's choice and likelihood ratio per post-softmax site and timestep group.
+        self.calibration_metadata: dict[str, Any] = {}
+        #: Seconds the last :meth:`calibrate` spent per bit option (``prepare`` excluded).
+        self.calibration_seconds: dict[int, float] = {}
+        #: The per-input-channel reparameterization of the FP weights (TCR, dilation), if any.
+        self.reparam: Reparameterization | None = None
 
     # --- construction -----------------------------------------------------------------------------------------
     @classmethod
@@ -150,8 +159,9 @@ class QuantSupernet:
             raise
 
     def detach(self) -> None:
-        """Restore the model's original modules and processors and remove the hooks (the supernet is unusable
-        afterwards)."""
+        """Restore the model's original modules, weights and processors and remove the hooks (the supernet is
+        unusable afterwards)."""
+        self._drop_reparameterization()
         for h in self._hooks:
             h.remove()
         self._install.uninstall()
@@ -253,28 +263,54 @@ class QuantSupernet:
         return CalibrationSession(self.unet, self._sites, self._ctx, data, self.calib_settings, self.settings,
                                   w_bits, a_bits)
 
+    def reparameterize(self, factors: Mapping[str, torch.Tensor]) -> Reparameterization:
+        """Multiply the FP weights' input columns by per-channel ``factors`` (``{site: r}``) and divide the
+        sites' inputs by them (folded into the preceding op where exact, else an explicit pre-scale), replacing
+        any previous reparameterization. In FP the model computes the same function (to float rounding).
+        Calibrations fitted before this call no longer match the weights."""
+        self._drop_reparameterization()
+        self.reparam = apply_reparameterization(self.unet, self._sites, factors)
+        return self.reparam
+
+    def _drop_reparameterization(self) -> None:
+        if self.reparam is not None:
+            self.reparam.undo()
+            self.reparam = None
+
     def calibrate(self, data: CalibrationData) -> None:
         """Fit every bit option: the whole network at WbAb, one strategy session per b. Replaces any previous
-        calibration; the supernet is left in FP."""
+        calibration (and reparameterization); the supernet is left in FP."""
         self._check_data(data)
         strategy = make_strategy(self.calib_settings)
         self._apply(self._fp_state())
         self.calibrated = False
+        self._drop_reparameterization()
         for site in self._sites.values():
             if isinstance(site, QuantWeightLayer):
                 site.slots.clear()
             for q in site.act_quantizers():
                 q.tables.clear()
         self._ctx.set_grid(data.timesteps)
+        start = time.perf_counter()
         strategy.prepare(self, data)
+        prepare_s = time.perf_counter() - start
+        seconds: dict[int, float] = {}
         for bits in self.bit_options:
             uniform = dict.fromkeys(self._names, bits)
+            start = time.perf_counter()
             try:
                 strategy.calibrate(self._session(data, uniform, uniform))
             finally:
                 self._apply(self._fp_state())
-            log.info("calibrated W%dA%d on %d timesteps x %d samples", bits, bits, len(data.timesteps), data.samples)
+            seconds[bits] = time.perf_counter() - start
+            log.info("calibrated W%dA%d on %d timesteps x %d samples in %.1f s", bits, bits, len(data.timesteps),
+                     data.samples, seconds[bits])
         self.calibration_source = dict(data.source)
+        self.calibration_seconds = seconds
+        self.calibration_metadata = {
+            "strategy": self.calib_settings.strategy, **strategy.report(),
+            "reparameterization": self.reparam.report() if self.reparam is not None else None,
+            "seconds": {"prepare": round(prepare_s, 3), **{str(b): round(v, 3) for b, v in seconds.items()}}}
         self.calibrated = True
 
     def calibrate_config(self, candidate: Candidate, data: CalibrationData) -> None:
@@ -284,10 +320,12 @@ class QuantSupernet:
         self._check_data(data)
         if self._ctx.grid and self._ctx.grid != data.timesteps:
             raise CalibrationError("calibrate_config needs the same timestep grid as the existing calibration")
-        if not self._ctx.grid:
-            self._ctx.set_grid(data.timesteps)
         strategy = make_strategy(self.calib_settings)
         self._apply(self._fp_state())
+        if not self._ctx.grid:
+            self._ctx.set_grid(data.timesteps)
+            if self.reparam is None:
+                strategy.prepare(self, data)  # a fresh supernet: reparameterize as calibrate() would
         try:
             strategy.calibrate(self._session(data, candidate.w_map(), candidate.a_map()))
         finally:

@@ -15,8 +15,9 @@ from supernet.zoo.testbed import testbed_unet
 TOY_SHAPE = (1, 8, 8)
 TESTBED_SHAPE = (1, 16, 16)
 
-#: Small enough for unit tests: 3 grid timesteps, 4 samples, a short MSE search.
-TINY_CALIB = CalibrationSettings(grid_steps=3, samples=4, mse_grid=12, act_max_elems=4096)
+#: Small enough for unit tests: the plain range strategy (not the default TCAQ reconstruction), 3 grid timesteps,
+#: 4 samples, a short MSE search.
+TINY_CALIB = CalibrationSettings(strategy="range", grid_steps=3, samples=4, mse_grid=12, act_max_elems=4096)
 
 
 class ToyNet(nn.Module):

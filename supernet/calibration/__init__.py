@@ -15,6 +15,7 @@ from supernet.calibration.strategy import (
     make_strategy,
     register_strategy,
 )
+from supernet.calibration.tcaq import TCAQCalibrator
 
 __all__ = [
     "CALIBRATION_SETTINGS_VERSION",
@@ -24,6 +25,7 @@ __all__ = [
     "CalibrationStrategy",
     "FitFn",
     "RangeCalibrator",
+    "TCAQCalibrator",
     "available_strategies",
     "calibration_grid",
     "collect_calibration_data",

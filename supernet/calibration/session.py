@@ -182,7 +182,8 @@ class CalibrationSession:
             site.activate(self.w_bits[name], self.a_bits[name])
 
     def resample(self, n: int | None = None, seed: int | None = None, batch_size: int = 64) -> CalibrationData:
-        """Trajectory inputs of the model *as it is now* on the same grid (PAR's progressively aligned data).
+        """Trajectory inputs of the model *as it is now* on the same grid (PAR's progressively aligned data),
+        from the same noise as the current data by default.
 
         Call :meth:`apply` first to sample with the configuration fitted so far.
         """
@@ -193,7 +194,8 @@ class CalibrationSession:
             raise CalibrationError("the calibration data carries no alphas_cumprod: trajectories cannot be re-run")
         sampler = DDIMSampler(self.unet, self.data.alphas_cumprod, self.data.clip_sample, batch_size)
         n = self.data.samples if n is None else n
-        seed = self.settings.seed if seed is None else seed
+        if seed is None:  # the noise of the data being replaced (its x_T), else the settings' seed
+            seed = int(self.data.source.get("seed", self.settings.seed))
         inputs = collect_inputs(sampler, self.data.timesteps, n, seed)
         return CalibrationData(self.data.timesteps, inputs, self.data.alphas_cumprod, self.data.clip_sample,
                                {**self.data.source, "resampled": True})

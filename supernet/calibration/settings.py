@@ -18,6 +18,11 @@ GRID_SPACINGS = ("linear", "quadratic")
 #: The fields that decide the calibration *data* (the FP trajectories); the rest decide how it is used.
 DATA_FIELDS = ("grid_steps", "grid_spacing", "samples", "seed")
 
+#: On/off switches of the ``"tcaq"`` strategy (TCAQ-DM's three, then the extra seed-method ideas).
+SWITCHES = ("reconstruction", "tcr", "daq", "par", "tib", "dilation")
+FLOAT_FIELDS = ("par_decay", "recon_epochs", "recon_lr_round", "recon_lr_act", "recon_round_weight", "recon_warmup",
+                "tcr_max")
+
 
 @dataclass(frozen=True)
 class CalibrationSettings:
@@ -37,10 +42,27 @@ class CalibrationSettings:
             a strategy may choose per (site, bits) instead.
         strategy_params: extra JSON-scalar parameters of the strategy, as sorted ``(name, value)`` pairs
             (a mapping is accepted).
+        reconstruction / tcr / daq / par: the TCAQ-DM switches of the ``"tcaq"`` strategy (BRECQ-style block
+            reconstruction, timestep-channel joint reparameterization, the dynamically adaptive post-softmax
+            quantizer, progressively aligned reconstruction); ignored by other strategies.
+        tib / dilation: extra switches of ``"tcaq"``, off by default: TFMQ-DM's temporal information block
+            reconstructed jointly, and DilateQuant's weight dilation.
+        par_rounds: calibration rounds when ``par`` is on (round 1 on the FP trajectories; each later round on
+            the quantized model's own trajectories).
+        recon_iters: optimiser steps per block in round 1; round r uses ``recon_iters * par_decay**(r-1)``.
+            Never more than ``recon_epochs`` passes over a block's calibration pool (small data stays cheap).
+        recon_batch: samples per step; recon_epochs: see ``recon_iters``.
+        recon_samples: calibration samples per grid timestep (the first ones) that reconstruction, TCR's and
+            DAQ's statistics use (the initial range fit uses all of them).
+        recon_lr_round / recon_lr_act: Adam learning rates of the AdaRound variables and of the log step sizes.
+        recon_round_weight: weight of AdaRound's rounding regulariser (its mean over the block's weights, added to the
+            relative output MSE); recon_warmup: fraction of steps without it.
+        tcr_max: upper clamp of TCR's factors (lower clamp 1).
+        daq_groups: timestep groups (contiguous chunks of the grid) DAQ decides for separately.
         version: format version of these settings.
     """
 
-    strategy: str = "range"
+    strategy: str = "tcaq"
     grid_steps: int = 20
     grid_spacing: str = "linear"
     samples: int = 64
@@ -53,6 +75,24 @@ class CalibrationSettings:
     act_max_elems: int = 16384
     pv_quantizer: str = "uniform"
     strategy_params: tuple[tuple[str, Any], ...] = ()
+    reconstruction: bool = True
+    tcr: bool = True
+    daq: bool = True
+    par: bool = True
+    tib: bool = False
+    dilation: bool = False
+    par_rounds: int = 2
+    par_decay: float = 0.5
+    recon_iters: int = 200
+    recon_batch: int = 32
+    recon_samples: int = 32
+    recon_epochs: float = 10.0
+    recon_lr_round: float = 1e-2
+    recon_lr_act: float = 4e-3
+    recon_round_weight: float = 10.0
+    recon_warmup: float = 0.2
+    tcr_max: float = 100.0
+    daq_groups: int = 4
     version: int = CALIBRATION_SETTINGS_VERSION
 
     def __post_init__(self) -> None:
@@ -60,7 +100,11 @@ class CalibrationSettings:
             raise VersionMismatchError(f"calibration settings version {self.version} is not supported "
                                        f"(expected {CALIBRATION_SETTINGS_VERSION})")
         _check(bool(self.strategy) and isinstance(self.strategy, str), "strategy", "must be a non-empty name")
-        for name, low in (("grid_steps", 1), ("samples", 1), ("mse_grid", 1), ("act_max_elems", 1), ("seed", 0)):
+        for name in SWITCHES:
+            _check(isinstance(getattr(self, name), bool), name, "must be a boolean")
+        for name, low in (("grid_steps", 1), ("samples", 1), ("mse_grid", 1), ("act_max_elems", 1), ("seed", 0),
+                          ("par_rounds", 1), ("recon_iters", 0), ("recon_batch", 1), ("recon_samples", 1),
+                          ("daq_groups", 1)):
             value = getattr(self, name)
             _check(isinstance(value, int) and not isinstance(value, bool) and value >= low, name,
                    f"must be an integer >= {low}")
@@ -70,8 +114,13 @@ class CalibrationSettings:
         _check(self.pv_quantizer in QUANT_KINDS, "pv_quantizer", f"must be one of {QUANT_KINDS}")
         _check(_finite(self.mse_min_ratio) and 0.0 < self.mse_min_ratio <= 1.0, "mse_min_ratio", "must be in (0, 1]")
         _check(_finite(self.mse_norm) and self.mse_norm > 0, "mse_norm", "must be > 0")
-        object.__setattr__(self, "mse_min_ratio", float(self.mse_min_ratio))
-        object.__setattr__(self, "mse_norm", float(self.mse_norm))
+        for name in ("recon_epochs", "recon_lr_round", "recon_lr_act", "recon_round_weight"):
+            _check(_finite(getattr(self, name)) and getattr(self, name) >= 0, name, "must be >= 0")
+        _check(_finite(self.par_decay) and 0.0 < self.par_decay <= 1.0, "par_decay", "must be in (0, 1]")
+        _check(_finite(self.recon_warmup) and 0.0 <= self.recon_warmup < 1.0, "recon_warmup", "must be in [0, 1)")
+        _check(_finite(self.tcr_max) and self.tcr_max >= 1.0, "tcr_max", "must be >= 1")
+        for name in ("mse_min_ratio", "mse_norm", *FLOAT_FIELDS):
+            object.__setattr__(self, name, float(getattr(self, name)))
         object.__setattr__(self, "strategy_params", _normalise_params(self.strategy_params))
 
     def param(self, name: str, default: Any = None) -> Any:

@@ -1,7 +1,8 @@
 """Calibration strategies: a small base class (public bookkeeping, one ``_calibrate`` hook) and a registry.
 
-TCR, DAQ and PAR (a later issue) are further subclasses; the supernet calls every strategy the same way:
-``prepare`` once on the FP model, then ``calibrate`` once per bit option with a fresh session.
+``"range"`` (below) is the plain baseline; ``"tcaq"`` (:mod:`supernet.calibration.tcaq`: TCR, DAQ, PAR over block
+reconstruction) is the default. The supernet calls every strategy the same way: ``prepare`` once on the FP model,
+then ``calibrate`` once per bit option with a fresh session, then ``report`` for its metadata.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import abc
 import logging
 import time
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from search.errors import ConfigError
 from supernet.calibration.data import CalibrationData
@@ -47,6 +48,13 @@ class CalibrationStrategy(abc.ABC):
         self._calibrate(session)
         session.commit()
         log.info("%s calibration of %d sites in %.2f s", self.name, len(session.sites), time.perf_counter() - start)
+
+    def report(self) -> dict[str, Any]:
+        """JSON-ready description of what the strategy decided (recorded in the supernet's metadata).
+
+        The default reports nothing.
+        """
+        return {}
 
     @abc.abstractmethod
     def _calibrate(self, session: CalibrationSession) -> None:

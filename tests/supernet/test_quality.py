@@ -22,7 +22,7 @@ def trained_supernet() -> tuple[QuantSupernet, DiffusionModel]:
     if not (TESTBED_DIR / "model_index.json").exists():
         pytest.skip(f"the trained testbed is not at {TESTBED_DIR}")
     model = load_model(TESTBED_DIR)
-    settings = CalibrationSettings(grid_steps=10, samples=16, mse_grid=20)
+    settings = CalibrationSettings(strategy="range", grid_steps=10, samples=16, mse_grid=20)  # the plain baseline
     data = collect_calibration_data(model.unet, model.alphas_cumprod, model.clip_sample, settings)
     sn = QuantSupernet.build(model, (2, 8), calib_settings=settings)
     sn.calibrate(data)

@@ -223,7 +223,8 @@ def evaluator_config(tmp_path_factory: pytest.TempPathFactory) -> Any:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        calib = CalibrationSettings(grid_steps=4, samples=8, weight_method="minmax", act_method="minmax")
+        calib = CalibrationSettings(strategy="range", grid_steps=4, samples=8, weight_method="minmax",
+                                    act_method="minmax")
         get_or_build_supernet(load_model(model_dir), (4, 8), None, calib, root / "cache", batch_size=8)
     finally:
         torch.set_num_threads(threads)

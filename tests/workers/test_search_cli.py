@@ -22,7 +22,7 @@ TINY = {
     "population": 4,
     "generations": 2,
     "seed": 1,
-    "calibration": {"grid_steps": 3, "samples": 4, "act_method": "minmax"},
+    "calibration": {"strategy": "range", "grid_steps": 3, "samples": 4, "act_method": "minmax"},
 }
 
 

@@ -1,0 +1,155 @@
+"""Ablation of the TCAQ-DM calibration on the shipped testbed: what reconstruction, TCR, DAQ and PAR each buy.
+
+For each method a supernet over bit options {4, 6, 8} is calibrated on the same FP trajectories; each row (uniform
+W8A8, W6A6, W4A8, W4A4) is then assembled and sampled with 10 uniform DDIM steps from the same noise as the FP
+model. A cell is FDD (vs the real digits) and PSNR (vs the FP samples), plus the calibration seconds of the bit
+options the row uses (W4A8: the 4-bit and the 8-bit calibrations). Methods, cumulative as in TCAQ-DM's ablation:
+
+- ``FP``; ``baseline`` (min-max weights, MSE activation ranges: strategy ``"range"``);
+- ``+reconstruction`` (BRECQ block reconstruction); ``+TCR``; ``+TCR+DAQ``; ``full`` (+PAR: the default settings);
+- each extra switch on top of ``full``: ``full+TIB`` (TFMQ-DM's temporal block), ``full+dilation`` (DilateQuant).
+
+Prints progress to stderr and one JSON object as the last stdout line; its ``table`` is a list of
+``{bits, method, fdd, psnr, calib_s}``. ``--quick`` (under a minute) uses a tiny calibration (4 grid timesteps x 8
+samples, 4 reconstruction steps) and 32 samples per cell: a smoke test of the wiring, not a measurement.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Run as a script, Python puts bench/ first on sys.path, where benchmark names (supernet.py) shadow the packages
+# they measure: drop it.
+_HERE = os.path.dirname(os.path.realpath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE]
+
+import argparse
+import dataclasses
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from supernet.calibration import CalibrationSettings, collect_calibration_data
+from supernet.metrics import FDDScorer, psnr
+from supernet.sampling import DDIMSampler, uniform_schedule
+from supernet.supernet import QuantSupernet
+from supernet.zoo.loader import load_model
+from supernet.zoo.testbed import TESTBED_DIR
+
+ROWS = (("W8A8", 8, 8), ("W6A6", 6, 6), ("W4A8", 4, 8), ("W4A4", 4, 4))
+OFF = {"reconstruction": False, "tcr": False, "daq": False, "par": False}
+#: method → changes to the default (full) settings; ``None`` is the FP model.
+METHODS: dict[str, dict[str, Any] | None] = {
+    "FP": None,
+    "baseline": {"strategy": "range"},
+    "+reconstruction": {**OFF, "reconstruction": True},
+    "+TCR": {**OFF, "reconstruction": True, "tcr": True},
+    "+TCR+DAQ": {**OFF, "reconstruction": True, "tcr": True, "daq": True},
+    "full": {},
+    "full+TIB": {"tib": True},
+    "full+dilation": {"dilation": True},
+}
+QUICK = {"grid_steps": 3, "samples": 4, "recon_iters": 2, "recon_samples": 4, "mse_grid": 8}
+
+
+def _log(msg: str) -> None:
+    print(f"[bench/ablation] {msg}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny calibration and 32 samples per cell (< 1 minute)")
+    p.add_argument("--model", type=Path, default=TESTBED_DIR)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--rows", nargs="+", default=[r[0] for r in ROWS], choices=[r[0] for r in ROWS])
+    p.add_argument("--samples", type=int, default=None, help="samples per cell (default 1024; --quick 32)")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--seed", type=int, default=2024, help="noise seed of the samples")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="override calibration settings of every method (JSON values), e.g. recon_iters=100")
+    return p.parse_args(argv)
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    n = args.samples or (32 if args.quick else 1024)
+    base = {**(QUICK if args.quick else {}), **_overrides(args.set)}
+    rows = [r for r in ROWS if r[0] in args.rows]
+    bits = tuple(sorted({b for _, w, a in rows for b in (w, a)}))
+
+    fp_model = load_model(args.model)
+    schedule = uniform_schedule(args.steps, fp_model.num_train_timesteps)
+    scorer = FDDScorer.for_testbed()
+    data_settings = CalibrationSettings(**base)
+    start = time.perf_counter()
+    data = collect_calibration_data(fp_model.unet, fp_model.alphas_cumprod, fp_model.clip_sample, data_settings,
+                                    source={"model_hash": fp_model.model_hash})
+    _log(f"calibration data {tuple(data.inputs.shape)} in {time.perf_counter() - start:.1f} s")
+    fp_images = fp_model.sampler(args.batch).sample(schedule, n, seed=args.seed)
+    fp_fdd = scorer.score(fp_images)
+    table: list[dict[str, Any]] = []
+    settings_used: dict[str, Any] = {}
+    calib_seconds: dict[str, dict[str, float]] = {}
+    decisions: dict[str, Any] = {}
+    for method in args.methods:
+        change = METHODS[method]
+        if change is None:
+            table += [{"bits": name, "method": "FP", "fdd": round(fp_fdd, 3), "psnr": None, "calib_s": 0.0}
+                      for name, _, _ in rows]
+            continue
+        settings = dataclasses.replace(CalibrationSettings(**base), **change)
+        settings_used[method] = settings.to_dict()
+        model = load_model(args.model)
+        sn = QuantSupernet.build(model, bits, calib_settings=settings)
+        start = time.perf_counter()
+        sn.calibrate(data)
+        _log(f"{method}: calibrated {bits} in {time.perf_counter() - start:.1f} s {sn.calibration_seconds}")
+        calib_seconds[method] = {str(b): round(s, 2) for b, s in sn.calibration_seconds.items()}
+        sampler = DDIMSampler(sn.unet, model.alphas_cumprod, model.clip_sample, args.batch)
+        for name, w, a in rows:
+            with sn.assembled(sn.uniform(w, a, schedule)):
+                images = sampler.sample(schedule, n, seed=args.seed)
+            cell = {"bits": name, "method": method, "fdd": round(scorer.score(images), 3),
+                    "psnr": round(psnr(images, fp_images), 2),
+                    "calib_s": round(sum(sn.calibration_seconds[b] for b in {w, a}), 2)}
+            table.append(cell)
+            _log(f"{method} {name}: fdd {cell['fdd']} psnr {cell['psnr']} calib {cell['calib_s']} s")
+        meta = sn.calibration_metadata
+        decisions[method] = {
+            "reparameterization": meta.get("reparameterization"),
+            "daq": {site: [g["choice"] for g in groups] for site, groups in (meta.get("daq") or {}).items()}}
+        sn.detach()
+    result = {"bench": "ablation", "quick": args.quick, "model": str(args.model), "model_hash": fp_model.model_hash,
+              "bit_options": list(bits), "steps": args.steps, "samples": n, "seed": args.seed,
+              "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
+              "load_average": round(os.getloadavg()[0], 2), "fp_fdd": round(fp_fdd, 3),
+              "calibration_seconds": calib_seconds, "settings": settings_used, "decisions": decisions,
+              "table": table}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

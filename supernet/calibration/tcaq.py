@@ -1,0 +1,230 @@
+"""The ``"tcaq"`` calibration strategy: TCAQ-DM's TCR, DAQ and PAR on top of BRECQ-style block reconstruction.
+
+Per supernet (``prepare``, FP model, once): TCR factors (and, if switched on, DilateQuant's weight dilation) are
+applied as a per-input-channel reparameterization of the FP weights, shared by every bit option.
+
+Per configuration (``_calibrate``, one session):
+
+1. DAQ (``daq``): the FP model's post-softmax probabilities of every ``.pv`` site are tested per timestep group
+   (:mod:`~supernet.calibration.daq`); each (site, group) gets log2 or uniform. Both quantizers are also fitted
+   and their error recorded, as a check of the decision.
+2. Initial quantizers: weights per output channel and activation ranges per grid timestep, layer after layer on
+   the quantized upstream (the ``"range"`` baseline, with DAQ's kinds).
+3. Block reconstruction (``reconstruction``) on the FP-trajectory inputs.
+4. PAR (``par``): for rounds 2..``par_rounds``, the calibration inputs are re-collected by running the quantized
+   model's own DDIM trajectories on the grid (same noise), then the blocks are reconstructed again toward the FP
+   model's outputs with ``par_decay`` times fewer iterations, AdaRound starting next to the previous rounding.
+   Without reconstruction, PAR re-fits the activation ranges on the quantized trajectories instead.
+
+Every switch off gives exactly the ``"range"`` baseline. ``tib`` adds TFMQ-DM's temporal information block to
+the reconstruction (:mod:`~supernet.calibration.reconstruction`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from supernet.calibration.daq import PowerLawTest, power_law_test, subsample, timestep_groups
+from supernet.calibration.data import CalibrationData
+from supernet.calibration.dilation import compute_dilation
+from supernet.calibration.reconstruction import BlockReconstructor, ReconOptions
+from supernet.calibration.reparam import plan_groups
+from supernet.calibration.session import CalibrationSession, FitFn
+from supernet.calibration.settings import SWITCHES, CalibrationSettings
+from supernet.calibration.strategy import CalibrationStrategy, register_strategy
+from supernet.calibration.tcr import compute_tcr
+from supernet.qlayers.act import ActQuantizer
+from supernet.qlayers.attention import QMatMul
+from supernet.quant.protocol import QParams
+from supernet.quant.uniform import lp_error
+
+if TYPE_CHECKING:
+    from supernet.supernet import QuantSupernet
+
+log = logging.getLogger(__name__)
+
+#: Post-softmax values kept per (site, grid timestep) for the power-law test.
+DAQ_VALUES = 20000
+#: Cap of the dilation factors.
+DILATION_MAX = 100.0
+
+Decisions = dict[str, list[tuple[list[int], PowerLawTest]]]
+
+
+def config_label(session: CalibrationSession) -> str:
+    """``"W4A4"`` for a uniform configuration, else ``"mixed"``."""
+    w, a = set(session.w_bits.values()), set(session.a_bits.values())
+    return f"W{w.pop()}A{a.pop()}" if len(w) == 1 and len(a) == 1 else "mixed"
+
+
+@register_strategy
+class TCAQCalibrator(CalibrationStrategy):
+    """TCR + DAQ + PAR over block reconstruction, each a switch of :class:`CalibrationSettings`."""
+
+    name = "tcaq"
+
+    def __init__(self, settings: CalibrationSettings) -> None:
+        super().__init__(settings)
+        self._decisions: Decisions | None = None
+        self._decided_on: int | None = None
+        self._report: dict[str, Any] = {"switches": {k: getattr(settings, k) for k in SWITCHES}}
+        self._targets: dict[int, Any] = {}  # FP block outputs on the FP trajectories, shared by every session
+
+    # --- once per supernet ------------------------------------------------------------------------------
+    def prepare(self, supernet: QuantSupernet, data: CalibrationData) -> None:
+        """TCR (and dilation) factors on the FP model, applied to the supernet's weights."""
+        s = self.settings
+        if not (s.tcr or s.dilation):
+            return
+        start = time.perf_counter()
+        sites = {n: supernet.site(n) for n in supernet.sites}
+        groups = plan_groups(supernet.unet, sites)
+        factors: dict[str, torch.Tensor] = {}
+        if s.tcr:
+            factors = compute_tcr(supernet.unet, sites, groups, data.subset(s.recon_samples), s.tcr_max)
+        if s.dilation:
+            factors = compute_dilation(sites, groups, factors, DILATION_MAX)
+        rep = supernet.reparameterize(factors)
+        self._report["prepare_s"] = round(time.perf_counter() - start, 3)
+        log.info("TCR/dilation: %d folded, %d explicit pre-scales", len(rep.folded), len(rep.explicit))
+
+    # --- once per configuration ------------------------------------------------------------------------------
+    def _calibrate(self, session: CalibrationSession) -> None:
+        s = self.settings
+        label = config_label(session)
+        kinds = self._kinds(session) if s.daq else None
+        check: dict[str, list[list[float]]] = {}
+        fit = self._fit(session, kinds, check)
+        session.fit_weights()
+        session.fit_activations(fit)
+        if kinds:
+            self._record_check(label, check)
+        recon = BlockReconstructor(session, tib=s.tib)
+        rounds = s.par_rounds if s.par else 1
+        reports: dict[str, Any] = {}
+        for r in range(rounds):
+            if r > 0:
+                if session.data.alphas_cumprod is None:
+                    log.warning("PAR needs trajectories (alphas_cumprod): stopping after round %d", r)
+                    break
+                start = time.perf_counter()
+                with recon.quantized():
+                    session.use_data(session.resample())
+                reports[f"resample_{r + 1}_s"] = round(time.perf_counter() - start, 3)
+                if not s.reconstruction:
+                    session.fit_activations(fit)
+                    continue
+            if s.reconstruction:
+                cache = self._targets if r == 0 else None
+                reports[f"round_{r + 1}"] = recon.run(ReconOptions.from_settings(s, r), cache)
+        self._report.setdefault("reconstruction", {})[label] = reports
+
+    def report(self) -> dict[str, Any]:
+        """Switches, DAQ decisions (site → groups with choice, R, fit) and checks, reconstruction per block."""
+        out = dict(self._report)
+        if self._decisions is not None:
+            out["daq"] = {site: [{"timesteps": ts, **test.to_dict()} for ts, test in groups]
+                          for site, groups in sorted(self._decisions.items())}
+        return out
+
+    # --- DAQ ------------------------------------------------------------------------------------------------
+    def _kinds(self, session: CalibrationSession) -> dict[str, list[str]]:
+        """``{.pv site: kind per grid index}`` from the (cached) decisions."""
+        if self._decisions is None or self._decided_on != id(session.data.inputs):
+            self._decisions = self._decide(session)
+            self._decided_on = id(session.data.inputs)
+        grid = session.data.timesteps
+        kinds: dict[str, list[str]] = {}
+        for site, groups in self._decisions.items():
+            row = ["uniform"] * len(grid)
+            for ts, test in groups:
+                for t in ts:
+                    row[grid.index(t)] = test.choice
+            kinds[site] = row
+        return kinds
+
+    def _decide(self, session: CalibrationSession) -> Decisions:
+        pvs = {n: s for n, s in session.sites.items() if isinstance(s, QMatMul) and s.which == "pv"}
+        if not pvs:
+            return {}
+        gen = torch.Generator().manual_seed(self.settings.seed)
+        seen: dict[str, list[list[torch.Tensor]]] = {n: [[] for _ in session.data.timesteps] for n in pvs}
+        ctx = session.ctx
+
+        def observer(q: ActQuantizer, x: torch.Tensor) -> None:
+            if ctx.index is not None:
+                seen[q.site][ctx.index].append(subsample(x, DAQ_VALUES, gen))
+            return None
+
+        recon = BlockReconstructor(session)
+        for site in pvs.values():
+            site.a.set_observer(observer)
+        try:
+            with torch.no_grad(), recon.full_precision():
+                for _, t, x in session.data.subset(self.settings.recon_samples).items():
+                    for chunk in x.split(64):
+                        session.unet(chunk, t)
+        finally:
+            for site in pvs.values():
+                site.a.set_observer(None)
+        grid = session.data.timesteps
+        decisions: Decisions = {}
+        for name in sorted(pvs):
+            decisions[name] = []
+            for idx in timestep_groups(len(grid), self.settings.daq_groups):
+                values = torch.cat([torch.cat(seen[name][i]) for i in idx if seen[name][i]])
+                test = power_law_test(subsample(values, DAQ_VALUES * 2, gen))
+                decisions[name].append(([grid[i] for i in idx], test))
+        log.info("DAQ: %s", {n: [t.choice for _, t in g] for n, g in decisions.items()})
+        return decisions
+
+    def _fit(self, session: CalibrationSession, kinds: dict[str, list[str]] | None,
+             check: dict[str, list[list[float]]]) -> FitFn:
+        """The range fit, with DAQ's kind for post-softmax operands (both kinds fitted, errors recorded)."""
+        max_elems = self.settings.act_max_elems
+
+        def fit(q: ActQuantizer, x: torch.Tensor, bits: int) -> QParams:
+            index = session.ctx.index
+            if kinds is None or q.site not in kinds or q.role != "a" or index is None:
+                return session.default_fit(q, x, bits)
+            flat = x.detach().reshape(-1)
+            flat = flat[:: max(1, flat.numel() // max_elems)]
+            fits: dict[str, QParams] = {}
+            errors = []
+            for kind in ("log2", "uniform"):
+                session.set_kind(q, kind)
+                fits[kind] = session.act_quantizer(q).fit(x, bits)
+                errors.append(float(lp_error(fits[kind].fake_quantize(flat), flat, 2.0, dim=0)))
+            chosen = kinds[q.site][index]
+            session.set_kind(q, chosen)
+            check.setdefault(q.site, [[] for _ in kinds[q.site]])[index] = errors
+            return fits[chosen]
+
+        return fit
+
+    def _record_check(self, label: str, check: dict[str, list[list[float]]]) -> None:
+        """Per (site, group): the mean quantization MSE of each kind on the observed inputs, and whether the
+        likelihood-ratio decision picked the one with the lower error."""
+        assert self._decisions is not None
+        out: dict[str, Any] = {}
+        for site, groups in self._decisions.items():
+            per_t = check.get(site)
+            if not per_t:
+                continue
+            rows, first = [], 0
+            for ts, test in groups:  # groups are contiguous runs of grid indices, in order
+                errs = [e for e in per_t[first:first + len(ts)] if e]
+                first += len(ts)
+                if not errs:
+                    continue
+                log2_mse = sum(e[0] for e in errs) / len(errs)
+                uni_mse = sum(e[1] for e in errs) / len(errs)
+                better = "log2" if log2_mse < uni_mse else "uniform"
+                rows.append({"timesteps": ts, "choice": test.choice, "mse_log2": log2_mse, "mse_uniform": uni_mse,
+                             "agrees": better == test.choice})
+            out[site] = rows
+        self._report.setdefault("daq_check", {})[label] = out
