@@ -1,28 +1,29 @@
 """Saving, loading and caching calibrated supernets.
 
 An artifact is a directory with ``supernet.safetensors`` (weight codes, scales and zero-points per (site, bits);
-activation parameters per (operand, bits) and grid timestep) and ``supernet.json`` (format version, model hash,
-bit options, settings, grid, sites, cost model). The cache keys artifacts by (model hash, bit options, supernet
+activation parameters per (operand, bits) and grid timestep; per-input-channel reparameterization factors, if the
+calibration applied any) and ``supernet.json`` (format version, model hash, bit options, settings, grid, sites,
+cost model, what the calibration strategy decided). The cache keys artifacts by (model hash, bit options, supernet
 settings, calibration settings), so a second job on the same model does not calibrate again.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from search.errors import VersionMismatchError
+from search.filelock import file_lock
 from supernet.calibration.data import CalibrationData, collect_calibration_data
 from supernet.calibration.settings import CalibrationSettings
 from supernet.errors import CalibrationError
@@ -78,6 +79,9 @@ def save_supernet(supernet: QuantSupernet, path: str | Path) -> Path:
         for q in site.act_quantizers():
             for bits, table in sorted(q.tables.items()):
                 tensors[f"a/{name}/{q.role}/{bits}"] = torch.tensor([_act_row(p) for p in table], dtype=torch.float32)
+    if supernet.reparam is not None:
+        for name, r in supernet.reparam.factors.items():
+            tensors[f"r/{name}"] = r.contiguous()
     save_file(tensors, str(out / TENSORS_FILE))
     meta = {
         "format_version": FORMAT_VERSION,
@@ -92,6 +96,9 @@ def save_supernet(supernet: QuantSupernet, path: str | Path) -> Path:
         "site_blocks": supernet.site_blocks,
         "skipped": supernet.skipped,
         "cost_model": supernet.cost_model.to_dict(),
+        "calibration_metadata": supernet.calibration_metadata,
+        "calibration_seconds": {str(b): v for b, v in supernet.calibration_seconds.items()},
+        "reparameterization": supernet.reparam.report() if supernet.reparam is not None else None,
     }
     (out / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
     return out
@@ -127,22 +134,35 @@ def load_supernet(path: str | Path, model: Any) -> QuantSupernet:
     if list(supernet.sites) != meta["sites"]:
         supernet.detach()
         raise VersionMismatchError(f"{path}: the model's sites differ from the artifact's")
-    tensors = load_file(str(Path(path) / TENSORS_FILE))
-    supernet._ctx.set_grid(meta["grid"])
-    for name in supernet.sites:
-        site = supernet.site(name)
-        if isinstance(site, QuantWeightLayer):
-            dev = site.weight.device
-            for bits in supernet.bit_options:
-                codes = tensors[f"w/{name}/{bits}/codes"].to(dev)
-                params = UniformParams(tensors[f"w/{name}/{bits}/scale"].to(dev),
-                                       tensors[f"w/{name}/{bits}/zero_point"].to(dev), bits, codes.dtype == torch.int8)
-                site.slots[bits] = QuantizedTensor(codes, params)
-        for q in site.act_quantizers():
-            for bits in supernet.bit_options:
-                rows = tensors[f"a/{name}/{q.role}/{bits}"]
-                q.tables[bits] = tuple(_act_params(r, bits) for r in rows)
+    try:
+        tensors = load_file(str(Path(path) / TENSORS_FILE))
+        factors = {k[2:]: v for k, v in tensors.items() if k.startswith("r/")}
+        if factors:
+            rep = supernet.reparameterize(factors)
+            if meta.get("reparameterization") not in (None, rep.report()):
+                supernet.detach()
+                raise VersionMismatchError(f"{path}: the reparameterization does not apply to this model as recorded")
+        supernet._ctx.set_grid(meta["grid"])
+        for name in supernet.sites:
+            site = supernet.site(name)
+            if isinstance(site, QuantWeightLayer):
+                dev = site.weight.device
+                for bits in supernet.bit_options:
+                    codes = tensors[f"w/{name}/{bits}/codes"].to(dev)
+                    params = UniformParams(tensors[f"w/{name}/{bits}/scale"].to(dev),
+                                           tensors[f"w/{name}/{bits}/zero_point"].to(dev), bits,
+                                           codes.dtype == torch.int8)
+                    site.slots[bits] = QuantizedTensor(codes, params)
+            for q in site.act_quantizers():
+                for bits in supernet.bit_options:
+                    rows = tensors[f"a/{name}/{q.role}/{bits}"]
+                    q.tables[bits] = tuple(_act_params(r, bits) for r in rows)
+    except BaseException:
+        supernet.detach()  # leave the caller's model as it was
+        raise
     supernet.calibration_source = dict(meta.get("calibration_source", {}))
+    supernet.calibration_metadata = dict(meta.get("calibration_metadata", {}))
+    supernet.calibration_seconds = {int(b): float(v) for b, v in meta.get("calibration_seconds", {}).items()}
     supernet.calibrated = True
     return supernet
 
@@ -161,15 +181,10 @@ def cache_key(model_hash: str, bit_options: Iterable[int], settings: SupernetSet
                           "settings": settings.to_dict(), "calibration": calib_settings.to_dict()})
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def artifact_name(model_hash: str, bit_options: Iterable[int], settings: SupernetSettings,
+                  calib_settings: CalibrationSettings) -> str:
+    """The directory name of an artifact in the cache (and in a model's :data:`SHIPPED_DIR`)."""
+    return f"{model_hash}-{cache_key(model_hash, bit_options, settings, calib_settings)}"
 
 
 def get_calibration_data(model: Any, calib_settings: CalibrationSettings, cache_dir: str | Path | None = None,
@@ -178,7 +193,7 @@ def get_calibration_data(model: Any, calib_settings: CalibrationSettings, cache_
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     identity = model_identity(model)
     path = root / "calibration" / f"{identity}-{canonical_key(calib_settings.data_dict())}.safetensors"
-    with _locked(path.with_suffix(".lock")):
+    with file_lock(path.with_suffix(".lock")):
         if path.exists():
             try:
                 return CalibrationData.load(path)
@@ -192,10 +207,49 @@ def get_calibration_data(model: Any, calib_settings: CalibrationSettings, cache_
         return data
 
 
+#: What loading a damaged or foreign artifact raises: such an artifact is skipped (and calibrated anew), not fatal.
+UNREADABLE = (VersionMismatchError, CalibrationError, SafetensorError, OSError, KeyError, ValueError)
+
+#: A model directory may ship pre-calibrated artifacts here, named like the cache's entries.
+SHIPPED_DIR = "tmpq-supernets"
+
+
+def shipped_supernet(model: Any, name: str) -> Path | None:
+    """``<model dir>/tmpq-supernets/<name>`` when the model ships that artifact, else ``None``.
+
+    Diffusers ignores the folder and the model hash covers only ``unet/``, so shipping one changes neither.
+    """
+    model_path = getattr(model, "path", None)
+    if model_path is None:
+        return None
+    candidate = Path(model_path) / SHIPPED_DIR / name
+    return candidate if (candidate / META_FILE).is_file() else None
+
+
+def _adopt_shipped(shipped: Path, final: Path, model: Any) -> QuantSupernet | None:
+    """Copy a shipped artifact into the cache (where Ray actors and exports look) and load it; ``None`` if it
+    does not load (then the caller calibrates)."""
+    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}")
+    try:
+        shutil.copytree(shipped, tmp)
+        os.replace(tmp, final)
+        supernet = load_supernet(final, model)
+    except UNREADABLE as exc:
+        log.warning("not using the shipped supernet %s: %s", shipped, exc)
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(final, ignore_errors=True)
+        return None
+    log.info("using the pre-calibrated supernet shipped with the model: %s", shipped)
+    return supernet
+
+
 def get_or_build_supernet(model: Any, bit_options: Iterable[int], settings: SupernetSettings | None = None,
                           calib_settings: CalibrationSettings | None = None, cache_dir: str | Path | None = None,
                           *, data: CalibrationData | None = None, batch_size: int = 64) -> QuantSupernet:
     """Load the cached supernet for (model, bits, settings) or build, calibrate and cache it.
+
+    A pre-calibrated artifact shipped with the model (:func:`shipped_supernet`) is copied into the cache instead of
+    calibrating.
 
     Args:
         model: a :class:`~supernet.zoo.loader.DiffusionModel` (a bare UNet works only with ``data``).
@@ -210,16 +264,21 @@ def get_or_build_supernet(model: Any, bit_options: Iterable[int], settings: Supe
     options = sorted({int(b) for b in bit_options})
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     identity = model_identity(model)
-    final = root / f"{identity}-{cache_key(identity, options, settings, calib_settings)}"
-    with _locked(final.with_name(final.name + ".lock")):
+    final = root / artifact_name(identity, options, settings, calib_settings)
+    with file_lock(final.with_name(final.name + ".lock")):
         if (final / META_FILE).exists():
             try:
                 supernet = load_supernet(final, model)
                 log.info("loaded cached supernet %s", final)
                 return supernet
-            except (VersionMismatchError, CalibrationError, OSError, KeyError, ValueError) as exc:
+            except UNREADABLE as exc:
                 log.warning("rebuilding unreadable cached supernet %s: %s", final, exc)
                 shutil.rmtree(final, ignore_errors=True)
+        shipped = shipped_supernet(model, final.name)
+        if shipped is not None:
+            supernet = _adopt_shipped(shipped, final, model)
+            if supernet is not None:
+                return supernet
         if data is None:
             data = get_calibration_data(model, calib_settings, root, batch_size)
         supernet = QuantSupernet.build(model, options, settings, calib_settings, model_hash=identity,
@@ -230,3 +289,21 @@ def get_or_build_supernet(model: Any, bit_options: Iterable[int], settings: Supe
         os.replace(tmp, final)
         log.info("cached supernet %s", final)
         return supernet
+
+
+def ship_supernet(model: Any, bit_options: Iterable[int], calib_settings: CalibrationSettings | None = None,
+                  settings: SupernetSettings | None = None, cache_dir: str | Path | None = None) -> Path:
+    """Calibrate (or take from the cache) the supernet for these settings and store a copy in the model directory's
+    :data:`SHIPPED_DIR`, so that a fresh clone or another machine finds it without calibrating; returns the copy."""
+    settings = settings or SupernetSettings()
+    calib_settings = calib_settings or CalibrationSettings()
+    supernet = get_or_build_supernet(model, bit_options, settings, calib_settings, cache_dir)
+    supernet.detach()
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    name = artifact_name(model_identity(model), bit_options, settings, calib_settings)
+    target = Path(model.path) / SHIPPED_DIR / name
+    tmp = target.with_name(f".{name}.{uuid.uuid4().hex}")
+    shutil.copytree(root / name, tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target

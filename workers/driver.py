@@ -104,11 +104,10 @@ def prepare_job(spec: SearchSpec, options: DriverOptions = DriverOptions()) -> P
 
 def _artifact_path(model: Any, bits: Sequence[int], settings: Any, calib: Any, cache_dir: str | None) -> Path:
     """Where ``get_or_build_supernet`` caches the artifact for these inputs (Ray actors load it from there)."""
-    from supernet.artifact import cache_key, default_cache_dir, model_identity
+    from supernet.artifact import artifact_name, default_cache_dir, model_identity
 
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    identity = model_identity(model)
-    return root / f"{identity}-{cache_key(identity, bits, settings, calib)}"
+    return root / artifact_name(model_identity(model), bits, settings, calib)
 
 
 def evaluator_config(job: PreparedJob, *, objective: str | None = None, samples: int | None = None,

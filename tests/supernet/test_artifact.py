@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -12,6 +13,8 @@ import torch
 from search.errors import VersionMismatchError
 from supernet.artifact import (
     META_FILE,
+    SHIPPED_DIR,
+    TENSORS_FILE,
     cache_key,
     default_cache_dir,
     get_calibration_data,
@@ -119,3 +122,31 @@ def test_calibration_data_is_collected_once(tmp_path, monkeypatch):
     again = get_calibration_data(model, settings, tmp_path)
     assert torch.equal(again.inputs, data.inputs) and again.source["model_hash"] == "testbed-random-0"
     assert isinstance(again, CalibrationData) and again.alphas_cumprod is not None
+
+
+def test_a_supernet_shipped_with_the_model_is_used_instead_of_calibrating(tmp_path, monkeypatch):
+    data = random_data(TOY_SHAPE, n=8)
+    built = get_or_build_supernet(toy_net(), (4, 8), None, TINY_CALIB, tmp_path / "build", data=data)
+    entry = next(p for p in (tmp_path / "build").iterdir() if (p / META_FILE).is_file())
+    model_dir = tmp_path / "model"
+    shutil.copytree(entry, model_dir / SHIPPED_DIR / entry.name)
+    calls = []
+    original = QuantSupernet.calibrate
+
+    def counting(self: QuantSupernet, d: CalibrationData) -> None:
+        calls.append(d)
+        original(self, d)
+
+    monkeypatch.setattr(QuantSupernet, "calibrate", counting)
+    model = SimpleNamespace(unet=toy_net(), path=model_dir)
+    shipped = get_or_build_supernet(model, (4, 8), None, TINY_CALIB, tmp_path / "cache", data=data)
+    assert calls == [] and (tmp_path / "cache" / entry.name / META_FILE).is_file()  # adopted into the cache
+    cand = built.random_candidate(random.Random(5), (100,))
+    x = torch.randn(3, *TOY_SHAPE)
+    with built.assembled(cand), shipped.assembled(cand), torch.no_grad():
+        assert torch.equal(built.unet(x, 100), shipped.unet(x, 100))
+    # a shipped artifact that does not load is not used: the supernet is calibrated as usual
+    (model_dir / SHIPPED_DIR / entry.name / TENSORS_FILE).write_bytes(b"not safetensors")
+    again = get_or_build_supernet(SimpleNamespace(unet=toy_net(), path=model_dir), (4, 8), None, TINY_CALIB,
+                                  tmp_path / "other-cache", data=data)
+    assert len(calls) == 1 and again.calibrated
