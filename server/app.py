@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from server.api.errors import install_error_handlers
 from server.api.front_cache import FrontCache
-from server.api.routes import candidates, front, hypervolume, jobs, meta, plots, web
+from server.api.routes import candidates, export, front, hypervolume, jobs, meta, plots, web
 from server.baselines import TrainTimesteps
 from server.execution import ExecuteFn
 from server.runner import JobRunner
@@ -70,7 +70,7 @@ def create_app(
     app.state.train_timesteps = TrainTimesteps(store, settings.model_root)
     app.state.front_cache = FrontCache(store, train_timesteps=app.state.train_timesteps)
     install_error_handlers(app)
-    for module in (jobs, front, candidates, hypervolume, plots, meta):
+    for module in (jobs, front, candidates, export, hypervolume, plots, meta):
         app.include_router(module.router, prefix=API_PREFIX)
     web.install(app)
     return app

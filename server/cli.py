@@ -40,6 +40,19 @@ def _cmd_zoo_train_features(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_zoo_ship_supernet(args: argparse.Namespace) -> int:
+    from supernet.artifact import ship_supernet
+    from supernet.zoo.loader import load_model
+
+    bits = sorted(set(args.bits))
+    if not bits or any(not 2 <= b <= 8 for b in bits):
+        raise ConfigError("bits", "every bit option must be in 2..8")
+    start = time.perf_counter()
+    path = ship_supernet(load_model(args.model), bits)
+    print(f"stored the calibrated supernet for bits {bits} in {path} ({time.perf_counter() - start:.0f} s)")
+    return EXIT_OK
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
@@ -72,31 +85,38 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from server.cli_remote import print_front, wait_for_job
     from server.client import TmpqClient
-    from server.demo import DEMO_JOB, sample_knee, start_server
+    from server.demo import DEMO_JOB, export_and_sample_knee, start_server, supernet_source
 
     out, data = Path(args.out), Path(args.data_dir)
     started = time.perf_counter()
-    print(f"1/5 starting tmpq serve (SQLite in {data}, a local Ray for evaluations; log {out / 'server.log'})")
+    print(f"1/6 starting tmpq serve (SQLite in {data}, a local Ray for evaluations; log {out / 'server.log'})")
     proc, url = start_server(data, out / "server.log")
     try:
         client = TmpqClient(url)
         print(f"    serving on {url} (web page: {url}/, API docs: {url}/docs)")
         job = client.submit({**DEMO_JOB, "generations": args.generations})
-        print(f"2/5 submitted job {job['id']}: NSGA-II over K in {DEMO_JOB['steps']} x block bit-widths "
-              f"{DEMO_JOB['bit_options']} on the shipped digits DDPM (the first run calibrates the supernet)")
+        print(f"2/6 submitted job {job['id']}: NSGA-II over K in {DEMO_JOB['steps']} x block bit-widths "
+              f"{DEMO_JOB['bit_options']} on the shipped digits DDPM")
+        print(f"    {supernet_source(DEMO_JOB, data)}")
         code = wait_for_job(client, job, poll_s=1.0, as_json=False)
         if code != EXIT_OK:
             return code
         job = client.job(job["id"])
         front = client.front(job["id"], knee=True)
-        print("3/5 the Pareto front (quality = MSE vs the FP model at 50 steps, same noise):")
+        print("3/6 the Pareto front (quality = MSE vs the FP model at 50 steps, same noise):")
         print_front(front, job)
         knee = front["knee"]
         plot = out / "front.png"
         plot.write_bytes(client.front_png(job["id"]))
-        print(f"4/5 wrote the Pareto plot: {plot}")
-        grid, db = sample_knee(job, knee, out, data)
-        print(f"5/5 sampled the knee candidate: {grid} (PSNR {db:.1f} dB vs FP at 100 steps, same noise)")
+        print(f"4/6 wrote the Pareto plot: {plot}")
+        result = export_and_sample_knee(client, job, knee, out, data)
+        sizes = result.manifest["sizes"]
+        print(f"5/6 exported the knee candidate ({result.manifest['bits']}, K={knee['steps']}) through the API to "
+              f"{result.directory}: weights {sizes['weights_file_bytes'] / 1e6:.2f} MB, "
+              f"{sizes['ratio_to_fp32']:.3f} of FP32 ({sizes['fp32_weights_bytes'] / 1e6:.2f} MB)")
+        same = "bit-identical to" if result.identical else "DIFFERENT from"
+        print(f"6/6 sampled 64 images from the export (supernet.export.load): {result.grid} (PSNR {result.psnr_db:.1f} "
+              f"dB vs FP at 100 steps, same noise; {same} the supernet's assembled knee)")
         print(f"done in {time.perf_counter() - started:.0f} s. Try: tmpq front {job['id']} --url {url} --knee")
         return EXIT_OK
     finally:
@@ -289,6 +309,14 @@ def _add_zoo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="models/digits-features")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_cmd_zoo_train_features)
+    p = zsub.add_parser("ship-supernet", help="calibrate a supernet and store it in the model directory",
+                        description="Calibrate (or take from the cache) the supernet of a model for these bit "
+                                    "options with the default calibration settings, and store a copy in "
+                                    "<model>/tmpq-supernets/ so that jobs elsewhere (a fresh clone, a cluster "
+                                    "node) use it instead of calibrating.")
+    p.add_argument("--model", default=str(TESTBED_DIR), help="a diffusers model directory (default: the testbed)")
+    p.add_argument("--bits", type=int, nargs="+", default=[4, 6, 8], help="bit options (default: 4 6 8)")
+    p.set_defaults(handler=_cmd_zoo_ship_supernet)
 
 
 #: The shipped testbed (kept torch-free here: building the parser must not import torch).
@@ -296,9 +324,9 @@ TESTBED_DIR = Path(__file__).resolve().parents[1] / "models" / "digits-ddpm-16"
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the main job end to end: serve, submit a search, watch, front, plot, sample")
+    p = sub.add_parser("demo", help="the main job end to end: serve, search, watch, front, plot, export, sample")
     p.add_argument("--data-dir", default="data", help="SQLite database and supernet cache (default: data)")
-    p.add_argument("--out", default="out/demo", help="where the plot, samples and server log go")
+    p.add_argument("--out", default="out/demo", help="where the plot, export, samples and server log go")
     p.add_argument("--generations", type=int, default=4)
     p.set_defaults(handler=_cmd_demo)
     p = sub.add_parser("sample", help="sample a model at uniform DDIM schedules and score it (FDD on the testbed)")
@@ -322,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_search(sub)
     _add_serve(sub)
-    from server.cli_remote import add_remote_commands  # submit, jobs, status, cancel, front (a server)
+    from server.cli_remote import add_remote_commands  # submit, jobs, status, cancel, front, export (a server)
     add_remote_commands(sub)
     return parser
 

@@ -1,4 +1,5 @@
-"""The ``tmpq`` commands that talk to a tmpq server: ``submit``, ``jobs``, ``status``, ``cancel`` and ``front``.
+"""The ``tmpq`` commands that talk to a tmpq server: ``submit``, ``jobs``, ``status``, ``cancel``, ``front`` and
+``export``.
 
 They are thin faces over :class:`server.client.TmpqClient` (scripts can make the same calls). The server URL and
 token come from ``--url``/``--token`` or ``$TMPQ_URL``/``$TMPQ_API_TOKEN``. Errors reach ``server.cli.main`` as
@@ -412,11 +413,42 @@ def _cmd_front(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- export -------------------------------------------------------------------------------------------------
+
+
+def _megabytes(value: Any) -> str:
+    return _fmt(None if value is None else value / 1e6, ".3g") + " MB"
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    with _client(args) as client:
+        client.export(args.job, args.candidate, out, overwrite=args.force)
+    manifest_path = out / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TmpqError(f"the export in {out} has no readable manifest.json: {exc}") from None
+    if args.json:
+        _print_json({"out": str(out), **manifest})
+        return EXIT_OK
+    sizes = manifest.get("sizes", {})
+    ratio = sizes.get("ratio_to_fp32")
+    candidate = manifest.get("candidate", {})
+    print(
+        f"exported candidate {manifest.get('candidate_key')} of job {args.job} ({manifest.get('bits')}, "
+        f"K={len(candidate.get('timesteps', []))}) to {out}: weights {_megabytes(sizes.get('weights_file_bytes'))}, "
+        f"{_fmt(ratio, '.3f')} of FP32 ({_megabytes(sizes.get('fp32_weights_bytes'))}); "
+        f"sample with supernet.export.load({str(out)!r}).sample(64, seed=0)"
+    )
+    return EXIT_OK
+
+
 # -- registration -------------------------------------------------------------------------------------------
 
 
 def add_remote_commands(sub: argparse._SubParsersAction) -> None:
-    """Register ``submit``, ``jobs``, ``status``, ``cancel`` and ``front`` on the ``tmpq`` sub-parsers."""
+    """Register ``submit``, ``jobs``, ``status``, ``cancel``, ``front`` and ``export`` on the ``tmpq`` sub-parsers."""
     p = sub.add_parser(
         "submit",
         help="submit a job spec (YAML) to a tmpq server",
@@ -482,3 +514,19 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
     _add_json_flag(p, "the front")
     _add_remote_flags(p)
     p.set_defaults(handler=_cmd_front)
+
+    p = sub.add_parser(
+        "export",
+        help="export a candidate as a runnable quantized model directory",
+        description="Export a candidate of a job as a directory diffusers-style code can load: the UNet with the "
+        "candidate's quantized weights (packed integer codes + scales, safetensors), the per-site bit-widths and "
+        "activation parameters per timestep, a DDIM scheduler config with the candidate's timesteps, and a manifest. "
+        "The server builds it from the job's calibrated supernet. Load it with supernet.export.load(DIR).",
+    )
+    p.add_argument("job", type=int, metavar="JOB", help="the job id")
+    p.add_argument("candidate", metavar="CANDIDATE", help="a candidate key, or 'knee' (the knee of the job's front)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the directory to write (must not exist or be empty)")
+    p.add_argument("--force", action="store_true", help="replace the contents of a non-empty --out directory")
+    _add_json_flag(p, "the export's manifest")
+    _add_remote_flags(p)
+    p.set_defaults(handler=_cmd_export)

@@ -1,7 +1,8 @@
 """A small Python client of the tmpq REST API (``/api/v1``), the one the ``tmpq`` CLI itself uses.
 
 Torch-free and Ray-free: it needs only httpx. Every method returns the server's JSON (plain dicts), except
-:meth:`TmpqClient.front_png` (PNG bytes) and :meth:`TmpqClient.delete` (nothing)::
+:meth:`TmpqClient.front_png` (PNG bytes), :meth:`TmpqClient.export` (the directory it wrote) and
+:meth:`TmpqClient.delete` (nothing)::
 
     from server.client import TmpqClient
 
@@ -9,6 +10,7 @@ Torch-free and Ray-free: it needs only httpx. Every method returns the server's 
         job = client.submit({"model": "digits-ddpm-16", "steps": [8, 10], "generations": 5})
         done = client.wait(job["id"], on_progress=lambda j: print(j["progress"]))
         front = client.front(job["id"], max_bitops=2.5e9, knee=True)
+        client.export(job["id"], "knee", "out/knee")  # then supernet.export.load("out/knee").sample(64, seed=0)
 
 Errors: the server's error answers raise :class:`ApiError` (its message readable and naming the field; a bad
 field or model is the subclass :class:`ApiValidationError`, which is also a ``ConfigError``); a server that
@@ -19,8 +21,12 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
+import uuid
+import zipfile
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -183,6 +189,30 @@ def _states(state: str | Iterable[str] | None) -> list[str] | None:
         return None
     values = [state] if isinstance(state, str) else list(state)
     return [str(s).upper() for s in values] or None
+
+
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    """ConfigError (field ``out``) unless ``out`` is absent or an empty directory (or ``overwrite``)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError("out", f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError("out", f"{out} is not empty (choose another directory, or overwrite: --force)")
+
+
+def _unpack_export(archive: Path, dest: Path) -> Path:
+    """Extract an export archive under ``dest``; returns the export directory (the archive's one top folder, or
+    ``dest`` itself). Refuses members that would land outside ``dest``."""
+    with zipfile.ZipFile(archive) as zf:
+        names = zf.namelist()
+        for name in names:
+            parts = PurePosixPath(name).parts
+            if not parts or name.startswith("/") or ".." in parts:
+                raise TmpqError(f"the export archive holds an unsafe path {name!r}")
+        zf.extractall(dest)
+    tops = {PurePosixPath(n).parts[0] for n in names}
+    if len(tops) == 1 and (dest / next(iter(tops))).is_dir():
+        return dest / next(iter(tops))
+    return dest
 
 
 def _number(value: float | None) -> str | None:
@@ -405,6 +435,60 @@ class TmpqClient:
             "GET", f"/jobs/{int(job_id)}/front.png", params={"budget": _number(budget)}, accept="image/png"
         )
         return response.content
+
+    def export(
+        self, job_id: int, key: str, out_dir: str | os.PathLike[str], *, overwrite: bool = False, timeout: float = 600
+    ) -> Path:
+        """Export a candidate as a runnable quantized model into the directory ``out_dir``; returns it.
+
+        The server builds the export (the first time: seconds) and sends it as a zip; it is unpacked here into
+        ``out_dir`` (created; it must not exist or be empty unless ``overwrite``), ready for
+        ``supernet.export.load(out_dir)``. ``key`` may be ``"knee"``: the knee point of the job's current front.
+
+        Raises:
+            ConfigError: ``out_dir`` is not empty (checked before anything is sent).
+            ApiError: 404 for an unknown job or candidate, 409 when the job's model or calibrated supernet is not on
+                the server.
+        """
+        out = Path(out_dir)
+        _check_out_dir(out, overwrite)
+        if key == "knee":
+            knee = self.front(job_id, knee=True).get("knee")
+            if not knee:
+                raise TmpqError(f"job {int(job_id)} has no knee point yet (its front is empty)")
+            key = str(knee["key"])
+        path = f"/jobs/{int(job_id)}/candidates/{quote(str(key), safe='')}/export"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".{out.name}.download-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            archive = tmp / "export.zip"
+            self._download(path, archive, timeout)
+            try:
+                exported = _unpack_export(archive, tmp / "unpacked")
+            except zipfile.BadZipFile as exc:
+                raise TmpqError(f"the server's answer to GET {path} is not a zip archive: {exc}") from None
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(exported, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return out
+
+    def _download(self, path: str, dest: Path, timeout: float) -> None:
+        """Stream ``GET path`` into the file ``dest`` (errors as in :meth:`_request`)."""
+        try:
+            with self._http.stream("GET", path, headers={"Accept": "application/zip"}, timeout=timeout) as response:
+                if response.is_error:
+                    response.read()
+                    raise ApiError.from_response(response)
+                with dest.open("wb") as fh:
+                    for chunk in response.iter_bytes():
+                        fh.write(chunk)
+        except httpx.TimeoutException:
+            raise ApiUnavailable(self.base_url, f"no answer within {timeout:g} s") from None
+        except httpx.RequestError as exc:
+            raise ApiUnavailable(self.base_url, _one_line(str(exc)) or type(exc).__name__) from None
 
     # -- meta ---------------------------------------------------------------------------------------------
 

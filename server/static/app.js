@@ -269,6 +269,52 @@ function exportCommand(jobId, key) {
   return `tmpq export ${jobId} ${key} --out out/job-${jobId}/${key}`;
 }
 
+function exportUrl(jobId, key) {
+  return `${API}/jobs/${jobId}/candidates/${encodeURIComponent(key)}/export`;
+}
+
+/** Download a candidate's export (a zip the server builds) with the stored token; reports in #export-status. */
+async function downloadExport(jobId, key, button) {
+  const status = $("export-status");
+  const say = (text) => {
+    if (status) status.textContent = text;
+  };
+  if (button) button.disabled = true;
+  say(`Building the export of ${key.slice(0, 12)}… (a few seconds the first time)`);
+  try {
+    const headers = { Accept: "application/zip" };
+    const token = localStorage.getItem(TOKEN_KEY);
+    if (token) headers.Authorization = `Bearer ${token}`;
+    const response = await fetch(exportUrl(jobId, key), { headers });
+    if (response.status === 401 || response.status === 403) {
+      showAuth();
+      throw new Error("a valid token is required");
+    }
+    if (!response.ok) {
+      let detail = response.statusText;
+      try {
+        const body = await response.json();
+        detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+      } catch (_) {
+        /* not JSON */
+      }
+      throw new Error(`HTTP ${response.status}: ${detail}`);
+    }
+    const blob = await response.blob();
+    const url = URL.createObjectURL(blob);
+    const link = h("a", { href: url, download: `tmpq-job${jobId}-${key}.zip`, hidden: true });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    say(`Downloaded tmpq-job${jobId}-${key}.zip (${fmtBytes(blob.size)}).`);
+  } catch (error) {
+    say(`Export failed: ${error.message}`);
+  } finally {
+    if (button) button.disabled = false;
+  }
+}
+
 async function copyText(text) {
   if (navigator.clipboard && window.isSecureContext) {
     await navigator.clipboard.writeText(text);
@@ -476,6 +522,9 @@ function wireControls(state) {
     const url = URL.createObjectURL(await response.blob());
     window.open(url, "_blank", "noopener");
     setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  });
+  $("export-button").addEventListener("click", (event) => {
+    if (state.selected) downloadExport(state.job.id, state.selected, event.currentTarget);
   });
   $("copy-button").addEventListener("click", async () => {
     const status = $("copy-status");
@@ -828,6 +877,7 @@ function renderSelection(state) {
   );
   $("export-command").textContent = exportCommand(state.job.id, c.key);
   $("copy-status").textContent = "";
+  $("export-button").dataset.key = c.key;
 }
 
 // -- the candidate table ---------------------------------------------------------------------------------
@@ -874,6 +924,24 @@ function renderTable(state) {
         h("td", { class: "num" }, fmtG(c.bitops)),
         h("td", { class: "num" }, fmtBytes(c.weight_bytes)),
         h("td", {}, tagsOf(state, c)),
+        h(
+          "td",
+          {},
+          h(
+            "button",
+            {
+              type: "button",
+              class: "btn small export-row",
+              title: `Download candidate ${c.key} as a runnable quantized model (zip)`,
+              onclick: (event) => {
+                event.stopPropagation();
+                select(state, c.key);
+                downloadExport(state.job.id, c.key, event.currentTarget);
+              },
+            },
+            "zip",
+          ),
+        ),
       ),
     ),
   );

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
 from server.api.deps import JobId, ReadAuth, SettingsDep, StoreDep, WriteAuth
+from server.api.routes.export import job_exports_dir
 from server.models import JobState
 from server.schemas import JobList, JobOut, JobSubmission
 from server.submission import validate_submission
@@ -80,7 +82,9 @@ def cancel_job(job_id: JobId, store: StoreDep, response: Response) -> JobOut:
     dependencies=[WriteAuth],
     responses={**_ERRORS, 409: {"description": "The job is not finished"}},
 )
-def delete_job(job_id: JobId, store: StoreDep) -> Response:
-    """Delete a finished job (SUCCEEDED, FAILED or CANCELLED) and everything stored for it."""
+def delete_job(job_id: JobId, store: StoreDep, settings: SettingsDep) -> Response:
+    """Delete a finished job (SUCCEEDED, FAILED or CANCELLED) and everything stored for it, its built exports
+    included."""
     store.delete_job(job_id)
+    shutil.rmtree(job_exports_dir(settings, job_id), ignore_errors=True)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
