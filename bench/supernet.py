@@ -3,7 +3,10 @@
 Measures, on a 10-step uniform DDIM schedule at batch 64:
 - ``assemble_ms``: median time to assemble a random mixed candidate;
 - ``overhead_ratio``: sampling time of an assembled mixed candidate / FP sampling time, measured side by side
-  (two copies of the model in one process, interleaved, order alternating);
+  (two copies of the model in one process, interleaved, order alternating), at one torch thread: how the evaluation
+  actors run (``threads_per_actor`` defaults to one per CPU of the actor, one CPU each). ``overhead_by_threads``
+  repeats it at every count of ``--overhead-threads``: the fake-quant passes are memory-bound elementwise kernels
+  that gain less from a second thread than the convolutions do, so the ratio grows with threads;
 - ``amortization_ratio``: N per-configuration calibrations (each timed for a few configurations and
   extrapolated linearly over N) / (one calibration per bit option + N assemblies);
 - ``quality``: FDD and PSNR against the FP samples of the same noise, for FP and uniform W8A8, W6A6, W4A8, W4A4.
@@ -144,6 +147,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--overhead-threads", type=int, nargs="+", default=[1, 2],
+                   help="torch thread counts of the overhead comparison (overhead_ratio: the first)")
+    p.add_argument("--strategy", default="range",
+                   help="calibration strategy (default: range, the min-max/MSE calibration this benchmark's targets "
+                        "are set for; tcaq reconstructs and takes minutes per bit option)")
     return p.parse_args(argv)
 
 
@@ -158,7 +166,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     repeats, q_samples, assemble_trials = (3, 64, 100) if quick else (11, 1000, 300)
     bits = tuple(sorted(set(args.bits)))
     # --quick calibrates on a coarser grid with fewer samples (both sides of the amortization alike)
-    calib = CalibrationSettings(grid_steps=10, samples=32) if quick else CalibrationSettings()
+    calib = (CalibrationSettings(strategy=args.strategy, grid_steps=10, samples=32) if quick
+             else CalibrationSettings(strategy=args.strategy))
 
     fp, q_model, baseline_model = (load_model(args.model) for _ in range(3))
     schedule = uniform_schedule(args.steps, fp.num_train_timesteps)
@@ -178,8 +187,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     result.update(bench_assemble(sn, schedule, assemble_trials))
     _log(f"assemble {result['assemble_ms']} ms")
-    result.update(bench_overhead(fp, sn, q_model, schedule, args.batch, repeats))
-    _log(f"overhead {result['overhead_ratio']}")
+    threads = torch.get_num_threads()
+    by_threads: dict[str, Any] = {}
+    for n in args.overhead_threads:
+        torch.set_num_threads(n)
+        by_threads[str(n)] = bench_overhead(fp, sn, q_model, schedule, args.batch, repeats)
+        _log(f"overhead at {n} thread(s): {by_threads[str(n)]['overhead_ratio']}")
+    torch.set_num_threads(threads)
+    result.update(by_threads[str(args.overhead_threads[0])])
+    result["overhead_threads"] = args.overhead_threads[0]
+    result["overhead_by_threads"] = {n: r["overhead_ratio"] for n, r in by_threads.items()}
+    result["overhead_details_by_threads"] = by_threads
     result.update(bench_amortization(baseline_model, sn, data, calib_s, result["assemble_ms"] / 1e3, schedule,
                                      n_configs, measured))
     result.update(bench_quality(fp, sn, q_model, schedule, args.batch, q_samples, seed=2024))
