@@ -139,6 +139,9 @@ class RayRuntime:
 
         cfg = self.config
         num_cpus = cfg.local_num_cpus or os.cpu_count() or 1
+        # Ray starts its workers at niceness 15; in a local Ray they do this job's main work, so by default they
+        # run at the driver's priority instead of yielding to every other process (RAY_worker_niceness overrides).
+        os.environ.setdefault("RAY_worker_niceness", "0")
         logger.info("starting a local Ray (%d CPUs, object store %d MiB)", num_cpus, cfg.object_store_bytes >> 20)
         try:
             ray.init(
