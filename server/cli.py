@@ -83,7 +83,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from server.cli_remote import print_front, wait_for_job
+    from server.cli_remote import fp_bitops, print_front, wait_for_job
     from server.client import TmpqClient
     from server.demo import DEMO_JOB, export_and_sample_knee, start_server, supernet_source
 
@@ -104,7 +104,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         job = client.job(job["id"])
         front = client.front(job["id"], knee=True)
         print("3/6 the Pareto front (quality = MSE vs the FP model at 50 steps, same noise):")
-        print_front(front, job)
+        print_front(front, job, fp_cost=fp_bitops(client, job))
         knee = front["knee"]
         plot = out / "front.png"
         plot.write_bytes(client.front_png(job["id"]))

@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -334,9 +335,32 @@ def _gbitops(value: float | None) -> str:
     return _fmt(None if value is None else value / 1e9, ".4g")
 
 
-def print_front(front: Mapping[str, Any], job: Mapping[str, Any], *, console: Console | None = None) -> None:
-    """The front as a rich table: key, K, timesteps, bits, quality, PSNR, the re-scored FDD and the relative cost
-    (when any point has them), GBitOps and whether the point is a uniform baseline; the knee (if asked) marked."""
+_UNIFORM_BITS = re.compile(r"^W(\d+)A(\d+)$")
+
+
+def fp_bitops(client: TmpqClient, job: Mapping[str, Any]) -> float | None:
+    """BitOps of the model in floating point (W32A32) at the job's largest K, from a stored uniform baseline.
+
+    BitOps = Σ MACs · b_w · b_a · K, so any uniform WbAb baseline (the search seeds them in generation 0) gives
+    Σ MACs exactly. ``None`` when no baseline is stored yet.
+    """
+    steps = job["spec"].get("steps")
+    k_max = max(steps) if isinstance(steps, list) and steps else steps
+    if not isinstance(k_max, int):
+        return None
+    for item in client.candidates(job["id"], generation=0, limit=1000)["items"]:
+        match = _UNIFORM_BITS.match(str(item.get("bits", "")))
+        if item.get("is_baseline") and match and item.get("bitops") and item.get("steps"):
+            per_mac_step = int(match[1]) * int(match[2]) * int(item["steps"])
+            return float(item["bitops"]) / per_mac_step * 32 * 32 * k_max
+    return None
+
+
+def print_front(front: Mapping[str, Any], job: Mapping[str, Any], *, console: Console | None = None,
+                fp_cost: float | None = None) -> None:
+    """The front as a rich table: key, K, timesteps, bits, quality, PSNR, the re-scored FDD (when any point has
+    it), GBitOps, the relative cost (BitOps / ``fp_cost``, the FP model at the largest K, when given) and whether
+    the point is a uniform baseline; the knee (if asked) marked."""
     from rich.table import Table
 
     items: Sequence[Mapping[str, Any]] = front["items"]
@@ -368,7 +392,10 @@ def print_front(front: Mapping[str, Any], job: Mapping[str, Any], *, console: Co
     if has("fdd_rescored"):
         columns.append(("FDD re-scored", lambda p: _fmt(p["objectives"].get("fdd_rescored"), ".4g"), False, False))
     columns.append(("GBitOps", lambda p: _gbitops(p.get("bitops")), False, True))
-    if has("relative_cost"):
+    if fp_cost:
+        columns.append(("rel. cost", lambda p: _fmt(p["bitops"] / fp_cost if p.get("bitops") is not None else None,
+                                                     ".3g"), False, False))
+    elif has("relative_cost"):
         columns.append(("rel. cost", lambda p: _fmt(p["objectives"].get("relative_cost"), ".3g"), False, False))
     columns.append(("is_baseline", lambda p: "yes" if p.get("is_baseline") else "", True, False))
     for name, _, left, no_wrap in columns:
@@ -398,10 +425,11 @@ def _cmd_front(args: argparse.Namespace) -> int:
             knee=args.knee,
         )
         png = client.front_png(args.job, budget=args.max_bitops or None) if args.plot else None
+        fp_cost = None if args.json else fp_bitops(client, job)
     if args.json:
         _print_json(front)
     else:
-        print_front(front, job)
+        print_front(front, job, fp_cost=fp_cost)
     if png is not None:
         path = Path(args.plot)
         try:

@@ -433,10 +433,12 @@ def test_front_table_with_knee_and_plot(server: Server, finished_job: tuple[int,
     out = result.stdout
     for header in ("key", "K", "timesteps", "bits", "mse", "PSNR dB", "FDD re-scored", "GBitOps", "is_baseline"):
         assert header in out, header
-    assert "rel. cost" not in out  # no point has one
+    assert "rel. cost" in out
     baseline_key = baseline_pair()[0].key()
     baseline_row = next(line for line in out.splitlines() if baseline_key in line)
     assert "yes" in baseline_row and "W8A8" in baseline_row and " 1000 " in baseline_row  # 1e12 BitOps
+    # vs FP at the largest K: W8A8@4 gives sum(MACs) = 1e12 / (8 * 8 * 4), and FP@8 = that * 32 * 32 * 8
+    assert " 0.0312 " in baseline_row
     with TmpqClient(server.url) as client:
         knee = client.front(job_id, max_bitops=2e12, knee=True)["knee"]
     knee_row = next(line for line in out.splitlines() if knee["key"] in line)
