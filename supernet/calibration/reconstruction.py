@@ -260,7 +260,7 @@ class BlockReconstructor:
                 return None
             return session.act_params(q, ctx.index)
 
-        with self._observing(observer):
+        with self.session.observing(observer):
             yield
 
     @contextmanager
@@ -275,17 +275,6 @@ class BlockReconstructor:
         finally:
             for n, layer in layers.items():
                 layer._w = saved[n]
-
-    @contextmanager
-    def _observing(self, observer: Any) -> Iterator[None]:
-        every = [q for s in self.session.sites.values() for q in s.act_quantizers()]
-        for q in every:
-            q.set_observer(observer)
-        try:
-            yield
-        finally:
-            for q in every:
-                q.set_observer(None)
 
     @contextmanager
     def _training(self, block: Block) -> Iterator[None]:
@@ -304,7 +293,7 @@ class BlockReconstructor:
             return None if fn is None else _Learned(fn, self._idx)
 
         try:
-            with self._observing(observer):
+            with self.session.observing(observer):
                 yield
         finally:
             for proc in procs.values():

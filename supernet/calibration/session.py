@@ -18,7 +18,7 @@ from search.errors import ConfigError
 from supernet.calibration.data import CalibrationData
 from supernet.calibration.settings import CalibrationSettings
 from supernet.errors import CalibrationError
-from supernet.qlayers.act import ActQuantizer
+from supernet.qlayers.act import ActQuantizer, Observer
 from supernet.qlayers.context import TimestepContext
 from supernet.qlayers.registry import Site
 from supernet.qlayers.weighted import QuantWeightLayer
@@ -149,6 +149,12 @@ class CalibrationSession:
             self.set_act_params(q, index, params)
             return params
 
+        with self.observing(observer):
+            yield
+
+    @contextmanager
+    def observing(self, observer: Observer) -> Iterator[None]:
+        """While open, every operand of every site routes its input through ``observer`` (removed on exit)."""
         every = [q for s in self.sites.values() for q in s.act_quantizers()]
         for q in every:
             q.set_observer(observer)

@@ -1,77 +1,69 @@
-"""A real ``uvicorn`` process serving the app on a free loopback port, for tests about the server over HTTP."""
+"""A real ``uvicorn`` process serving the app on a loopback port, for tests about the server over HTTP."""
 
 from __future__ import annotations
 
+import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 API = "/api/v1"
 
-
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 30.0) -> bool:
-    """True once ``GET /healthz`` answers 200; False if the process exits or ``timeout`` passes first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        try:
-            if httpx.get(f"{url}{API}/healthz", timeout=1.0).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    return False
+#: The server process: binds a free loopback port itself (no race), prints it, then serves with no runner.
+SERVER_CODE = """
+import json, socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+sock.bind(("127.0.0.1", 0))
+sock.listen(64)
+print(sock.getsockname()[1], flush=True)
+import uvicorn
+from server.app import create_app
+from server.settings import Settings
+settings = Settings(**json.loads(sys.argv[1]))
+uvicorn.Server(uvicorn.Config(create_app(settings, run_runner=False), log_level="warning")).run(sockets=[sock])
+"""
 
 
 @contextmanager
-def uvicorn_server(data_dir: Path, model_root: Path, log: Path, **env_extra: str) -> Iterator[str]:
-    """``uvicorn server.app:create_app --factory`` on SQLite under ``data_dir``; yields its base URL.
+def app_server(log: Path, env: dict[str, str] | None = None, **settings: Any) -> Iterator[str]:
+    """The app with ``Settings(**settings)`` (no runner) in its own process; yields its base URL once healthy.
 
-    No runner is started: submitted jobs stay PENDING. ``env_extra`` adds ``TMPQ_*`` settings.
+    ``TMPQ_*`` variables of this process are not passed on; ``env`` adds variables of the server's own.
     """
-    env = {**os.environ, "TMPQ_DATA_DIR": str(data_dir), "TMPQ_MODEL_ROOT": str(model_root),
-           "PYTHONPATH": str(REPO), **env_extra}
-    for name in ("TMPQ_DATABASE_URL", "TMPQ_API_TOKEN"):
-        if name not in env_extra:
-            env.pop(name, None)
-    for _ in range(3):  # the port is free when chosen; another process may still take it first
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        with log.open("w") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "server.app:create_app", "--factory", "--host", "127.0.0.1",
-                 "--port", str(port), "--log-level", "warning"],
-                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        if wait_healthy(url, process):
-            break
-        process.kill()
-        process.wait()
-    else:
-        pytest.fail(f"uvicorn did not start: {log.read_text()[-2000:]}")
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("TMPQ_")}
+    child_env.update({"PYTHONPATH": str(REPO), **(env or {})})
+    config = json.dumps({k: str(v) for k, v in settings.items()})
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", SERVER_CODE, config], cwd=REPO, env=child_env,
+                                stdout=subprocess.PIPE, stderr=out)
     try:
+        assert proc.stdout is not None
+        port = proc.stdout.readline().decode().strip()
+        assert port.isdigit(), f"the server did not start: {log.read_text()}"
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, f"the server exited: {log.read_text()}"
+            try:
+                if httpx.get(f"{url}{API}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"the server did not answer: {log.read_text()}"
+            time.sleep(0.1)
         yield url
     finally:
-        process.terminate()
+        proc.terminate()
         try:
-            process.wait(timeout=10)
+            proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            proc.kill()
+            proc.wait()

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
@@ -35,6 +34,7 @@ from server.client import ApiError, ApiUnavailable, ApiValidationError, TmpqClie
 from server.models import JobState
 from server.store import Store
 from tests.server.fakes import SITES, fake_candidate, fake_evaluation
+from tests.server.live import app_server
 
 pytestmark = pytest.mark.slow
 
@@ -43,21 +43,6 @@ MODEL_ROOT = REPO / "models"
 MODEL = MODEL_ROOT / "digits-ddpm-16"
 TOKEN = "test-token-123"
 OWNER = "test-runner"
-
-#: The server process: binds a free loopback port itself (no race), prints it, then serves with no runner.
-SERVER_CODE = """
-import socket, sys
-sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-sock.bind(("127.0.0.1", 0))
-sock.listen(64)
-print(sock.getsockname()[1], flush=True)
-import uvicorn
-from server.app import create_app
-from server.settings import Settings
-settings = Settings(database_url=sys.argv[1], model_root=sys.argv[2], api_token=sys.argv[3])
-config = uvicorn.Config(create_app(settings, run_runner=False), log_level="warning")
-uvicorn.Server(config).run(sockets=[sock])
-"""
 
 SPEC = {
     "model": "digits-ddpm-16",
@@ -94,37 +79,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("client_cli")
     db_url = f"sqlite:///{tmp / 'tmpq.db'}"
     store = Store(db_url)  # migrated here, so the server starts on a ready database
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TMPQ_")}
-    with open(tmp / "server.log", "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", SERVER_CODE, db_url, str(MODEL_ROOT), TOKEN],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=log,
-        )
     try:
-        assert proc.stdout is not None
-        port = proc.stdout.readline().decode().strip()
-        assert port.isdigit(), f"the server did not start: {(tmp / 'server.log').read_text()}"
-        url = f"http://127.0.0.1:{port}"
-
-        def healthy() -> bool:
-            assert proc.poll() is None, f"the server exited: {(tmp / 'server.log').read_text()}"
-            try:
-                return httpx.get(f"{url}/api/v1/healthz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(healthy, 30, "the server to answer")
-        yield Server(url, store, tmp)
+        with app_server(tmp / "server.log", database_url=db_url, model_root=MODEL_ROOT, api_token=TOKEN) as url:
+            yield Server(url, store, tmp)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         store.close()
 
 

@@ -8,8 +8,6 @@ import io
 import json
 import os
 import subprocess
-import sys
-import time
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from server.cli import main
 from server.client import ApiError, TmpqClient
 from server.models import JobState
 from server.store import Store
+from tests.server.live import app_server
 
 pytestmark = pytest.mark.slow
 
@@ -41,20 +40,6 @@ OWNER = "test-runner"
 CALIBRATION = {"strategy": "range", "grid_steps": 3, "samples": 4, "mse_grid": 12, "act_max_elems": 4096}
 ANOTHER = {**CALIBRATION, "grid_steps": 4}
 BITS = (4, 8)
-
-SERVER_CODE = """
-import socket, sys
-sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-sock.bind(("127.0.0.1", 0))
-sock.listen(64)
-print(sock.getsockname()[1], flush=True)
-import uvicorn
-from server.app import create_app
-from server.settings import Settings
-settings = Settings(database_url=sys.argv[1], model_root=sys.argv[2], data_dir=sys.argv[3])
-uvicorn.Server(uvicorn.Config(create_app(settings, run_runner=False), log_level="warning")).run(sockets=[sock])
-"""
-
 
 @dataclass
 class Service:
@@ -126,36 +111,14 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         pairs.append((c, Evaluation(c.key(), 0.01 * (i + 1), cost.bitops, cost.weight_bytes, {"psnr": 30.0 - i})))
     job = _finished_job(store, CALIBRATION, pairs)
     orphan = _finished_job(store, ANOTHER, pairs[:1])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TMPQ_")}
-    env["TMPQ_DATA_DIR"] = str(data)  # the runner's cache (supernet.artifact.default_cache_dir) is the same
-    with open(tmp / "server.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-c", SERVER_CODE, db_url, str(MODEL_ROOT), str(data)], cwd=REPO,
-                                env=env, stdout=subprocess.PIPE, stderr=log)
+    # the runner's cache (supernet.artifact.default_cache_dir) is the server's data directory
     try:
-        assert proc.stdout is not None
-        port = proc.stdout.readline().decode().strip()
-        assert port.isdigit(), f"the server did not start: {(tmp / 'server.log').read_text()}"
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, f"the server exited: {(tmp / 'server.log').read_text()}"
-            try:
-                if httpx.get(f"{url}/api/v1/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not answer"
-            time.sleep(0.1)
-        with TmpqClient(url) as client:
-            knee = client.front(job, knee=True)["knee"]["key"]
-        yield Service(url, store, tmp, supernet, job, {c.key(): c for c in candidates}, knee, orphan)
+        with app_server(tmp / "server.log", {"TMPQ_DATA_DIR": str(data)}, database_url=db_url,
+                        model_root=MODEL_ROOT, data_dir=data) as url:
+            with TmpqClient(url) as client:
+                knee = client.front(job, knee=True)["knee"]["key"]
+            yield Service(url, store, tmp, supernet, job, {c.key(): c for c in candidates}, knee, orphan)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         store.close()
 
 

@@ -17,7 +17,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 
 from server.settings import Settings
 from server.store import Store
-from tests.server.live import API, uvicorn_server
+from tests.server.live import API, app_server
 from tests.server.test_web import fill_finished_job, fill_other_jobs, model_root
 
 #: Generated requests per operation: enough to reach every parameter's edge cases, small enough for CI.
@@ -35,7 +35,7 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesi
         fill_other_jobs(store)
     finally:
         store.close()
-    with uvicorn_server(data_dir, root, base / "uvicorn.log") as url:
+    with app_server(base / "uvicorn.log", data_dir=data_dir, model_root=root) as url:
         yield schemathesis.openapi.from_url(f"{url}{API}/openapi.json")
 
 

@@ -30,7 +30,7 @@ from server.models import JobState
 from server.settings import Settings
 from server.store import Store
 from tests.server.conftest import in_ci, write_fake_model
-from tests.server.live import API, uvicorn_server
+from tests.server.live import API, app_server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -234,7 +234,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         running_id, pending_id = fill_other_jobs(store)
     finally:
         store.close()
-    with uvicorn_server(settings.data_dir, root, base / "uvicorn.log") as url:
+    with app_server(base / "uvicorn.log", data_dir=settings.data_dir, model_root=root) as url:
         yield LiveServer(url, finished, running_id, pending_id, base / "uvicorn.log")
 
 
