@@ -2,8 +2,9 @@
 
 Integer genes use pymoo's recipe for integer variables: SBX and polynomial mutation on floats followed by
 rounding (``vtype=float, repair=RoundingRepair()``), then :class:`~search.problem.EncodingRepair`; duplicates
-are eliminated by candidate key. The initial population is :func:`~search.strategy.initial_population` (the
-uniform-precision DDIM seeds, then random). The pymoo algorithm holds its own seeded random generator, so a
+are eliminated by candidate key, against the offspring, the population and every candidate told so far (no
+offspring slot goes to a known candidate). The initial population is :func:`~search.strategy.initial_population`
+(the uniform-precision DDIM seeds, then random). The pymoo algorithm holds its own seeded random generator, so a
 pickled strategy resumes exactly.
 """
 
@@ -51,13 +52,14 @@ class NSGA2Strategy:
         self.guard = guard
         initial = initial_population(encoding, population, initial_rng(seed), set(), guard.allows)
         self._problem = SearchProblem(encoding)
+        self._duplicates = KeyDuplicateElimination(encoding)
         self._algorithm = NSGA2(
             pop_size=population,
             sampling=Population.new(X=np.array([x for x, _ in initial], dtype=float)),
             crossover=SBX(prob=0.9, eta=eta_crossover, vtype=float, repair=RoundingRepair()),
             mutation=PM(eta=eta_mutation, vtype=float, repair=RoundingRepair()),
             repair=EncodingRepair(encoding),
-            eliminate_duplicates=KeyDuplicateElimination(encoding),
+            eliminate_duplicates=self._duplicates,
         )
         self._algorithm.setup(self._problem, termination=NoTermination(), seed=seed, verbose=False)
         self._pending: Population | None = None
@@ -75,6 +77,7 @@ class NSGA2Strategy:
             raise RuntimeError("tell() without a pending ask()")
         pop = self._pending[: len(outcomes)]
         self._pending = None
+        self._duplicates.remember(o.key for o in outcomes)
         if len(pop) == 0:
             return
         F, G = objectives(outcomes, self.guard.budget)

@@ -12,7 +12,7 @@ A failed candidate gets quality :data:`FAILED_QUALITY` (finite, so pymoo's sorti
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,17 +90,29 @@ class EncodingRepair(Repair):
 
 
 class KeyDuplicateElimination(DuplicateElimination):
-    """Duplicates are vectors that decode to the same candidate (same ``Candidate.key()``)."""
+    """Duplicates are vectors that decode to the same candidate (same ``Candidate.key()``).
+
+    Besides pymoo's checks (within the offspring, against the population), an offspring whose key is in
+    :attr:`evaluated` (every candidate the search has already been told about) is a duplicate too, so pymoo
+    mates again instead of spending an offspring slot on a candidate whose outcome is known: with a small
+    evaluation budget every slot of a generation then brings a new candidate. The set is part of the pickled
+    algorithm, so a resumed search eliminates exactly as an uninterrupted one.
+    """
 
     def __init__(self, encoding: Encoding) -> None:
         super().__init__()
         self.encoding = encoding
+        self.evaluated: set[str] = set()
+
+    def remember(self, keys: Iterable[str]) -> None:
+        """Mark ``keys`` as told: offspring decoding to them are duplicates from now on."""
+        self.evaluated.update(keys)
 
     def _key(self, individual: Any) -> str:
         return self.encoding.decode(individual.X).key()
 
     def _do(self, pop: Any, other: Any, is_duplicate: np.ndarray) -> np.ndarray:
-        seen = {self._key(ind) for ind in other} if other is not None else set()
+        seen = {self._key(ind) for ind in other} if other is not None else set(self.evaluated)
         for i, ind in enumerate(pop):
             key = self._key(ind)
             if key in seen:

@@ -8,11 +8,15 @@ from collections.abc import Sequence
 import pytest
 
 from search.candidate import Candidate
+from search.encoding import Encoding
 from search.errors import ConfigError
 from search.evaluator import Evaluation, EvaluatorUnavailableError, evaluate_safely
 from search.evolution import EvolutionParams
+from search.nsga2 import NSGA2Strategy
+from search.problem import Outcome
 from search.runner import RunnerConfig, SearchRunner
 from search.space import SearchSpace
+from search.strategy import BudgetGuard
 from tests.search.synthetic import SyntheticEvaluator, make_cost_model
 
 SITES = ("down.0.conv", "mid.0.conv", "up.0.conv")
@@ -124,3 +128,22 @@ def test_evaluation_round_trip_and_sanitising() -> None:
     assert math.isnan(back.quality) and back.error == e.sanitized().error and back.extra == {"psnr": 20.5}
     ok = Evaluation("k", 0.5, 10.0, 2.0)
     assert Evaluation.from_dict(ok.to_dict()) == ok and ok.sanitized() is ok
+
+
+def test_nsga2_offspring_are_never_candidates_it_was_already_told_about() -> None:
+    """Archive-wide duplicate elimination: every slot of a generation goes to a candidate not seen before."""
+    small = SearchSpace(10, (2,), ("a",), (4, 8), "nonuniform", "site")  # 64 candidates: repeats are likely
+    cost = make_cost_model(small.sites)
+    strategy = NSGA2Strategy(Encoding(small), BudgetGuard(cost, None), population=6, seed=3)
+    evaluator = SyntheticEvaluator(cost, 1000)
+    told: set[str] = set()
+    for _ in range(6):
+        asked = strategy.ask()
+        keys = [c.key() for c in asked]
+        assert keys
+        assert len(set(keys)) == len(keys)
+        assert not told & set(keys)
+        outcomes = [Outcome(e.key, e.quality, e.bitops) for e in evaluator.evaluate(asked)]
+        strategy.tell(outcomes)
+        told.update(keys)
+    assert len(told) >= 6 * 6 - 3  # the generations were (nearly) filled with new candidates, not cut short
