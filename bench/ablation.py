@@ -7,7 +7,8 @@ options the row uses (W4A8: the 4-bit and the 8-bit calibrations). Methods, cumu
 
 - ``FP``; ``baseline`` (min-max weights, MSE activation ranges: strategy ``"range"``);
 - ``+reconstruction`` (BRECQ block reconstruction); ``+TCR``; ``+TCR+DAQ``; ``full`` (+PAR: the default settings);
-- each extra switch on top of ``full``: ``full+TIB`` (TFMQ-DM's temporal block), ``full+dilation`` (DilateQuant).
+- each extra switch on top of ``full``: ``full+TIB`` (TFMQ-DM's temporal block), ``full+dilation`` (DilateQuant),
+  ``full+cache`` (TFMQ-DM's cache of quantized temporal features per timestep, chosen per projection by error).
 
 Prints progress to stderr and one JSON object as the last stdout line; its ``table`` is a list of
 ``{bits, method, fdd, psnr, calib_s}``. ``--quick`` (under a minute) uses a tiny calibration (4 grid timesteps x 8
@@ -54,6 +55,7 @@ METHODS: dict[str, dict[str, Any] | None] = {
     "full": {},
     "full+TIB": {"tib": True},
     "full+dilation": {"dilation": True},
+    "full+cache": {"temporal_cache": True},
 }
 QUICK = {"grid_steps": 3, "samples": 4, "recon_iters": 2, "recon_samples": 4, "mse_grid": 8}
 
@@ -140,6 +142,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         decisions[method] = {
             "reparameterization": meta.get("reparameterization"),
             "daq": {site: [g["choice"] for g in groups] for site, groups in (meta.get("daq") or {}).items()}}
+        if meta.get("temporal_cache"):  # per configuration: the projections that read the cache
+            decisions[method]["temporal_cache"] = {
+                label: sorted(n for n, r in rep["sites"].items() if r["choice"] == "cache")
+                for label, rep in meta["temporal_cache"].items()}
         sn.detach()
     result = {"bench": "ablation", "quick": args.quick, "model": str(args.model), "model_hash": fp_model.model_hash,
               "bit_options": list(bits), "steps": args.steps, "samples": n, "seed": args.seed,

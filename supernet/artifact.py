@@ -3,8 +3,13 @@
 An artifact is a directory with ``supernet.safetensors`` (weight codes, scales and zero-points per (site, bits);
 activation parameters per (operand, bits) and grid timestep; per-input-channel reparameterization factors, if the
 calibration applied any) and ``supernet.json`` (format version, model hash, bit options, settings, grid, sites,
-cost model, what the calibration strategy decided). The cache keys artifacts by (model hash, bit options, supernet
-settings, calibration settings), so a second job on the same model does not calibrate again.
+cost model, what the calibration strategy decided, which (site, bits) read cached temporal features). The cache
+keys artifacts by (model hash, bit options, supernet settings, calibration settings), so a second job on the same
+model does not calibrate again.
+
+Cached temporal features (the ``temporal_cache`` switch) are not stored: they are a deterministic function of the
+(reparameterized) FP weights, the width and the settings, and are rebuilt on load from the recorded choices
+(:func:`supernet.calibration.temporal.restore_tables`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from search.errors import VersionMismatchError
 from search.filelock import file_lock
 from supernet.calibration.data import CalibrationData, collect_calibration_data
 from supernet.calibration.settings import CalibrationSettings
+from supernet.calibration.temporal import describe_tables, restore_tables
 from supernet.errors import CalibrationError
 from supernet.qlayers.weighted import QuantWeightLayer
 from supernet.quant.log2 import Log2Params
@@ -99,6 +105,7 @@ def save_supernet(supernet: QuantSupernet, path: str | Path) -> Path:
         "calibration_metadata": supernet.calibration_metadata,
         "calibration_seconds": {str(b): v for b, v in supernet.calibration_seconds.items()},
         "reparameterization": supernet.reparam.report() if supernet.reparam is not None else None,
+        "temporal_cache": describe_tables({n: supernet.site(n) for n in supernet.sites}),
     }
     (out / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
     return out
@@ -157,6 +164,9 @@ def load_supernet(path: str | Path, model: Any) -> QuantSupernet:
                 for bits in supernet.bit_options:
                     rows = tensors[f"a/{name}/{q.role}/{bits}"]
                     q.tables[bits] = tuple(_act_params(r, bits) for r in rows)
+        if meta.get("temporal_cache"):
+            restore_tables(supernet.unet, {n: supernet.site(n) for n in supernet.sites}, meta["temporal_cache"],
+                           supernet.calib_settings, supernet.settings)
     except BaseException:
         supernet.detach()  # leave the caller's model as it was
         raise

@@ -8,13 +8,16 @@ An export is a directory in diffusers' layout::
                                       channel; every other tensor (biases, norms, layers left in FP) as stored
     quant_config.json                 per site: kind, weight and activation bit-widths, packing, and the
                                       activation quantizer (uniform or log2, scale, zero-point) per timestep;
-                                      which sites divide their input by a reparameterization factor (TCR)
+                                      which sites divide their input by a reparameterization factor (TCR);
+                                      which sites read cached temporal features, and for which timesteps
     scheduler/scheduler_config.json   a DDIMScheduler config (the model's betas) plus the candidate's ``timesteps``
     manifest.json                     candidate, objectives, model hash, tmpq version, seed, file checksums
 
 Weight codes are stored as a little-endian bit stream: code ``i`` of a ``b``-bit tensor (as the unsigned offset
 ``code - qmin``) occupies bits ``[i·b, (i+1)·b)``, so 4-bit codes take two per byte and the file shrinks with the
-bits; each output channel adds a float32 scale and a one-byte zero-point. :func:`load` rebuilds the UNet from its
+bits; each output channel adds a float32 scale and a one-byte zero-point. A site that reads cached temporal
+features (calibration switch ``temporal_cache``) stores the table rows of the candidate's timesteps only, packed the
+same way at its activation width with a scale and zero-point per row. :func:`load` rebuilds the UNet from its
 config, installs the same quantized layers the supernet uses with exactly the stored codes and parameters, and
 returns an :class:`ExportedPipeline` whose samples equal the supernet's assembled candidate's for the same noise,
 bit for bit.
@@ -49,6 +52,7 @@ from search.errors import ConfigError, InvalidCandidate, ModelLoadError, Schedul
 from supernet.errors import CalibrationError
 from supernet.qlayers.context import TimestepContext
 from supernet.qlayers.registry import install_sites
+from supernet.qlayers.temporal import TemporalTable
 from supernet.qlayers.weighted import QuantWeightLayer
 from supernet.quant.log2 import Log2Params
 from supernet.quant.protocol import QParams, is_fp
@@ -81,6 +85,7 @@ _SCHEDULER_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedu
 
 _CODES, _SCALE, _ZERO = ".weight.codes", ".weight.scale", ".weight.zero_point"
 _FACTOR = ".input_factor"  # a reparameterized site's per-input-channel factor r: its input is divided by r
+_TCODES, _TSCALE, _TZERO = ".temporal.codes", ".temporal.scale", ".temporal.zero_point"  # cached temporal features
 
 
 def tmpq_version() -> str:
@@ -257,6 +262,16 @@ def _site_tensors(supernet: QuantSupernet, candidate: Candidate, grid: Sequence[
         if name in explicit:
             tensors[name + _FACTOR] = explicit[name].detach().to("cpu", torch.float32).contiguous()
             entry["input_prescale"] = True
+        cache = getattr(site, "temporal", {}).get(a_bits) if not is_fp(a_bits) else None
+        if cache is not None:
+            rows = cache.subset(candidate.timesteps).rows
+            p = rows.params
+            tensors[name + _TCODES] = pack_codes(rows.codes, a_bits, p.symmetric)
+            tensors[name + _TSCALE] = p.scale.detach().to("cpu", torch.float32).contiguous()
+            tensors[name + _TZERO] = p.zero_point.detach().to("cpu").to(p.code_dtype).contiguous()
+            entry["temporal_cache"] = {"bits": a_bits, "timesteps": list(candidate.timesteps),
+                                       "shape": list(rows.codes.shape), "symmetric": bool(p.symmetric),
+                                       "packing": "bitstream-lsb-first"}
         for q in site.act_quantizers():
             bits = a_bits if q.gene == "a" else w_bits
             if is_fp(bits):
@@ -464,6 +479,7 @@ class ExportedPipeline:
             if isinstance(module, QuantWeightLayer):
                 module.slots = {b: QuantizedTensor(qt.codes.to(dev), _params_to(qt.params, dev))
                                 for b, qt in module.slots.items()}
+                module.temporal = {b: table.to(dev) for b, table in module.temporal.items()}
                 module.activate(module.w_bits, module.a_bits)
         return self
 
@@ -487,7 +503,8 @@ def _install(unet: nn.Module, qcfg: Mapping[str, Any], tensors: Mapping[str, tor
     weights_file, qcfg_file = root / UNET_WEIGHTS_FILE, root / QUANT_CONFIG_FILE
     sites_cfg: Mapping[str, Any] = qcfg["sites"]
     slots: dict[str, QuantizedTensor] = {}
-    state = {k: v for k, v in tensors.items() if not k.endswith((_CODES, _SCALE, _ZERO, _FACTOR))}
+    state = {k: v for k, v in tensors.items()
+             if not k.endswith((_CODES, _SCALE, _ZERO, _FACTOR, _TCODES, _TSCALE, _TZERO))}
     for name, entry in sites_cfg.items():
         w = entry.get("weight")
         if w is None:
@@ -532,8 +549,25 @@ def _install(unet: nn.Module, qcfg: Mapping[str, Any], tensors: Mapping[str, tor
             if [int(p["t"]) for p in params] != list(ctx.grid):
                 raise ModelLoadError(qcfg_file, f"{q.key}: activation parameters do not cover the grid {ctx.grid}")
             q.tables[int(act["bits"])] = tuple(_act_params(p, int(act["bits"])) for p in params)
+        cache = entry.get("temporal_cache")
+        if cache is not None:
+            if not isinstance(site, QuantWeightLayer):
+                raise ModelLoadError(qcfg_file, f"{name}: only a linear site can read cached temporal features")
+            site.temporal[int(cache["bits"])] = _temporal_table(name, cache, tensors, weights_file)
         site.activate(w_bits, a_bits)
     return hooks + ctx.install(unet)
+
+
+def _temporal_table(name: str, cache: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
+                    weights_file: Path) -> TemporalTable:
+    bits, sym, shape = int(cache["bits"]), bool(cache["symmetric"]), [int(s) for s in cache["shape"]]
+    try:
+        codes = unpack_codes(_tensor(tensors, name + _TCODES, weights_file), bits, sym, shape)
+    except ValueError as exc:
+        raise ModelLoadError(weights_file, f"corrupt temporal codes of {name!r}: {exc}") from None
+    params = UniformParams(_tensor(tensors, name + _TSCALE, weights_file),
+                           _tensor(tensors, name + _TZERO, weights_file).to(torch.float32), bits, sym)
+    return TemporalTable([int(t) for t in cache["timesteps"]], QuantizedTensor(codes, params))
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", *, check: bool = True) -> ExportedPipeline:

@@ -246,7 +246,12 @@ class QuantSupernet:
             self._apply(before)
 
     def cost(self, candidate: Candidate) -> Cost:
-        """BitOps (whole schedule) and weight bytes of ``candidate`` (analytic; see :class:`CostModel`)."""
+        """BitOps (whole schedule) and weight bytes of ``candidate`` (analytic; see :class:`CostModel`).
+
+        A time-embedding projection that reads cached temporal features (calibration switch ``temporal_cache``) does
+        no work per step at run time (a table lookup), but is still counted here at its MACs · b_w · b_a: the cost
+        model is keyed by site and genes only.
+        """
         self._check(candidate)
         return self.cost_model.cost(candidate)
 
@@ -288,6 +293,7 @@ class QuantSupernet:
         for site in self._sites.values():
             if isinstance(site, QuantWeightLayer):
                 site.slots.clear()
+                site.temporal.clear()
             for q in site.act_quantizers():
                 q.tables.clear()
         self._ctx.set_grid(data.timesteps)

@@ -23,7 +23,8 @@ training (the supernet's fast path writes into preallocated outputs, which autog
 
 With ``tib`` (TFMQ-DM's temporal information block), the time-embedding MLP and every ResBlock's embedding
 projection are first reconstructed jointly against the FP projections ``g_i(h(t))`` on the grid timesteps (they do
-not depend on ``x_t``), then kept fixed while the other blocks are reconstructed.
+not depend on ``x_t``), then kept fixed while the other blocks are reconstructed. Its pool is complete (one input
+per grid timestep), so it is trained for the full ``recon_iters`` without the epoch cap.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from supernet.calibration.data import CalibrationData
 from supernet.calibration.lsq import TimestepActQuant
 from supernet.calibration.session import CalibrationSession
 from supernet.calibration.settings import CalibrationSettings
+from supernet.calibration.temporal import project
 from supernet.errors import CalibrationError
 from supernet.qlayers.act import ActQuantizer
 from supernet.qlayers.attention import QuantAttnProcessor
@@ -353,11 +355,7 @@ class BlockReconstructor:
 
     def _tib_forward(self, inputs: Any) -> list[torch.Tensor]:
         emb = self.session.unet.time_embedding(inputs)
-        outs = []
-        for _, res in self._projections():
-            e = emb if getattr(res, "skip_time_act", False) else res.nonlinearity(emb)
-            outs.append(res.time_emb_proj(e))
-        return outs
+        return [project(res, emb) for _, res in self._projections()]
 
     # --- capturing ------------------------------------------------------------------------------------------
     def _run_data(self, data: CalibrationData) -> None:
@@ -486,7 +484,10 @@ class BlockReconstructor:
         rep = BlockReport(samples=n)
         round_params = [a.v for a in ada.values()]
         act_params = [m.log_mult for m in learners.values() if m.log_mult.requires_grad]
-        steps = opts.steps_for(n) if (round_params or act_params) and opts.iters > 0 else 0
+        # The temporal block's pool is every distinct input it has (one per grid timestep): the epoch cap, which
+        # keeps small pools of sampled data from overfitting, would leave it a handful of steps; it gets them all.
+        pool_steps = opts.iters if block.name == TIB else opts.steps_for(n)
+        steps = pool_steps if (round_params or act_params) and opts.iters > 0 else 0
         with self._training(block):
             rep.loss_before = self._loss(block, inputs, targets, eval_sel)
             if steps:

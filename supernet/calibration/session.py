@@ -21,7 +21,8 @@ from supernet.errors import CalibrationError
 from supernet.qlayers.act import ActQuantizer, Observer
 from supernet.qlayers.context import TimestepContext
 from supernet.qlayers.registry import Site
-from supernet.qlayers.weighted import QuantWeightLayer
+from supernet.qlayers.temporal import TemporalTable
+from supernet.qlayers.weighted import QLinear, QuantWeightLayer
 from supernet.quant.log2 import Log2Quantizer
 from supernet.quant.protocol import QParams, Quantizer, check_bits, is_fp
 from supernet.quant.qtensor import QuantizedTensor
@@ -56,6 +57,7 @@ class CalibrationSession:
         self.w_bits = dict(w_bits)
         self.a_bits = dict(a_bits)
         self._weights: dict[str, QuantizedTensor] = {}
+        self._temporal: dict[str, TemporalTable | None] = {}
         self._tables: dict[ActQuantizer, list[QParams | None]] = {
             q: [None] * len(data.timesteps) for q in self.act_quantizers()}
         self._kinds: dict[ActQuantizer, str] = {q: self._default_kind(q) for q in self._tables}
@@ -126,6 +128,18 @@ class CalibrationSession:
         if params.bits != self.bits_of(q):
             raise CalibrationError(f"{q.key}: {params.bits}-bit parameters do not fit this configuration")
         self._tables[q][index] = params
+
+    def set_temporal(self, site: str, table: TemporalTable | None) -> None:
+        """Use cached temporal features for ``site`` at this configuration's activation width (``None``: compute
+        the site as usual, dropping a table an earlier calibration left for that width). Takes effect on commit:
+        the rest of this session runs the computed path."""
+        layer = self.sites[site]
+        bits = self.a_bits[site]
+        if not isinstance(layer, QLinear) or is_fp(bits):
+            raise CalibrationError(f"{site}: only a linear site with quantized activations can use cached features")
+        if table is not None and table.bits != bits:
+            raise CalibrationError(f"{site}: a {table.bits}-bit temporal table does not fit this configuration")
+        self._temporal[site] = table
 
     def act_params(self, q: ActQuantizer, index: int) -> QParams | None:
         """What has been recorded for ``q`` at grid timestep ``index`` so far."""
@@ -228,3 +242,10 @@ class CalibrationSession:
             self.sites[site].slots[weight.bits] = weight
         for q, table in self._tables.items():
             q.tables[self.bits_of(q)] = tuple(table)  # type: ignore[arg-type]
+        for site, cache in self._temporal.items():
+            layer = self.sites[site]
+            assert isinstance(layer, QuantWeightLayer)
+            if cache is None:
+                layer.temporal.pop(self.a_bits[site], None)
+            else:
+                layer.temporal[cache.bits] = cache

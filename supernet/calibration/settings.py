@@ -19,9 +19,13 @@ GRID_SPACINGS = ("linear", "quadratic")
 DATA_FIELDS = ("grid_steps", "grid_spacing", "samples", "seed")
 
 #: On/off switches of the ``"tcaq"`` strategy (TCAQ-DM's three, then the extra seed-method ideas).
-SWITCHES = ("reconstruction", "tcr", "daq", "par", "tib", "dilation")
+SWITCHES = ("reconstruction", "tcr", "daq", "par", "tib", "dilation", "temporal_cache")
+#: Fields added after supernets were cached and shipped (``models/*/tmpq-supernets``), with the value they had in
+#: effect before: :meth:`CalibrationSettings.to_dict` leaves them out while they hold it, so the cache keys of
+#: existing artifacts stay valid; any other value is part of the key as usual.
+KEY_STABLE_DEFAULTS: dict[str, Any] = {"temporal_cache": False, "tcr_alpha": 1.0}
 FLOAT_FIELDS = ("par_decay", "recon_epochs", "recon_lr_round", "recon_lr_act", "recon_round_weight", "recon_warmup",
-                "tcr_max")
+                "tcr_max", "tcr_alpha")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,13 @@ class CalibrationSettings:
             quantizer, progressively aligned reconstruction); ignored by other strategies.
         tib / dilation: extra switches of ``"tcaq"``, off by default: TFMQ-DM's temporal information block
             reconstructed jointly, and DilateQuant's weight dilation.
+        temporal_cache: extra switch of ``"tcaq"``, off by default: TFMQ-DM's (journal version) cache of quantized
+            temporal features. The output of every ResBlock's time-embedding projection (``*.time_emb_proj``)
+            depends on the timestep only, so it is computed in FP for every training timestep, quantized per
+            timestep and looked up at run time; per (projection, activation width) the cache replaces the
+            computed path only where its error against the FP features on the grid is lower
+            (:mod:`supernet.calibration.temporal`). Left out of :meth:`to_dict` while off (see
+            :data:`KEY_STABLE_DEFAULTS`).
         par_rounds: calibration rounds when ``par`` is on (round 1 on the FP trajectories; each later round on
             the quantized model's own trajectories).
         recon_iters: optimiser steps per block in round 1; round r uses ``recon_iters * par_decay**(r-1)``.
@@ -58,6 +69,9 @@ class CalibrationSettings:
         recon_round_weight: weight of AdaRound's rounding regulariser (its mean over the block's weights, added to the
             relative output MSE); recon_warmup: fraction of steps without it.
         tcr_max: upper clamp of TCR's factors (lower clamp 1).
+        tcr_alpha: migration strength of TCR: the reported factors are raised to this power before the clamp
+            (1: the reported form, activations fully equalised; 0.5: the difficulty split evenly between
+            activations and weights, as SmoothQuant's default; 0: no TCR).
         daq_groups: timestep groups (contiguous chunks of the grid) DAQ decides for separately.
         version: format version of these settings.
     """
@@ -81,6 +95,7 @@ class CalibrationSettings:
     par: bool = True
     tib: bool = False
     dilation: bool = False
+    temporal_cache: bool = False
     par_rounds: int = 2
     par_decay: float = 0.5
     recon_iters: int = 200
@@ -92,6 +107,7 @@ class CalibrationSettings:
     recon_round_weight: float = 10.0
     recon_warmup: float = 0.2
     tcr_max: float = 100.0
+    tcr_alpha: float = 1.0
     daq_groups: int = 4
     version: int = CALIBRATION_SETTINGS_VERSION
 
@@ -119,6 +135,7 @@ class CalibrationSettings:
         _check(_finite(self.par_decay) and 0.0 < self.par_decay <= 1.0, "par_decay", "must be in (0, 1]")
         _check(_finite(self.recon_warmup) and 0.0 <= self.recon_warmup < 1.0, "recon_warmup", "must be in [0, 1)")
         _check(_finite(self.tcr_max) and self.tcr_max >= 1.0, "tcr_max", "must be >= 1")
+        _check(_finite(self.tcr_alpha) and 0.0 <= self.tcr_alpha <= 1.0, "tcr_alpha", "must be in [0, 1]")
         for name in ("mse_min_ratio", "mse_norm", *FLOAT_FIELDS):
             object.__setattr__(self, name, float(getattr(self, name)))
         object.__setattr__(self, "strategy_params", _normalise_params(self.strategy_params))
@@ -128,8 +145,12 @@ class CalibrationSettings:
         return dict(self.strategy_params).get(name, default)
 
     def to_dict(self) -> dict[str, Any]:
-        """Canonical, JSON-ready form (part of the supernet cache key)."""
+        """Canonical, JSON-ready form (part of the supernet cache key); fields of :data:`KEY_STABLE_DEFAULTS` at
+        their old value are left out (:meth:`from_dict` restores them)."""
         d = asdict(self)
+        for name, old in KEY_STABLE_DEFAULTS.items():
+            if d[name] == old:
+                del d[name]
         d["strategy_params"] = {k: v for k, v in self.strategy_params}
         return d
 

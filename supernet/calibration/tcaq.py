@@ -16,6 +16,10 @@ Per configuration (``_calibrate``, one session):
    model's outputs with ``par_decay`` times fewer iterations, AdaRound starting next to the previous rounding.
    Without reconstruction, PAR re-fits the activation ranges on the quantized trajectories instead.
 
+5. Temporal cache (``temporal_cache``): per time-embedding projection, the FP temporal features of every training
+   timestep quantized per timestep replace the computed path where their error on the grid is lower
+   (:mod:`~supernet.calibration.temporal`); choices and errors are reported per configuration.
+
 Every switch off gives exactly the ``"range"`` baseline. ``tib`` adds TFMQ-DM's temporal information block to
 the reconstruction (:mod:`~supernet.calibration.reconstruction`).
 """
@@ -28,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from supernet.calibration import temporal
 from supernet.calibration.daq import PowerLawTest, power_law_test, subsample, timestep_groups
 from supernet.calibration.data import CalibrationData
 from supernet.calibration.dilation import compute_dilation
@@ -39,7 +44,7 @@ from supernet.calibration.strategy import CalibrationStrategy, register_strategy
 from supernet.calibration.tcr import compute_tcr
 from supernet.qlayers.act import ActQuantizer
 from supernet.qlayers.attention import QMatMul
-from supernet.quant.protocol import QParams
+from supernet.quant.protocol import QParams, is_fp
 from supernet.quant.uniform import lp_error
 
 if TYPE_CHECKING:
@@ -85,7 +90,9 @@ class TCAQCalibrator(CalibrationStrategy):
         groups = plan_groups(supernet.unet, sites)
         factors: dict[str, torch.Tensor] = {}
         if s.tcr:
-            factors = compute_tcr(supernet.unet, sites, groups, data.subset(s.recon_samples), s.tcr_max)
+            factors = compute_tcr(
+                supernet.unet, sites, groups, data.subset(s.recon_samples), s.tcr_max, s.tcr_alpha
+            )
         if s.dilation:
             factors = compute_dilation(sites, groups, factors, DILATION_MAX)
         rep = supernet.reparameterize(factors)
@@ -122,6 +129,8 @@ class TCAQCalibrator(CalibrationStrategy):
                 cache = self._targets if r == 0 else None
                 reports[f"round_{r + 1}"] = recon.run(ReconOptions.from_settings(s, r), cache)
         self._report.setdefault("reconstruction", {})[label] = reports
+        if s.temporal_cache:
+            self._temporal_cache(session, recon, label)
 
     def report(self) -> dict[str, Any]:
         """Switches, DAQ decisions (site → groups with choice, R, fit) and checks, reconstruction per block."""
@@ -130,6 +139,50 @@ class TCAQCalibrator(CalibrationStrategy):
             out["daq"] = {site: [{"timesteps": ts, **test.to_dict()} for ts, test in groups]
                           for site, groups in sorted(self._decisions.items())}
         return out
+
+    # --- temporal cache ---------------------------------------------------------------------------------------
+    def _temporal_cache(self, session: CalibrationSession, recon: BlockReconstructor, label: str) -> None:
+        """Per projection: the cached (FP, quantized per timestep) or the computed temporal features, whichever
+        is closer to FP on the grid; recorded under ``temporal_cache`` → configuration → site."""
+        start = time.perf_counter()
+        unet = session.unet
+        reason = temporal.unsupported(unet)
+        owners = {} if reason else {n: b for n, b in temporal.projections(unet, session.sites).items()
+                                    if not is_fp(session.a_bits[n])}
+        out: dict[str, Any] = {"sites": {}}
+        self._report.setdefault("temporal_cache", {})[label] = out
+        if not owners:
+            out["skipped"] = reason or "no time-embedding projection with quantized activations"
+            log.warning("temporal cache: %s", out["skipped"])
+            return
+        T = temporal.num_timesteps(session.data)
+        fp = temporal.fp_features(unet, owners, T)
+        grid = list(session.data.timesteps)
+        computed: dict[str, list[torch.Tensor]] = {n: [] for n in owners}
+        with recon.quantized():
+            try:
+                for t in grid:  # one grid timestep at a time: activation parameters are per grid timestep
+                    session.ctx.select(t)
+                    for n, f in temporal.features(unet, owners, [t]).items():
+                        computed[n].append(f[0])
+            finally:
+                session.ctx.select(None)
+        rows = torch.tensor(grid, dtype=torch.long, device=next(iter(fp.values())).device)
+        quantizer = temporal.table_quantizer(self.settings, session.supernet_settings)
+        for name in owners:
+            bits = session.a_bits[name]
+            table = temporal.build_table(fp[name], bits, quantizer)
+            target = fp[name][rows]
+            mse_cache = float((table.values[rows] - target).square().mean())
+            mse_computed = float((torch.stack(computed[name]) - target).square().mean())
+            use = mse_cache < mse_computed
+            session.set_temporal(name, table if use else None)
+            out["sites"][name] = {"bits": bits, "choice": "cache" if use else "computed", "mse_cache": mse_cache,
+                                  "mse_computed": mse_computed}
+        out["num_train_timesteps"] = T
+        out["seconds"] = round(time.perf_counter() - start, 3)
+        log.info("temporal cache %s: %d of %d projections cached", label,
+                 sum(r["choice"] == "cache" for r in out["sites"].values()), len(owners))
 
     # --- DAQ ------------------------------------------------------------------------------------------------
     def _kinds(self, session: CalibrationSession) -> dict[str, list[str]]:

@@ -5,7 +5,9 @@ timestep ``t`` (FP model, calibration inputs):
 
     s_t = min_j m[t, j],   r[t, j] = m[t, j] / s_t,   r_j = Σ_t r[t, j]·m[t, j] / Σ_t m[t, j],   r_j ∈ [1, r_max]
 
-(the form reported for TCAQ-DM, DESIGN.md §4: timesteps with larger activations weigh more). The site's input is
+(the form reported for TCAQ-DM, DESIGN.md §4: timesteps with larger activations weigh more). ``tcr_alpha``
+(migration strength, ours) takes ``r_j^α`` before the clamp: the reported form (α = 1) moves all of a channel's
+range into the weights; α = 0.5 splits it, as SmoothQuant does. The site's input is
 then divided by ``r`` and its weight columns multiplied by it (:mod:`supernet.calibration.reparam`).
 
 Choices where the secondary sources are silent: a channel that is zero at every timestep gets ``r = 1``; ``s_t``
@@ -28,14 +30,15 @@ from supernet.qlayers.weighted import QuantWeightLayer
 _FLOOR = 1e-8
 
 
-def tcr_factors(maxima: torch.Tensor, max_factor: float = 100.0) -> torch.Tensor:
-    """The pooled factors ``r`` (shape ``(C,)``) of per-timestep channel maxima ``maxima`` (shape ``(T, C)``)."""
+def tcr_factors(maxima: torch.Tensor, max_factor: float = 100.0, alpha: float = 1.0) -> torch.Tensor:
+    """The pooled factors ``r`` (shape ``(C,)``) of per-timestep channel maxima ``maxima`` (shape ``(T, C)``),
+    raised to the migration strength ``alpha`` before the clamp."""
     m = maxima.detach().to(torch.float64).abs()
     s = m.amin(dim=1, keepdim=True).clamp_min(_FLOOR)
     r_t = m / s
     den = m.sum(dim=0)
     r = torch.where(den > 0, (r_t * m).sum(dim=0) / den.clamp_min(_FLOOR), torch.ones_like(den))
-    return r.clamp(1.0, max_factor).to(torch.float32)
+    return r.pow(alpha).clamp(1.0, max_factor).to(torch.float32)
 
 
 def collect_input_maxima(unet: nn.Module, layers: Mapping[str, QuantWeightLayer], data: CalibrationData,
@@ -67,13 +70,13 @@ def collect_input_maxima(unet: nn.Module, layers: Mapping[str, QuantWeightLayer]
 
 
 def compute_tcr(unet: nn.Module, sites: Mapping[str, Site], groups: list[ReparamGroup], data: CalibrationData,
-                max_factor: float) -> dict[str, torch.Tensor]:
+                max_factor: float, alpha: float = 1.0) -> dict[str, torch.Tensor]:
     """TCR factors of every weight site of ``groups`` (one vector per group, shared by its sites)."""
     layers = {n: s for n, s in sites.items() if isinstance(s, QuantWeightLayer)}
     firsts = {g.sites[0]: layers[g.sites[0]] for g in groups}
     maxima = collect_input_maxima(unet, firsts, data)
     factors: dict[str, torch.Tensor] = {}
     for g in groups:
-        r = tcr_factors(maxima[g.sites[0]], max_factor)
+        r = tcr_factors(maxima[g.sites[0]], max_factor, alpha)
         factors.update({s: r for s in g.sites})
     return factors

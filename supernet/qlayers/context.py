@@ -1,8 +1,9 @@
-"""Which calibration-grid timestep the current forward pass uses.
+"""Which timestep the current forward pass runs at, and which calibration-grid timestep it uses.
 
-The sampler calls ``unet(x, t)`` with a Python int; a forward pre-hook on the UNet maps ``t`` to the nearest
-calibrated timestep and a forward hook clears it again, so activation quantizers read their parameters for the
-right timestep without anything being passed through diffusers' code. Quantizer state is never written here.
+The sampler calls ``unet(x, t)`` with a Python int; a forward pre-hook on the UNet records ``t`` and maps it to the
+nearest calibrated timestep, and a forward hook clears both again, so activation quantizers read their parameters
+for the right grid timestep (and cached temporal features their row for the exact ``t``) without anything being
+passed through diffusers' code. Quantizer state is never written here.
 """
 
 from __future__ import annotations
@@ -35,11 +36,13 @@ def timestep_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
 
 
 class TimestepContext:
-    """The calibration grid and the grid index selected for the forward pass in progress."""
+    """The calibration grid, and the timestep and grid index selected for the forward pass in progress."""
 
     def __init__(self) -> None:
         self.grid: tuple[int, ...] = ()
         self.index: int | None = None
+        #: The absolute timestep of the forward pass in progress (``None``: none, or not one for the whole batch).
+        self.timestep: int | None = None
         self._sorted: list[int] = []
         self._order: list[int] = []
 
@@ -52,6 +55,7 @@ class TimestepContext:
         self._sorted = [t for t, _ in pairs]
         self._order = [i for _, i in pairs]
         self.index = None
+        self.timestep = None
 
     def nearest(self, t: int) -> int | None:
         """Index of the grid timestep nearest to ``t`` (ties go to the lower timestep); ``None`` if no grid."""
@@ -66,8 +70,9 @@ class TimestepContext:
         return self._order[pos - 1] if t - below <= above - t else self._order[pos]
 
     def select(self, t: int | None) -> None:
-        """Make ``t``'s nearest grid timestep current (``None`` clears)."""
+        """Make ``t`` and its nearest grid timestep current (``None`` clears)."""
         self.index = None if t is None else self.nearest(t)
+        self.timestep = t
 
     def install(self, unet: nn.Module) -> list[RemovableHandle]:
         """Hook ``unet`` so every call selects its timestep; returns the hook handles."""
@@ -77,6 +82,7 @@ class TimestepContext:
 
         def post(_module: nn.Module, _args: tuple[Any, ...], _output: Any) -> None:
             self.index = None
+            self.timestep = None
 
         return [unet.register_forward_pre_hook(pre, with_kwargs=True),
                 unet.register_forward_hook(post, always_call=True)]

@@ -4,6 +4,11 @@ A layer holds one :class:`~supernet.quant.qtensor.QuantizedTensor` per weight bi
 activation quantizer for its input. :meth:`QuantWeightLayer.activate` swaps references in O(1); at 16/32 bits
 the forward pass is exactly the wrapped layer's. The activation scale is folded into the (smaller) weight:
 ``conv(q · s, ŵ) = conv(q, s · ŵ)`` with the same integer codes ``q``.
+
+A linear site whose output depends on the timestep only (a ResBlock's time-embedding projection) may also hold a
+:class:`~supernet.qlayers.temporal.TemporalTable` per activation width (``temporal``, filled by the calibration's
+``temporal_cache`` switch): while the selected activation width has one, the forward pass returns the table's row
+for the current timestep instead of computing.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from torch import nn
 from supernet.errors import CalibrationError
 from supernet.qlayers.act import ActQuantizer
 from supernet.qlayers.context import TimestepContext
+from supernet.qlayers.temporal import TemporalTable
 from supernet.quant.protocol import is_fp
 from supernet.quant.qtensor import QuantizedTensor
 
@@ -28,15 +34,21 @@ class QuantWeightLayer(nn.Module):
     site: str
     act: ActQuantizer
     slots: dict[int, QuantizedTensor]
+    temporal: dict[int, TemporalTable]
     w_bits: int
     _w: torch.Tensor | None
+    _table: TemporalTable | None
+    _ctx: TimestepContext
 
     def _init_site(self, site: str, ctx: TimestepContext) -> None:
         self.site = site
         self.act = ActQuantizer(site, "x", "a", ctx)
         self.slots = {}
+        self.temporal = {}
         self.w_bits = 32
         self._w = None
+        self._table = None
+        self._ctx = ctx
 
     @property
     def name(self) -> str:
@@ -49,8 +61,14 @@ class QuantWeightLayer(nn.Module):
     def act_quantizers(self) -> tuple[ActQuantizer, ...]:
         return (self.act,)
 
+    @property
+    def cached(self) -> bool:
+        """True while the forward pass reads the temporal table of the selected activation width."""
+        return self._table is not None
+
     def activate(self, w_bits: int, a_bits: int) -> None:
-        """Select the stored weight for ``w_bits`` and the activation parameters for ``a_bits``."""
+        """Select the stored weight for ``w_bits``, the activation parameters for ``a_bits`` and, if calibrated
+        for ``a_bits``, the cached temporal features."""
         if is_fp(w_bits):
             w = None
         else:
@@ -60,6 +78,7 @@ class QuantWeightLayer(nn.Module):
             w = slot.dequantized
         self.act.activate(a_bits)
         self._w, self.w_bits = w, w_bits
+        self._table = None if is_fp(a_bits) else self.temporal.get(a_bits)
 
     def _operands(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q, s = self.act.split(x)
@@ -105,5 +124,8 @@ class QLinear(QuantWeightLayer, nn.Linear):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        table = self._table
+        if table is not None:
+            return table.lookup(self._ctx.timestep, x.shape[:-1])
         q, w = self._operands(x)
         return F.linear(q, w, self.bias)

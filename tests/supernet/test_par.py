@@ -28,7 +28,8 @@ def test_switches_are_settings_default_on_and_keyed():
     assert len(keys | {s.key()}) == len(SWITCHES) + 1
     assert CalibrationSettings.from_dict(s.to_dict()) == s
     for bad in ({"tcr": 1}, {"par_rounds": 0}, {"par_decay": 0.0}, {"recon_warmup": 1.0}, {"tcr_max": 0.5},
-                {"recon_lr_round": -1.0}, {"recon_batch": 0}, {"daq_groups": 0}):
+                {"recon_lr_round": -1.0}, {"recon_batch": 0}, {"daq_groups": 0}, {"tcr_alpha": 1.5},
+                {"tcr_alpha": -0.1}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             CalibrationSettings(**bad)
 

@@ -39,6 +39,10 @@ def test_tcr_factor_formula_and_clamp():
     dead = torch.tensor([[0.0, 1.0, 1000.0], [0.0, 1.0, 1000.0]])
     r = tcr_factors(dead)
     assert r[0] == 1.0 and r[1] == 100.0 and r[2] == 100.0  # dead channel → 1; the rest clamped to [1, 100]
+    # Migration strength: r^α before the clamp (α = 0: no reparameterization).
+    assert torch.allclose(tcr_factors(m, alpha=0.5), expected.sqrt())
+    assert torch.allclose(tcr_factors(m, max_factor=1.9, alpha=0.5), torch.tensor([1.0, 1.5**0.5, 1.9]))
+    assert torch.equal(tcr_factors(m, alpha=0.0), torch.ones(3))
 
 
 def test_dilation_keeps_every_output_channel_in_its_range():

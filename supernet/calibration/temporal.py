@@ -1,0 +1,200 @@
+"""TFMQ-DM's cache of quantized temporal features (journal version): the ``temporal_cache`` switch of ``"tcaq"``.
+
+A ResBlock's *temporal feature* is the output of its time-embedding projection ``time_emb_proj(act(h(t)))``, with
+``h`` the time-embedding MLP (``time_embedding.linear_1/linear_2``) over the sinusoidal projection of ``t``; it
+does not depend on ``x_t``. Since ``t`` comes from the finite set ``[0, T)``, the feature is computed here for every
+training timestep from the FP weights (after any TCR/dilation reparameterization of them: exactly what the FP
+model computes), and quantized **per timestep**: each row (one ``t``) gets its own uniform scale and zero-point at
+the site's *activation* width, fitted like every activation range of the calibration (``act_method``: min-max, or
+the MSE search over clipping ratios; ``act_symmetric`` codes). That is a :class:`~supernet.qlayers.temporal.
+TemporalTable`, which the site reads at run time for the current ``t`` instead of computing.
+
+Choice per module (TFMQ-DM: "by temporal-feature error"): at the end of each configuration's calibration (after
+reconstruction and PAR, i.e. on the final quantizers), the computed path (quantized weights, quantized inputs,
+quantized time-embedding MLP upstream) and the cache are both compared with the FP features on the calibration
+grid's timesteps; the one with the lower MSE is used for that (projection, activation width), ties going to the
+computed path. Within the session everything still runs the computed path (blocks downstream were reconstructed on
+computed temporal features; the cache replaces them only where it is closer to FP). The choice is a table per
+activation width on the site, so ``assemble`` stays a lookup; in a mixed candidate a site's activation gene picks
+the table (its weight gene then does not change what runs).
+
+Storage: a table is a deterministic function of the FP weights, the width and the settings, so artifacts do not
+store it (``T × features × widths`` values): they store which (site, width) uses the cache, ``T``, and a digest of
+the codes, and :func:`restore_tables` rebuilds them on load (a digest mismatch, e.g. another machine's float
+arithmetic, is logged). An export stores the rows of its schedule's timesteps only (``K × features`` codes).
+
+Cost: a cached projection does no work per step (its row is a table lookup, and the time-embedding MLP becomes
+dead code once every projection is cached), but the analytic cost model (:class:`search.cost.CostModel`, torch-free
+and keyed by site and genes only) still counts their MACs at ``b_w · b_a``; on the testbed they are tiny.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from supernet.calibration.data import CalibrationData
+from supernet.calibration.settings import CalibrationSettings
+from supernet.errors import CalibrationError
+from supernet.qlayers.act import ActQuantizer
+from supernet.qlayers.registry import Site
+from supernet.qlayers.temporal import TemporalTable
+from supernet.qlayers.weighted import QLinear, QuantWeightLayer
+from supernet.quant.qtensor import QuantizedTensor
+from supernet.quant.uniform import UniformQuantizer
+from supernet.settings import SupernetSettings
+
+log = logging.getLogger(__name__)
+
+#: ``T`` when the calibration data carries no ``alphas_cumprod`` (the diffusers default).
+DEFAULT_NUM_TIMESTEPS = 1000
+
+
+def unsupported(unet: nn.Module) -> str | None:
+    """Why the temporal features of ``unet`` cannot be cached, or ``None`` when they depend on ``t`` only."""
+    if not isinstance(getattr(unet, "time_embedding", None), nn.Module) or getattr(unet, "time_proj", None) is None:
+        return "the model has no time_proj/time_embedding"
+    for extra in ("class_embedding", "add_embedding", "encoder_hid_proj"):
+        if getattr(unet, extra, None) is not None:
+            return f"the model's time embedding also depends on its {extra}"
+    if getattr(unet.time_embedding, "cond_proj", None) is not None:
+        return "the model's time embedding takes a condition"
+    return None
+
+
+def projections(unet: nn.Module, sites: Mapping[str, Site]) -> dict[str, nn.Module]:
+    """``{projection site: its ResBlock}`` for every block whose ``time_emb_proj`` is a linear site, in model order."""
+    out = {}
+    for name, module in unet.named_modules():
+        proj = getattr(module, "time_emb_proj", None)
+        site = f"{name}.time_emb_proj"
+        if isinstance(proj, QLinear) and sites.get(site) is proj:
+            out[site] = module
+    return out
+
+
+def num_timesteps(data: CalibrationData) -> int:
+    """``T``: the length of the data's ``alphas_cumprod``, else :data:`DEFAULT_NUM_TIMESTEPS`."""
+    T = int(data.alphas_cumprod.shape[0]) if data.alphas_cumprod is not None else DEFAULT_NUM_TIMESTEPS
+    if max(data.timesteps) >= T:
+        raise CalibrationError(f"calibration timesteps reach {max(data.timesteps)}, beyond T = {T}")
+    return T
+
+
+def embedding(unet: nn.Module, timesteps: torch.Tensor) -> torch.Tensor:
+    """``h(t)`` per timestep, as ``UNet2DModel.forward`` computes it (sinusoidal projection, then the MLP)."""
+    dtype = next(unet.time_embedding.parameters()).dtype
+    return unet.time_embedding(unet.time_proj(timesteps).to(dtype))
+
+
+def project(block: nn.Module, emb: torch.Tensor) -> torch.Tensor:
+    """A ResBlock's temporal feature from the time embedding, as ``ResnetBlock2D.forward`` computes it."""
+    e = emb if getattr(block, "skip_time_act", False) else block.nonlinearity(emb)
+    return block.time_emb_proj(e)
+
+
+def features(unet: nn.Module, owners: Mapping[str, nn.Module], timesteps: Sequence[int]) -> dict[str, torch.Tensor]:
+    """``{projection site: (len(timesteps), features)}`` with the model's layers as they are set now."""
+    device = next(unet.time_embedding.parameters()).device
+    with torch.no_grad():
+        emb = embedding(unet, torch.tensor(list(timesteps), dtype=torch.long, device=device))
+        return {name: project(block, emb) for name, block in owners.items()}
+
+
+def _passthrough(_q: ActQuantizer, _x: torch.Tensor) -> None:
+    return None
+
+
+@contextmanager
+def floating_point(layers: Iterable[QuantWeightLayer]) -> Iterator[None]:
+    """While open, ``layers`` compute in FP (weights, inputs, no table), whatever is assembled or set by a session."""
+    layers = list(layers)
+    if any(layer.act.observing for layer in layers):
+        raise CalibrationError("temporal features cannot be computed while a calibration observes the layers")
+    saved = [(layer._w, layer._table) for layer in layers]
+    for layer in layers:
+        layer._w, layer._table = None, None
+        layer.act.set_observer(_passthrough)
+    try:
+        yield
+    finally:
+        for layer, (w, table) in zip(layers, saved, strict=True):
+            layer._w, layer._table = w, table
+            layer.act.set_observer(None)
+
+
+def temporal_layers(unet: nn.Module, owners: Mapping[str, nn.Module]) -> list[QuantWeightLayer]:
+    """The sites temporal features pass through: the time-embedding MLP's and the projections."""
+    mlp = [m for m in unet.time_embedding.modules() if isinstance(m, QuantWeightLayer)]
+    return mlp + [block.time_emb_proj for block in owners.values()]
+
+
+def fp_features(unet: nn.Module, owners: Mapping[str, nn.Module], steps: int) -> dict[str, torch.Tensor]:
+    """The FP temporal feature of every projection of ``owners`` for every timestep of ``[0, steps)``."""
+    with floating_point(temporal_layers(unet, owners)):
+        return features(unet, owners, range(steps))
+
+
+def table_quantizer(settings: CalibrationSettings, supernet_settings: SupernetSettings) -> UniformQuantizer:
+    """One scale and zero-point per row (timestep), fitted as the calibration fits activation ranges."""
+    return UniformQuantizer(symmetric=supernet_settings.act_symmetric, axis=0, method=settings.act_method,
+                            grid=settings.mse_grid, min_ratio=settings.mse_min_ratio, norm=settings.mse_norm)
+
+
+def build_table(feats: torch.Tensor, bits: int, quantizer: UniformQuantizer) -> TemporalTable:
+    """Rows ``feats[t]`` for ``t`` in ``[0, len(feats))``, each quantized with its own parameters."""
+    params = quantizer.fit(feats, bits)
+    return TemporalTable(range(feats.shape[0]), QuantizedTensor.from_float(feats, params))  # type: ignore[arg-type]
+
+
+def digest(table: TemporalTable) -> str:
+    """SHA-256 (16 hex digits) of a table's codes and parameters."""
+    h = hashlib.sha256()
+    p = table.rows.params
+    for t in (table.rows.codes, p.scale, p.zero_point):
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def describe_tables(sites: Mapping[str, Site]) -> dict[str, Any] | None:
+    """What an artifact records of the tables: ``T``, and per site the widths that use one with their digests."""
+    out: dict[str, dict[str, str]] = {}
+    lengths = set()
+    for name, site in sites.items():
+        tables = getattr(site, "temporal", None)
+        if tables:
+            out[name] = {str(b): digest(tables[b]) for b in sorted(tables)}
+            lengths |= {len(tables[b]) for b in tables}
+    if not out:
+        return None
+    if len(lengths) != 1:
+        raise CalibrationError(f"temporal tables of different lengths {sorted(lengths)} cannot be described")
+    return {"num_train_timesteps": lengths.pop(), "sites": out}
+
+
+def restore_tables(unet: nn.Module, sites: Mapping[str, Site], record: Mapping[str, Any],
+                   settings: CalibrationSettings, supernet_settings: SupernetSettings) -> None:
+    """Rebuild the tables :func:`describe_tables` recorded (sites in FP or not: they are computed in FP)."""
+    T = int(record["num_train_timesteps"])
+    wanted: Mapping[str, Mapping[str, str]] = record["sites"]
+    owners = {n: b for n, b in projections(unet, sites).items() if n in wanted}
+    if set(owners) != set(wanted):
+        raise CalibrationError(f"cached temporal features recorded for sites that are not projections: "
+                               f"{sorted(set(wanted) - set(owners))}")
+    fp = fp_features(unet, owners, T)
+    quantizer = table_quantizer(settings, supernet_settings)
+    for name, widths in wanted.items():
+        layer = sites[name]
+        assert isinstance(layer, QuantWeightLayer)
+        for bits, expected in widths.items():
+            table = build_table(fp[name], int(bits), quantizer)
+            if digest(table) != expected:
+                log.warning("%s: the rebuilt %s-bit temporal table differs from the calibrated one (another "
+                            "machine's float arithmetic?); using the rebuilt one", name, bits)
+            layer.temporal[int(bits)] = table
