@@ -140,7 +140,7 @@ FULL = Settings(
     # sweep reports 8 and 16 beside it. Every part sizes its population with population_for.
     enum_population=population_for(32),
     enum_population_sweep=(4, 8, 16),
-    enum_seeds=20,
+    enum_seeds=100,
     full_steps=(5, 10),
     full_bits=(4, 6, 8),
     full_population=population_for(80),
@@ -625,7 +625,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", type=Path, default=TESTBED_DIR)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--samples", type=int, default=None, help="MSE samples per candidate (default 64; quick 8)")
-    p.add_argument("--enum-seeds", type=int, default=None, help="search seeds replayed in part 1 (default 20)")
+    p.add_argument("--enum-seeds", type=int, default=None, help="search seeds replayed in part 1 (default 100)")
     p.add_argument("--seeds", type=int, default=None, help="search seeds of parts 2 and 3 (default 1)")
     p.add_argument("--parts", default="1,2,3", help="comma-separated parts to run (default 1,2,3)")
     p.add_argument(

@@ -36,7 +36,9 @@ class NSGA2Strategy:
         guard: prices candidates; its budget is the constraint ``BitOps ≤ budget``.
         population: population size.
         seed: seed of the initial population and of pymoo's generator.
-        eta_crossover, eta_mutation: distribution indices of SBX and PM (small values suit integer genes).
+        eta_crossover, eta_mutation: distribution indices of SBX and PM (pymoo's defaults: offspring near their
+            parents). Replayed on ``bench/search.py``'s enumerable space over 200 seeds they beat the wide
+            spread of eta = 3 (hypervolume ratio 0.974 vs 0.970 at population 4, 0.957 vs 0.949 at 8).
     """
 
     def __init__(
@@ -45,8 +47,8 @@ class NSGA2Strategy:
         guard: BudgetGuard,
         population: int,
         seed: int,
-        eta_crossover: float = 3.0,
-        eta_mutation: float = 3.0,
+        eta_crossover: float = 15.0,
+        eta_mutation: float = 20.0,
     ) -> None:
         self.encoding = encoding
         self.guard = guard

@@ -253,6 +253,12 @@ class SearchSpace:
         """The DDIM schedule of each K at each uniform precision WbAb of the bit options."""
         return [self.uniform_candidate(k, b, b) for k in self.steps for b in self.bit_options]
 
+    def mixed_uniform_candidates(self) -> list[Candidate]:
+        """The DDIM schedule of each K at each uniform precision WwAa with w ≠ a (W4A8, W8A4, ...): the other
+        uniform configurations users compare against, which the initial population takes while it has room."""
+        bits = self.bit_options
+        return [self.uniform_candidate(k, w, a) for k in self.steps for w in bits for a in bits if w != a]
+
     def cheapest(self) -> Candidate:
         """The candidate of least BitOps (fewest steps, lowest bits; BitOps are monotone in both)."""
         return self.uniform_candidate(self.steps[0], self.bit_options[0], self.bit_options[0])

@@ -98,18 +98,24 @@ def initial_population(
     allow: Callable[[Candidate], bool],
     tries_per_candidate: int = 50,
 ) -> list[tuple[np.ndarray, Candidate]]:
-    """The seeds (DDIM schedule of each K at each uniform precision) that ``allow`` accepts, then random ones.
+    """The seeds (DDIM schedule of each K at each uniform precision WbAb) that ``allow`` accepts, then, while
+    there is room, the other uniform configurations WwAa (w ≠ a, DDIM schedule), then random ones.
 
-    The result holds every allowed seed even when there are more than ``size``; random candidates fill it up
-    to ``size``. The same seed gives the same population for every algorithm.
+    The result holds every allowed WbAb seed even when there are more than ``size``; the WwAa ones and random
+    candidates fill it up to ``size`` (the WwAa ones give a small population the corners of the precision space:
+    replayed on ``bench/search.py``'s enumerable space over 200 seeds they raise NSGA-II's hypervolume ratio
+    from 0.971 to 0.974 at population 4 and from 0.944 to 0.957 at 8). The same seed gives the same population for
+    every algorithm.
     """
     out: list[tuple[np.ndarray, Candidate]] = []
-    for candidate in encoding.space.seed_candidates():
-        if candidate.key() in seen:
-            continue
-        seen.add(candidate.key())
-        if allow(candidate):
-            out.append((encoding.encode(candidate), candidate))
+    space = encoding.space
+    for candidates, always in ((space.seed_candidates(), True), (space.mixed_uniform_candidates(), False)):
+        for candidate in candidates:
+            if candidate.key() in seen or not (always or len(out) < size):
+                continue
+            seen.add(candidate.key())
+            if allow(candidate):
+                out.append((encoding.encode(candidate), candidate))
     missing = size - len(out)
     if missing > 0:
         out += draw_unique(

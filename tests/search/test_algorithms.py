@@ -16,7 +16,7 @@ from search.nsga2 import NSGA2Strategy
 from search.problem import Outcome
 from search.runner import RunnerConfig, SearchRunner
 from search.space import SearchSpace
-from search.strategy import BudgetGuard
+from search.strategy import BudgetGuard, initial_population, initial_rng
 from tests.search.synthetic import SyntheticEvaluator, make_cost_model
 
 SITES = ("down.0.conv", "mid.0.conv", "up.0.conv")
@@ -146,4 +146,20 @@ def test_nsga2_offspring_are_never_candidates_it_was_already_told_about() -> Non
         outcomes = [Outcome(e.key, e.quality, e.bitops) for e in evaluator.evaluate(asked)]
         strategy.tell(outcomes)
         told.update(keys)
-    assert len(told) >= 6 * 6 - 3  # the generations were (nearly) filled with new candidates, not cut short
+    assert len(told) > 6 * 5  # the generations stayed (nearly) full of new candidates
+
+
+def test_initial_population_takes_the_other_uniform_precisions_while_it_has_room() -> None:
+    """Every WbAb seed always; then WwAa (w ≠ a) at the DDIM schedule up to the population size; then random."""
+    space = SearchSpace(1000, (5,), SITES, (4, 8))
+    encoding = Encoding(space)
+    diagonal = [c.key() for c in space.seed_candidates()]  # W4A4, W8A8
+    mixed = [c.key() for c in space.mixed_uniform_candidates()]  # W4A8, W8A4
+    assert {c.bits_summary() for c in space.mixed_uniform_candidates()} == {"W4A8", "W8A4"}
+    cases = ((1, diagonal), (3, diagonal + mixed[:1]), (4, diagonal + mixed), (6, diagonal + mixed))
+    for size, expected_prefix in cases:
+        population = initial_population(encoding, size, initial_rng(0), set(), lambda c: True)
+        keys = [c.key() for _, c in population]
+        assert keys[: len(expected_prefix)] == expected_prefix
+        assert len(keys) == max(size, len(diagonal)) == len(set(keys))
+        assert not set(keys[len(expected_prefix):]) & set(diagonal + mixed)  # the rest is random
