@@ -509,14 +509,7 @@ def _install(unet: nn.Module, qcfg: Mapping[str, Any], tensors: Mapping[str, tor
         w = entry.get("weight")
         if w is None:
             continue
-        bits, sym, shape = int(w["bits"]), bool(w["symmetric"]), [int(s) for s in w["shape"]]
-        try:
-            codes = unpack_codes(_tensor(tensors, name + _CODES, weights_file), bits, sym, shape)
-        except ValueError as exc:
-            raise ModelLoadError(weights_file, f"corrupt codes of {name!r}: {exc}") from None
-        params = UniformParams(_tensor(tensors, name + _SCALE, weights_file),
-                               _tensor(tensors, name + _ZERO, weights_file).to(torch.float32), bits, sym)
-        qt = QuantizedTensor(codes, params)
+        qt = _packed(name, w, (_CODES, _SCALE, _ZERO), tensors, weights_file, "codes")
         slots[name] = qt
         state[f"{name}.weight"] = qt.dequantized
     try:
@@ -558,16 +551,25 @@ def _install(unet: nn.Module, qcfg: Mapping[str, Any], tensors: Mapping[str, tor
     return hooks + ctx.install(unet)
 
 
+def _packed(name: str, entry: Mapping[str, Any], suffixes: tuple[str, str, str],
+            tensors: Mapping[str, torch.Tensor], weights_file: Path, what: str) -> QuantizedTensor:
+    """The quantized tensor ``entry`` (bits, symmetric, shape) describes, from its packed codes, scales and
+    zero-points (the tensors ``name`` + ``suffixes``)."""
+    codes_key, scale_key, zero_key = (name + suffix for suffix in suffixes)
+    bits, sym, shape = int(entry["bits"]), bool(entry["symmetric"]), [int(s) for s in entry["shape"]]
+    try:
+        codes = unpack_codes(_tensor(tensors, codes_key, weights_file), bits, sym, shape)
+    except ValueError as exc:
+        raise ModelLoadError(weights_file, f"corrupt {what} of {name!r}: {exc}") from None
+    params = UniformParams(_tensor(tensors, scale_key, weights_file),
+                           _tensor(tensors, zero_key, weights_file).to(torch.float32), bits, sym)
+    return QuantizedTensor(codes, params)
+
+
 def _temporal_table(name: str, cache: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
                     weights_file: Path) -> TemporalTable:
-    bits, sym, shape = int(cache["bits"]), bool(cache["symmetric"]), [int(s) for s in cache["shape"]]
-    try:
-        codes = unpack_codes(_tensor(tensors, name + _TCODES, weights_file), bits, sym, shape)
-    except ValueError as exc:
-        raise ModelLoadError(weights_file, f"corrupt temporal codes of {name!r}: {exc}") from None
-    params = UniformParams(_tensor(tensors, name + _TSCALE, weights_file),
-                           _tensor(tensors, name + _TZERO, weights_file).to(torch.float32), bits, sym)
-    return TemporalTable([int(t) for t in cache["timesteps"]], QuantizedTensor(codes, params))
+    qt = _packed(name, cache, (_TCODES, _TSCALE, _TZERO), tensors, weights_file, "temporal codes")
+    return TemporalTable([int(t) for t in cache["timesteps"]], qt)
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", *, check: bool = True) -> ExportedPipeline:
