@@ -112,10 +112,10 @@ class KeyDuplicateElimination(DuplicateElimination):
         return self.encoding.decode(individual.X).key()
 
     def _do(self, pop: Any, other: Any, is_duplicate: np.ndarray) -> np.ndarray:
-        seen = {self._key(ind) for ind in other} if other is not None else set(self.evaluated)
+        seen = {self._key(ind) for ind in other} if other is not None else set()
         for i, ind in enumerate(pop):
             key = self._key(ind)
-            if key in seen:
+            if key in seen or (other is None and key in self.evaluated):
                 is_duplicate[i] = True
             elif other is None:
                 seen.add(key)

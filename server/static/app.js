@@ -28,12 +28,12 @@ class ApiError extends Error {
   }
 }
 
-/** GET a JSON document from the API (with the stored bearer token, if any). */
-async function api(path) {
-  const headers = { Accept: "application/json" };
+/** GET `url` with the stored bearer token, if any; the response when it is OK, else an ApiError with the detail. */
+async function authorizedGet(url, accept) {
+  const headers = { Accept: accept };
   const token = localStorage.getItem(TOKEN_KEY);
   if (token) headers.Authorization = `Bearer ${token}`;
-  const response = await fetch(`${API}${path}`, { headers });
+  const response = await fetch(url, { headers });
   if (response.status === 401 || response.status === 403) {
     showAuth();
     throw new ApiError(response.status, "a valid token is required");
@@ -48,7 +48,12 @@ async function api(path) {
     }
     throw new ApiError(response.status, detail);
   }
-  return response.json();
+  return response;
+}
+
+/** GET a JSON document from the API (with the stored bearer token, if any). */
+async function api(path) {
+  return (await authorizedGet(`${API}${path}`, "application/json")).json();
 }
 
 /** Build an element: h("td", {class: "num"}, "text", child, ...). */
@@ -282,24 +287,7 @@ async function downloadExport(jobId, key, button) {
   if (button) button.disabled = true;
   say(`Building the export of ${key.slice(0, 12)}… (a few seconds the first time)`);
   try {
-    const headers = { Accept: "application/zip" };
-    const token = localStorage.getItem(TOKEN_KEY);
-    if (token) headers.Authorization = `Bearer ${token}`;
-    const response = await fetch(exportUrl(jobId, key), { headers });
-    if (response.status === 401 || response.status === 403) {
-      showAuth();
-      throw new Error("a valid token is required");
-    }
-    if (!response.ok) {
-      let detail = response.statusText;
-      try {
-        const body = await response.json();
-        detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
-      } catch (_) {
-        /* not JSON */
-      }
-      throw new Error(`HTTP ${response.status}: ${detail}`);
-    }
+    const response = await authorizedGet(exportUrl(jobId, key), "application/zip");
     const blob = await response.blob();
     const url = URL.createObjectURL(blob);
     const link = h("a", { href: url, download: `tmpq-job${jobId}-${key}.zip`, hidden: true });
@@ -309,7 +297,7 @@ async function downloadExport(jobId, key, button) {
     setTimeout(() => URL.revokeObjectURL(url), 60_000);
     say(`Downloaded tmpq-job${jobId}-${key}.zip (${fmtBytes(blob.size)}).`);
   } catch (error) {
-    say(`Export failed: ${error.message}`);
+    say(`Export failed: ${error.status ? `HTTP ${error.status}: ` : ""}${error.message}`);
   } finally {
     if (button) button.disabled = false;
   }

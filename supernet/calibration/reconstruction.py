@@ -141,17 +141,18 @@ class _PoolBuilder:
 # --- options ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ReconOptions:
-    """Hyper-parameters of one reconstruction round (see :class:`CalibrationSettings`)."""
+    """Hyper-parameters of one reconstruction round, made by :meth:`from_settings` (the defaults live in
+    :class:`CalibrationSettings` only)."""
 
     iters: int
-    batch: int = 32
-    samples: int = 32
-    epochs: float = 10.0
-    lr_round: float = 1e-2
-    lr_act: float = 4e-3
-    round_weight: float = 10.0
-    warmup: float = 0.2
-    seed: int = 0
+    batch: int
+    samples: int
+    epochs: float
+    lr_round: float
+    lr_act: float
+    round_weight: float
+    warmup: float
+    seed: int
 
     @classmethod
     def from_settings(cls, s: CalibrationSettings, round_index: int = 0) -> ReconOptions:

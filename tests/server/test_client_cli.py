@@ -33,6 +33,7 @@ from server.cli import main
 from server.client import ApiError, ApiUnavailable, ApiValidationError, TmpqClient, WaitTimeout
 from server.models import JobState
 from server.store import Store
+from tests.server.cli_run import isolate_env, one_line, run_main
 from tests.server.fakes import SITES, fake_candidate, fake_evaluation
 from tests.server.live import app_server
 
@@ -125,9 +126,7 @@ def tmpq_background(server: Server, *args: str) -> subprocess.Popen[str]:
 @pytest.fixture
 def cli(server: Server, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., Ran]:
     """``tmpq`` in this process (``server.cli.main``), for the checks beyond the console-script ones."""
-    for name in [k for k in os.environ if k.startswith("TMPQ_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("TMPQ_URL", server.url)
+    isolate_env(monkeypatch, server.url)
     monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.chdir(server.tmp)
 
@@ -136,19 +135,9 @@ def cli(server: Server, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureF
             monkeypatch.delenv("TMPQ_API_TOKEN", raising=False)
         else:
             monkeypatch.setenv("TMPQ_API_TOKEN", token)
-        capsys.readouterr()
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(list(argv), code, out, err)
+        return run_main(capsys, argv)
 
     return run
-
-
-def one_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    assert len(lines) == 1, f"expected one line, got {text!r}"
-    assert "Traceback" not in text
-    return lines[0]
 
 
 def write_spec(server: Server, name: str, **overrides: object) -> Path:

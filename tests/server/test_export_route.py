@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import zipfile
 from collections.abc import Callable, Iterator
@@ -27,7 +26,9 @@ from server.cli import main
 from server.client import ApiError, TmpqClient
 from server.models import JobState
 from server.store import Store
+from tests.server.cli_run import isolate_env, one_line, run_main
 from tests.server.live import app_server
+from tests.torch_threads import one_torch_thread  # noqa: F401  (autouse)
 
 pytestmark = pytest.mark.slow
 
@@ -51,14 +52,6 @@ class Service:
     candidates: dict[str, Candidate]
     knee: str
     orphan: int  # a job whose supernet is not in the cache
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _calibrated_supernet(cache: Path) -> Any:
@@ -136,23 +129,12 @@ def supernet_samples(service: Service, candidate: Candidate, n: int, seed: int) 
 def cli(service: Service, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
         ) -> Callable[..., subprocess.CompletedProcess[str]]:
     """``tmpq`` in this process against the service."""
-    for name in [k for k in os.environ if k.startswith("TMPQ_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("TMPQ_URL", service.url)
+    isolate_env(monkeypatch, service.url)
 
     def run(*argv: str) -> subprocess.CompletedProcess[str]:
-        capsys.readouterr()
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(list(argv), code, out, err)
+        return run_main(capsys, argv)
 
     return run
-
-
-def one_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in text, text
-    return lines[0]
 
 
 # -- the route --------------------------------------------------------------------------------------------------

@@ -33,6 +33,19 @@ def _out(sn: QuantSupernet, x: torch.Tensor, t: int) -> torch.Tensor:
         return sn.unet(x, t).sample
 
 
+def count_calibrations(monkeypatch: pytest.MonkeyPatch) -> list[CalibrationData]:
+    """From now on, every ``QuantSupernet.calibrate`` call still calibrates and appends its data to the list."""
+    calls: list[CalibrationData] = []
+    original = QuantSupernet.calibrate
+
+    def counting(self: QuantSupernet, d: CalibrationData) -> None:
+        calls.append(d)
+        original(self, d)
+
+    monkeypatch.setattr(QuantSupernet, "calibrate", counting)
+    return calls
+
+
 def test_save_load_gives_identical_outputs_on_the_testbed(tmp_path):
     sn = calibrated_testbed(bits=(4, 8))
     path = sn.save(tmp_path / "art")
@@ -78,14 +91,7 @@ def test_uncalibrated_supernet_cannot_be_saved(tmp_path):
 def test_cache_builds_once_and_keys_on_settings(tmp_path, monkeypatch):
     data = random_data(TOY_SHAPE, n=8)
     first = get_or_build_supernet(toy_net(), (4, 8), None, TINY_CALIB, tmp_path, data=data)
-    calls = []
-    original = QuantSupernet.calibrate
-
-    def counting(self: QuantSupernet, d: CalibrationData) -> None:
-        calls.append(d)
-        original(self, d)
-
-    monkeypatch.setattr(QuantSupernet, "calibrate", counting)
+    calls = count_calibrations(monkeypatch)
     second = get_or_build_supernet(toy_net(), (8, 4), None, TINY_CALIB, tmp_path, data=data)
     assert calls == []  # loaded, not calibrated
     cand = first.random_candidate(random.Random(3), (100,))
@@ -130,14 +136,7 @@ def test_a_supernet_shipped_with_the_model_is_used_instead_of_calibrating(tmp_pa
     entry = next(p for p in (tmp_path / "build").iterdir() if (p / META_FILE).is_file())
     model_dir = tmp_path / "model"
     shutil.copytree(entry, model_dir / SHIPPED_DIR / entry.name)
-    calls = []
-    original = QuantSupernet.calibrate
-
-    def counting(self: QuantSupernet, d: CalibrationData) -> None:
-        calls.append(d)
-        original(self, d)
-
-    monkeypatch.setattr(QuantSupernet, "calibrate", counting)
+    calls = count_calibrations(monkeypatch)
     model = SimpleNamespace(unet=toy_net(), path=model_dir)
     shipped = get_or_build_supernet(model, (4, 8), None, TINY_CALIB, tmp_path / "cache", data=data)
     assert calls == [] and (tmp_path / "cache" / entry.name / META_FILE).is_file()  # adopted into the cache
