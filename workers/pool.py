@@ -14,7 +14,9 @@ already settled (a task that ran twice) is counted once and otherwise ignored.
 
 Faults: when an actor dies (killed process, lost node), it is replaced in its slot and its in-flight candidates
 are re-queued, one per task, ahead of the rest; a candidate whose actor died under it more than ``max_retries``
-times is recorded as failed with the reason. A candidate whose evaluation raises or gives a non-finite quality
+times is recorded as failed with the reason. An actor busy with one task for longer than ``task_timeout_s`` is
+treated the same way (killed, replaced, its running task's candidates re-queued with a loss; the tasks queued
+behind it are re-queued without one). A candidate whose evaluation raises or gives a non-finite quality
 comes back from the actor as failed. An actor that cannot build its evaluator, or no actor becoming ready for
 ``start_timeout_s``, raises :class:`~search.evaluator.EvaluatorUnavailableError`: that is not the candidates'
 fault.
@@ -114,6 +116,8 @@ class _Slot:
     created: float
     info: dict[str, Any] = field(default_factory=dict)
     tasks: int = 0
+    #: When the actor last returned a task (its next queued task started then).
+    last_done: float = 0.0
 
     @property
     def ready(self) -> bool:
@@ -125,6 +129,7 @@ class _Flight:
     slot: int
     generation: int
     keys: tuple[str, ...]
+    dispatched: float
 
 
 @dataclass
@@ -358,7 +363,7 @@ class RayEvaluator:
         with self._lock:
             self._slots[index] = self._spawn(index, old.generation + 1)
             self._counts["replaced"] += 1
-        logger.warning("actor of slot %d (generation %d) died; replacing it: %s", index, old.generation, reason)
+        logger.warning("actor of slot %d (generation %d) is lost; replacing it: %s", index, old.generation, reason)
 
     def _on_ready(self, slot: _Slot, ref: Any) -> None:
         import ray
@@ -409,7 +414,7 @@ class RayEvaluator:
             ref = slot.handle.evaluate.remote([batch.candidates[k].to_dict() for k in keys])
             load[(slot.index, slot.generation)] += 1
             with self._lock:
-                self._inflight[ref] = _Flight(slot.index, slot.generation, keys)
+                self._inflight[ref] = _Flight(slot.index, slot.generation, keys, time.monotonic())
                 slot.tasks += 1
                 self._attempts.update(keys)
                 self._counts["tasks"] += 1
@@ -431,6 +436,31 @@ class RayEvaluator:
                 self._on_ready(starting[ref], ref)
             else:
                 self._on_result(ref, batch)
+        self._expire_hung(batch)
+
+    def _expire_hung(self, batch: _Batch) -> None:
+        """Kill and replace every actor whose running task is older than ``task_timeout_s``.
+
+        An actor runs its queued tasks one after another, so its running task started at the later of its oldest
+        task's dispatch and its last result.
+        """
+        timeout = self.config.task_timeout_s
+        if timeout is None:
+            return
+        now = time.monotonic()
+        for slot in list(self._slots):
+            mine = sorted(((ref, f) for ref, f in self._inflight.items()
+                           if (f.slot, f.generation) == (slot.index, slot.generation)), key=lambda rf: rf[1].dispatched)
+            if not mine or now - max(mine[0][1].dispatched, slot.last_done) <= timeout:
+                continue
+            reason = f"its evaluation ran past task_timeout_s={timeout:g} s"
+            with self._lock:
+                for ref, _ in mine:
+                    del self._inflight[ref]
+            self._requeue(mine[0][1], batch, reason)
+            for _, queued in reversed(mine[1:]):  # never started: back in the queue without a loss
+                batch.queue.appendleft(tuple(k for k in queued.keys if k in batch.pending))
+            self._replace(slot.index, reason)
 
     def _on_result(self, ref: Any, batch: _Batch) -> None:
         import ray
@@ -438,6 +468,9 @@ class RayEvaluator:
 
         with self._lock:
             flight = self._inflight.pop(ref)
+        slot = self._slots[flight.slot]
+        if slot.generation == flight.generation:
+            slot.last_done = time.monotonic()
         try:
             rows = ray.get(ref)
         except RayActorError as exc:

@@ -52,6 +52,10 @@ class RayConfig:
         candidates_per_task: candidates sent to an actor in one task.
         start_timeout_s: give up (``EvaluatorUnavailableError``) when no actor is ready for this long while work is
             waiting (e.g. the cluster lacks the requested resources).
+        task_timeout_s: an actor that has run one task for longer than this (a hung evaluation: a deadlocked
+            kernel, a stuck file system) is killed and replaced; the task's candidates are re-queued and count a
+            loss, as if the actor had died (``max_retries``). ``None`` never times out. The default is far above
+            any testbed evaluation (under a second per candidate here); raise it for big models on CPU.
         connect_timeout_s: TCP pre-check of the cluster address before ``ray.init``.
         py_modules: extra package directories shipped to a joined cluster besides tmpq's own.
     """
@@ -69,6 +73,7 @@ class RayConfig:
     payload_mode: str = "path"
     candidates_per_task: int = 1
     start_timeout_s: float = 300.0
+    task_timeout_s: float | None = 1800.0
     connect_timeout_s: float = 2.0
     py_modules: tuple[str, ...] = ()
 
@@ -91,6 +96,8 @@ class RayConfig:
         if self.payload_mode not in PAYLOAD_MODES:
             raise ConfigError("payload_mode", f"must be one of {list(PAYLOAD_MODES)}, got {self.payload_mode!r}")
         _check_number("start_timeout_s", self.start_timeout_s, 0.0, strict=True)
+        if self.task_timeout_s is not None:
+            _check_number("task_timeout_s", self.task_timeout_s, 0.0, strict=True)
         _check_number("connect_timeout_s", self.connect_timeout_s, 0.0, strict=True)
         if isinstance(self.py_modules, str) or not all(isinstance(p, str) and p for p in self.py_modules):
             raise ConfigError("py_modules", "must be a sequence of package directories")

@@ -87,6 +87,7 @@ class ProbeFactory:
         crash_once_dir: when set, a worker exits the first time any candidate is evaluated anywhere (a marker
             file per key under this directory records it): every candidate dies once, then succeeds.
         raise_keys: evaluating one of these raises.
+        hang_keys: evaluating one of these sleeps for an hour (a hung evaluation).
         nan_keys: these get a NaN quality.
         payload_size: bytes of the payload shipped in object-store mode.
         site_costs: ``(site, MACs, params)`` per site: price candidates with :class:`search.cost.CostModel`
@@ -101,6 +102,7 @@ class ProbeFactory:
     crash_keys: frozenset[str] = frozenset()
     crash_once_dir: str | None = None
     raise_keys: frozenset[str] = frozenset()
+    hang_keys: frozenset[str] = frozenset()
     nan_keys: frozenset[str] = frozenset()
     payload_size: int = 1 << 20
     site_costs: tuple[tuple[str, int, int], ...] = ()
@@ -152,6 +154,8 @@ class ProbeEvaluator:
         self._maybe_crash(key)
         if key in self.spec.raise_keys:
             raise RuntimeError(f"probe: asked to fail on {key}")
+        if key in self.spec.hang_keys:
+            time.sleep(3600)
         if self.spec.sleep_s:
             time.sleep(self.spec.sleep_s)
         quality = math.nan if key in self.spec.nan_keys else self._quality(candidate)

@@ -108,6 +108,25 @@ def test_a_candidate_that_kills_its_worker_is_retried_a_bounded_number_of_times(
     assert pool.evaluate(cands) == in_process(PROBE, cands, PROBE.payload())
 
 
+@pytest.mark.timeout(120)
+def test_a_hung_evaluation_is_killed_after_the_task_timeout_and_retried_a_bounded_number_of_times(
+        local_ray: Any) -> None:
+    hang, *rest = candidates_for(4, seed=10)
+    factory = ProbeFactory(hang_keys=frozenset({hang.key()}))
+    config = RayConfig(address=None, num_actors=1, max_retries=1, task_timeout_s=3, start_timeout_s=60)
+    with RayEvaluator(factory, config) as evaluator:
+        evaluator.wait_ready()
+        start = time.monotonic()
+        results = evaluator.evaluate([hang, *rest])
+        elapsed = time.monotonic() - start
+        stats = evaluator.stats()
+    assert not results[0].ok and "ran past task_timeout_s=3 s" in (results[0].error or "")
+    assert "lost 2 times" in (results[0].error or "")
+    assert results[1:] == in_process(factory, rest, None)  # the candidates queued behind it are not lost
+    assert stats.attempts[hang.key()] == 2 and stats.replaced == 2 and stats.failed == 1
+    assert elapsed >= 2 * config.task_timeout_s  # each attempt was given its full time
+
+
 def kill_when_busy(pool: RayEvaluator, slot: int, killed: list[int], timeout_s: float = 30.0) -> threading.Thread:
     """A thread that ``ray.kill``s the actor of ``slot`` once it holds a task."""
     import ray
