@@ -461,7 +461,7 @@ class BlockReconstructor:
     def _weight_params(self, name: str, layer: QuantWeightLayer) -> UniformParams:
         if name not in self._wparams:
             bits = self.session.w_bits[name]
-            self._wparams[name] = self.session.weight_quantizer().fit(layer.weight, bits)  # type: ignore[assignment]
+            self._wparams[name] = self.session.weight_quantizer(bits).fit(layer.weight, bits)  # type: ignore[assignment]
         return self._wparams[name]
 
     def _train(self, block: Block, inputs: Pool, targets: Pool, opts: ReconOptions, seed: int) -> BlockReport:

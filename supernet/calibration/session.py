@@ -96,10 +96,12 @@ class CalibrationSession:
             raise ConfigError("kind", f"{q.key}: log2 is only for post-softmax inputs (.pv first operand)")
         self._kinds[q] = kind
 
-    def weight_quantizer(self) -> UniformQuantizer:
-        """The per-output-channel weight quantizer of these settings."""
+    def weight_quantizer(self, bits: int) -> UniformQuantizer:
+        """The per-output-channel weight quantizer of these settings for ``bits``-bit weights: ``weight_method``'s
+        ranges, min-max below ``weight_minmax_below`` bits."""
         s = self.settings
-        return UniformQuantizer(symmetric=self.supernet_settings.weight_symmetric, axis=0, method=s.weight_method,
+        method = "minmax" if bits < s.weight_minmax_below else s.weight_method
+        return UniformQuantizer(symmetric=self.supernet_settings.weight_symmetric, axis=0, method=method,
                                 grid=s.mse_grid, min_ratio=s.mse_min_ratio, norm=s.mse_norm)
 
     def act_quantizer(self, q: ActQuantizer) -> Quantizer:
@@ -183,11 +185,11 @@ class CalibrationSession:
         return self.act_quantizer(q).fit(x, bits)
 
     def fit_weights(self) -> None:
-        """Quantize every weight of this configuration with :meth:`weight_quantizer`."""
-        quantizer = self.weight_quantizer()
+        """Quantize every weight of this configuration with :meth:`weight_quantizer` at its width."""
         for layer in self.weight_sites():
             bits = check_bits(self.w_bits[layer.name])
-            self.set_weight(layer.name, QuantizedTensor.from_float(layer.weight, quantizer.fit(layer.weight, bits)))
+            params = self.weight_quantizer(bits).fit(layer.weight, bits)
+            self.set_weight(layer.name, QuantizedTensor.from_float(layer.weight, params))
 
     def fit_activations(self, fit: FitFn | None = None) -> None:
         """One observing pass per grid timestep over the calibration inputs (weights as set so far)."""

@@ -155,3 +155,26 @@ def test_pv_quantizer_setting_and_wrong_data_shape():
         sn.calibrate(random_data(TOY_SHAPE))
     sn.calibrate(random_data(TESTBED_SHAPE, grid=(500,), n=2))
     assert isinstance(sn.site("up_blocks.1.attentions.1.pv").a.tables[8][0], Log2Params)
+
+
+def test_weights_below_weight_minmax_below_take_min_max_ranges_whatever_the_method():
+    def outlying() -> torch.nn.Module:  # one large weight per output channel: MSE clips it, min-max does not
+        net = toy_net()
+        with torch.no_grad():
+            net.fc.weight[:, 0] = 6 * net.fc.weight.abs().amax()
+        return net
+
+    data = random_data(TOY_SHAPE, grid=(500,), n=8)
+    w = outlying().fc.weight.detach()
+    fit = {m: {b: UniformQuantizer(axis=0, method=m, grid=TINY_CALIB.mse_grid, min_ratio=TINY_CALIB.mse_min_ratio,
+                                   norm=TINY_CALIB.mse_norm).fit(w, b) for b in (4, 6)} for m in ("minmax", "mse")}
+    assert not torch.equal(fit["minmax"][4].scale, fit["mse"][4].scale)  # the test can tell them apart
+    for below, methods in ((6, {4: "minmax", 6: "mse"}), (0, {4: "mse", 6: "mse"})):
+        settings = dataclasses.replace(TINY_CALIB, weight_method="mse", weight_minmax_below=below)
+        sn = QuantSupernet.build(outlying(), (4, 6), calib_settings=settings, sample_shape=TOY_SHAPE)
+        sn.calibrate(data)
+        for bits, method in methods.items():
+            assert torch.equal(sn.site("fc").slots[bits].params.scale, fit[method][bits].scale), (below, bits)
+    assert CalibrationSettings().weight_minmax_below == 6 and CalibrationSettings().weight_method == "mse"
+    with pytest.raises(ConfigError, match="weight_minmax_below"):
+        CalibrationSettings(weight_minmax_below=-1)
