@@ -5,10 +5,20 @@ W8A8, W6A6, W4A8, W4A4) is then assembled and sampled with 10 uniform DDIM steps
 model. A cell is FDD (vs the real digits) and PSNR (vs the FP samples), plus the calibration seconds of the bit
 options the row uses (W4A8: the 4-bit and the 8-bit calibrations). Methods, cumulative as in TCAQ-DM's ablation:
 
-- ``FP``; ``baseline`` (min-max weights, MSE activation ranges: strategy ``"range"``);
+- ``FP``; ``baseline`` (min-max weights, MSE activation ranges: strategy ``"range"``; the other methods start
+  from the default weight ranges: MSE from 6 bits, min-max below);
 - ``+reconstruction`` (BRECQ block reconstruction); ``+TCR``; ``+TCR+DAQ``; ``full`` (+PAR: the default settings);
 - each extra switch on top of ``full``: ``full+TIB`` (TFMQ-DM's temporal block), ``full+dilation`` (DilateQuant),
   ``full+cache`` (TFMQ-DM's cache of quantized temporal features per timestep, chosen per projection by error).
+
+Two tables. ``table`` is strictly uniform: every layer at the row's widths. ``table_edges8`` follows the convention
+of the papers whose claims the targets restate (BRECQ, Q-Diffusion, TFMQ-DM keep the first and the last layer at 8
+bits in every W/A row of their tables): the layer that reads the image and the one that writes the prediction
+(``conv_in``, ``conv_out``) at W8A8, with their 8-bit calibration, the rest at the row's widths; each of its cells
+also says what that costs (``bitops_ratio`` to the strict row). ``targets`` checks the issue's targets per table
+(full within 10% of FP's FDD at W8A8 and W6A6; W4A4 within 2x FP where the baseline is not) and ``worse`` lists
+every cell where adding a component raised FDD (cumulative chain, and each extra switch against ``full``): one
+calibration seed per run, so read it against the seed-to-seed noise.
 
 Prints progress to stderr and one JSON object as the last stdout line; its ``table`` is a list of
 ``{bits, method, fdd, psnr, calib_s}``. ``--quick`` (under a minute) uses a tiny calibration (4 grid timesteps x 8
@@ -36,6 +46,7 @@ from typing import Any
 
 import torch
 
+from search.candidate import Candidate
 from supernet.calibration import CalibrationSettings, collect_calibration_data
 from supernet.metrics import FDDScorer, psnr
 from supernet.sampling import DDIMSampler, uniform_schedule
@@ -48,7 +59,7 @@ OFF = {"reconstruction": False, "tcr": False, "daq": False, "par": False}
 #: method → changes to the default (full) settings; ``None`` is the FP model.
 METHODS: dict[str, dict[str, Any] | None] = {
     "FP": None,
-    "baseline": {"strategy": "range"},
+    "baseline": {"strategy": "range", "weight_method": "minmax"},
     "+reconstruction": {**OFF, "reconstruction": True},
     "+TCR": {**OFF, "reconstruction": True, "tcr": True},
     "+TCR+DAQ": {**OFF, "reconstruction": True, "tcr": True, "daq": True},
@@ -57,6 +68,12 @@ METHODS: dict[str, dict[str, Any] | None] = {
     "full+dilation": {"dilation": True},
     "full+cache": {"temporal_cache": True},
 }
+#: The sites that read the model's input and write its output (diffusers UNets), and the width the papers keep them at.
+EDGE_SITES = ("conv_in", "conv_out")
+EDGE_BITS = 8
+#: Each method's predecessor: the cell it is compared with in ``worse``.
+PREVIOUS = {"+reconstruction": "baseline", "+TCR": "+reconstruction", "+TCR+DAQ": "+TCR", "full": "+TCR+DAQ",
+            "full+TIB": "full", "full+dilation": "full", "full+cache": "full"}
 QUICK = {"grid_steps": 3, "samples": 4, "recon_iters": 2, "recon_samples": 4, "mse_grid": 8}
 
 
@@ -74,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--seed", type=int, default=2024, help="noise seed of the samples")
     p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--no-edges", dest="edges", action="store_false",
+                   help="skip table_edges8 (the first and last layer at W8A8)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="override calibration settings of every method (JSON values), e.g. recon_iters=100")
@@ -91,6 +110,43 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def with_edges(candidate: Candidate, sites: tuple[str, ...] = EDGE_SITES, bits: int = EDGE_BITS) -> Candidate:
+    """``candidate`` with ``sites`` at W``bits``A``bits`` (the papers' first/last-layer convention)."""
+    missing = [s for s in sites if s not in candidate.sites]
+    if missing:
+        raise SystemExit(f"--edges: the model has no quantized site {missing[0]!r}; use --no-edges")
+    w, a = candidate.w_map(), candidate.a_map()
+    for s in sites:
+        w[s] = a[s] = bits
+    return Candidate.from_maps(candidate.timesteps, w, a)
+
+
+def targets(table: list[dict[str, Any]], fp_fdd: float) -> dict[str, bool | None]:
+    """The issue's targets on one table (``None`` where a needed cell was not run)."""
+    fdd = {(c["bits"], c["method"]): c["fdd"] for c in table}
+
+    def within(bits: str, factor: float) -> bool | None:
+        value = fdd.get((bits, "full"))
+        return None if value is None else value <= factor * fp_fdd
+
+    usable = within("W4A4", 2.0)
+    baseline = fdd.get(("W4A4", "baseline"))
+    return {"W8A8_full_within_10pct": within("W8A8", 1.1), "W6A6_full_within_10pct": within("W6A6", 1.1),
+            "W4A4_full_usable_baseline_not": None if usable is None or baseline is None
+            else usable and baseline > 2.0 * fp_fdd}
+
+
+def worse(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every cell where a method's FDD is above its predecessor's (:data:`PREVIOUS`) at the same bits."""
+    fdd = {(c["bits"], c["method"]): c["fdd"] for c in table}
+    out = []
+    for (bits, method), value in fdd.items():
+        before = fdd.get((bits, PREVIOUS.get(method, "")))
+        if before is not None and value > before:
+            out.append({"bits": bits, "method": method, "versus": PREVIOUS[method], "fdd": value, "before": before})
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -99,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     n = args.samples or (32 if args.quick else 1024)
     base = {**(QUICK if args.quick else {}), **_overrides(args.set)}
     rows = [r for r in ROWS if r[0] in args.rows]
-    bits = tuple(sorted({b for _, w, a in rows for b in (w, a)}))
+    bits = tuple(sorted({b for _, w, a in rows for b in (w, a)} | ({EDGE_BITS} if args.edges else set())))
 
     fp_model = load_model(args.model)
     schedule = uniform_schedule(args.steps, fp_model.num_train_timesteps)
@@ -112,14 +168,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     fp_images = fp_model.sampler(args.batch).sample(schedule, n, seed=args.seed)
     fp_fdd = scorer.score(fp_images)
     table: list[dict[str, Any]] = []
+    table_edges: list[dict[str, Any]] = []
     settings_used: dict[str, Any] = {}
     calib_seconds: dict[str, dict[str, float]] = {}
     decisions: dict[str, Any] = {}
     for method in args.methods:
         change = METHODS[method]
         if change is None:
-            table += [{"bits": name, "method": "FP", "fdd": round(fp_fdd, 3), "psnr": None, "calib_s": 0.0}
-                      for name, _, _ in rows]
+            fp_rows = [{"bits": name, "method": "FP", "fdd": round(fp_fdd, 3), "psnr": None, "calib_s": 0.0}
+                       for name, _, _ in rows]
+            table += fp_rows
+            table_edges += [dict(c) for c in fp_rows] if args.edges else []
             continue
         settings = dataclasses.replace(CalibrationSettings(**base), **change)
         settings_used[method] = settings.to_dict()
@@ -131,13 +190,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         calib_seconds[method] = {str(b): round(s, 2) for b, s in sn.calibration_seconds.items()}
         sampler = DDIMSampler(sn.unet, model.alphas_cumprod, model.clip_sample, args.batch)
         for name, w, a in rows:
-            with sn.assembled(sn.uniform(w, a, schedule)):
-                images = sampler.sample(schedule, n, seed=args.seed)
-            cell = {"bits": name, "method": method, "fdd": round(scorer.score(images), 3),
-                    "psnr": round(psnr(images, fp_images), 2),
-                    "calib_s": round(sum(sn.calibration_seconds[b] for b in {w, a}), 2)}
-            table.append(cell)
-            _log(f"{method} {name}: fdd {cell['fdd']} psnr {cell['psnr']} calib {cell['calib_s']} s")
+            uniform = sn.uniform(w, a, schedule)
+            variants = [(table, uniform, {w, a})]
+            if args.edges:
+                variants.append((table_edges, with_edges(uniform), {w, a, EDGE_BITS}))
+            for target, candidate, used in variants:
+                if target is table_edges and candidate == uniform:  # W8A8: the same cell, not sampled twice
+                    table_edges.append({**table[-1], "bitops_ratio": 1.0})
+                    continue
+                with sn.assembled(candidate):
+                    images = sampler.sample(schedule, n, seed=args.seed)
+                cell = {"bits": name, "method": method, "fdd": round(scorer.score(images), 3),
+                        "psnr": round(psnr(images, fp_images), 2),
+                        "calib_s": round(sum(sn.calibration_seconds[b] for b in used), 2)}
+                if target is table_edges:
+                    cell["bitops_ratio"] = round(sn.cost(candidate).bitops / sn.cost(uniform).bitops, 5)
+                target.append(cell)
+                label = " (edges W8A8)" if target is table_edges else ""
+                _log(f"{method} {name}{label}: fdd {cell['fdd']} psnr {cell['psnr']} calib {cell['calib_s']} s")
         meta = sn.calibration_metadata
         decisions[method] = {
             "reparameterization": meta.get("reparameterization"),
@@ -152,7 +222,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
               "load_average": round(os.getloadavg()[0], 2), "fp_fdd": round(fp_fdd, 3),
               "calibration_seconds": calib_seconds, "settings": settings_used, "decisions": decisions,
-              "table": table}
+              "table": table, "targets": targets(table, fp_fdd), "worse": worse(table)}
+    if args.edges:
+        result.update(table_edges8=table_edges, targets_edges8=targets(table_edges, fp_fdd),
+                      worse_edges8=worse(table_edges))
     print(json.dumps(result))
     return result
 
