@@ -41,6 +41,8 @@ import json
 import logging
 import platform
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -121,9 +123,38 @@ def with_edges(candidate: Candidate, sites: tuple[str, ...] = EDGE_SITES, bits: 
     return Candidate.from_maps(candidate.timesteps, w, a)
 
 
+@dataclass(frozen=True)
+class _Cells:
+    """Samples one method's calibrated supernet at a candidate and scores it against FP."""
+
+    sn: QuantSupernet
+    sampler: DDIMSampler
+    scorer: FDDScorer
+    fp_images: torch.Tensor
+    schedule: Sequence[int]
+    n: int
+    seed: int
+    method: str
+
+    def measure(self, candidate: Candidate, name: str, label: str = "") -> dict[str, Any]:
+        """The cell of row ``name``: FDD, PSNR vs FP and the calibration seconds of the widths it uses."""
+        with self.sn.assembled(candidate):
+            images = self.sampler.sample(self.schedule, self.n, seed=self.seed)
+        used = {b for _, b in (*candidate.weight_bits, *candidate.act_bits)}
+        cell = {"bits": name, "method": self.method, "fdd": round(self.scorer.score(images), 3),
+                "psnr": round(psnr(images, self.fp_images), 2),
+                "calib_s": round(sum(self.sn.calibration_seconds[b] for b in used), 2)}
+        _log(f"{self.method} {name}{label}: fdd {cell['fdd']} psnr {cell['psnr']} calib {cell['calib_s']} s")
+        return cell
+
+
+def _fdd(table: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
+    return {(c["bits"], c["method"]): c["fdd"] for c in table}
+
+
 def targets(table: list[dict[str, Any]], fp_fdd: float) -> dict[str, bool | None]:
     """The issue's targets on one table (``None`` where a needed cell was not run)."""
-    fdd = {(c["bits"], c["method"]): c["fdd"] for c in table}
+    fdd = _fdd(table)
 
     def within(bits: str, factor: float) -> bool | None:
         value = fdd.get((bits, "full"))
@@ -138,7 +169,7 @@ def targets(table: list[dict[str, Any]], fp_fdd: float) -> dict[str, bool | None
 
 def worse(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every cell where a method's FDD is above its predecessor's (:data:`PREVIOUS`) at the same bits."""
-    fdd = {(c["bits"], c["method"]): c["fdd"] for c in table}
+    fdd = _fdd(table)
     out = []
     for (bits, method), value in fdd.items():
         before = fdd.get((bits, PREVIOUS.get(method, "")))
@@ -189,25 +220,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         _log(f"{method}: calibrated {bits} in {time.perf_counter() - start:.1f} s {sn.calibration_seconds}")
         calib_seconds[method] = {str(b): round(s, 2) for b, s in sn.calibration_seconds.items()}
         sampler = DDIMSampler(sn.unet, model.alphas_cumprod, model.clip_sample, args.batch)
+        cells = _Cells(sn, sampler, scorer, fp_images, schedule, n, args.seed, method)
         for name, w, a in rows:
             uniform = sn.uniform(w, a, schedule)
-            variants = [(table, uniform, {w, a})]
+            cell = cells.measure(uniform, name)
+            table.append(cell)
             if args.edges:
-                variants.append((table_edges, with_edges(uniform), {w, a, EDGE_BITS}))
-            for target, candidate, used in variants:
-                if target is table_edges and candidate == uniform:  # W8A8: the same cell, not sampled twice
-                    table_edges.append({**table[-1], "bitops_ratio": 1.0})
-                    continue
-                with sn.assembled(candidate):
-                    images = sampler.sample(schedule, n, seed=args.seed)
-                cell = {"bits": name, "method": method, "fdd": round(scorer.score(images), 3),
-                        "psnr": round(psnr(images, fp_images), 2),
-                        "calib_s": round(sum(sn.calibration_seconds[b] for b in used), 2)}
-                if target is table_edges:
-                    cell["bitops_ratio"] = round(sn.cost(candidate).bitops / sn.cost(uniform).bitops, 5)
-                target.append(cell)
-                label = " (edges W8A8)" if target is table_edges else ""
-                _log(f"{method} {name}{label}: fdd {cell['fdd']} psnr {cell['psnr']} calib {cell['calib_s']} s")
+                edged = with_edges(uniform)
+                same = edged == uniform  # W8A8: the same cell, not sampled twice
+                ratio = sn.cost(edged).bitops / sn.cost(uniform).bitops
+                table_edges.append({**(cell if same else cells.measure(edged, name, " (edges W8A8)")),
+                                    "bitops_ratio": round(ratio, 5)})
         meta = sn.calibration_metadata
         decisions[method] = {
             "reparameterization": meta.get("reparameterization"),

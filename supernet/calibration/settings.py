@@ -43,8 +43,9 @@ class CalibrationSettings:
             says. The defaults (``"mse"`` from 6 bits, min-max below) come from the testbed's ablation (full
             ``tcaq``, 10 DDIM steps, 1,024 samples, calibration seeds 0 and 1, side by side): MSE ranges, the
             initial step size BRECQ and Q-Diffusion give AdaRound, took uniform W6A6 from FDD 43.4 / 48.0 to
-            37.1 / 41.3 (PSNR +1.7 / +2.0 dB), but at 4 bits they broke seed 0 (W4A4 67.8 → 233, W4A8 62.9 → 286:
-            AdaRound can round but not un-clip, and ``conv_out`` has a single output channel).
+            37.1 / 41.3 (PSNR +1.7 / +2.0 dB), but at 4 bits they broke seed 0 (W4A4 67.8 → 233, W4A8 62.9 → 286;
+            with ``conv_in``/``conv_out`` kept at 8 bits the same calibration gave 44.2 / 36.8, so the damage sits
+            mostly in those two layers).
         mse_grid / mse_min_ratio / mse_norm: the clipping-ratio search (``mse_grid`` ratios in
             ``[mse_min_ratio, 1]``, error ``mean |x - x̂|^mse_norm``).
         act_max_elems: activation MSE searches use at most this many (strided) elements per tensor.
