@@ -51,10 +51,9 @@ import torch
 from search.candidate import Candidate
 from supernet.calibration import CalibrationSettings, collect_calibration_data
 from supernet.metrics import FDDScorer, psnr
-from supernet.sampling import DDIMSampler, uniform_schedule
+from supernet.models import TESTBED_DIR, load_model
+from supernet.sampling import Sampler, uniform_schedule
 from supernet.supernet import QuantSupernet
-from supernet.zoo.loader import load_model
-from supernet.zoo.testbed import TESTBED_DIR
 
 ROWS = (("W8A8", 8, 8), ("W6A6", 6, 6), ("W4A8", 4, 8), ("W4A4", 4, 4))
 OFF = {"reconstruction": False, "tcr": False, "daq": False, "par": False}
@@ -74,8 +73,15 @@ METHODS: dict[str, dict[str, Any] | None] = {
 EDGE_SITES = ("conv_in", "conv_out")
 EDGE_BITS = 8
 #: Each method's predecessor: the cell it is compared with in ``worse``.
-PREVIOUS = {"+reconstruction": "baseline", "+TCR": "+reconstruction", "+TCR+DAQ": "+TCR", "full": "+TCR+DAQ",
-            "full+TIB": "full", "full+dilation": "full", "full+cache": "full"}
+PREVIOUS = {
+    "+reconstruction": "baseline",
+    "+TCR": "+reconstruction",
+    "+TCR+DAQ": "+TCR",
+    "full": "+TCR+DAQ",
+    "full+TIB": "full",
+    "full+dilation": "full",
+    "full+cache": "full",
+}
 QUICK = {"grid_steps": 3, "samples": 4, "recon_iters": 2, "recon_samples": 4, "mse_grid": 8}
 
 
@@ -93,11 +99,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--seed", type=int, default=2024, help="noise seed of the samples")
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--no-edges", dest="edges", action="store_false",
-                   help="skip table_edges8 (the first and last layer at W8A8)")
+    p.add_argument(
+        "--no-edges", dest="edges", action="store_false", help="skip table_edges8 (the first and last layer at W8A8)"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                   help="override calibration settings of every method (JSON values), e.g. recon_iters=100")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override calibration settings of every method (JSON values), e.g. recon_iters=100",
+    )
     return p.parse_args(argv)
 
 
@@ -128,7 +140,7 @@ class _Cells:
     """Samples one method's calibrated supernet at a candidate and scores it against FP."""
 
     sn: QuantSupernet
-    sampler: DDIMSampler
+    sampler: Sampler
     scorer: FDDScorer
     fp_images: torch.Tensor
     schedule: Sequence[int]
@@ -141,9 +153,13 @@ class _Cells:
         with self.sn.assembled(candidate):
             images = self.sampler.sample(self.schedule, self.n, seed=self.seed)
         used = {b for _, b in (*candidate.weight_bits, *candidate.act_bits)}
-        cell = {"bits": name, "method": self.method, "fdd": round(self.scorer.score(images), 3),
-                "psnr": round(psnr(images, self.fp_images), 2),
-                "calib_s": round(sum(self.sn.calibration_seconds[b] for b in used), 2)}
+        cell = {
+            "bits": name,
+            "method": self.method,
+            "fdd": round(self.scorer.score(images), 3),
+            "psnr": round(psnr(images, self.fp_images), 2),
+            "calib_s": round(sum(self.sn.calibration_seconds[b] for b in used), 2),
+        }
         _log(f"{self.method} {name}{label}: fdd {cell['fdd']} psnr {cell['psnr']} calib {cell['calib_s']} s")
         return cell
 
@@ -162,9 +178,13 @@ def targets(table: list[dict[str, Any]], fp_fdd: float) -> dict[str, bool | None
 
     usable = within("W4A4", 2.0)
     baseline = fdd.get(("W4A4", "baseline"))
-    return {"W8A8_full_within_10pct": within("W8A8", 1.1), "W6A6_full_within_10pct": within("W6A6", 1.1),
-            "W4A4_full_usable_baseline_not": None if usable is None or baseline is None
-            else usable and baseline > 2.0 * fp_fdd}
+    return {
+        "W8A8_full_within_10pct": within("W8A8", 1.1),
+        "W6A6_full_within_10pct": within("W6A6", 1.1),
+        "W4A4_full_usable_baseline_not": None
+        if usable is None or baseline is None
+        else usable and baseline > 2.0 * fp_fdd,
+    }
 
 
 def worse(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -193,8 +213,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     scorer = FDDScorer.for_testbed()
     data_settings = CalibrationSettings(**base)
     start = time.perf_counter()
-    data = collect_calibration_data(fp_model.unet, fp_model.alphas_cumprod, fp_model.clip_sample, data_settings,
-                                    source={"model_hash": fp_model.model_hash})
+    data = collect_calibration_data(fp_model, data_settings, source={"model_hash": fp_model.model_hash})
     _log(f"calibration data {tuple(data.inputs.shape)} in {time.perf_counter() - start:.1f} s")
     fp_images = fp_model.sampler(args.batch).sample(schedule, n, seed=args.seed)
     fp_fdd = scorer.score(fp_images)
@@ -206,8 +225,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for method in args.methods:
         change = METHODS[method]
         if change is None:
-            fp_rows = [{"bits": name, "method": "FP", "fdd": round(fp_fdd, 3), "psnr": None, "calib_s": 0.0}
-                       for name, _, _ in rows]
+            fp_rows = [
+                {"bits": name, "method": "FP", "fdd": round(fp_fdd, 3), "psnr": None, "calib_s": 0.0}
+                for name, _, _ in rows
+            ]
             table += fp_rows
             table_edges += [dict(c) for c in fp_rows] if args.edges else []
             continue
@@ -219,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sn.calibrate(data)
         _log(f"{method}: calibrated {bits} in {time.perf_counter() - start:.1f} s {sn.calibration_seconds}")
         calib_seconds[method] = {str(b): round(s, 2) for b, s in sn.calibration_seconds.items()}
-        sampler = DDIMSampler(sn.unet, model.alphas_cumprod, model.clip_sample, args.batch)
+        sampler = sn.model.sampler(args.batch)
         cells = _Cells(sn, sampler, scorer, fp_images, schedule, n, args.seed, method)
         for name, w, a in rows:
             uniform = sn.uniform(w, a, schedule)
@@ -229,26 +250,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 edged = with_edges(uniform)
                 same = edged == uniform  # W8A8: the same cell, not sampled twice
                 ratio = sn.cost(edged).bitops / sn.cost(uniform).bitops
-                table_edges.append({**(cell if same else cells.measure(edged, name, " (edges W8A8)")),
-                                    "bitops_ratio": round(ratio, 5)})
+                table_edges.append(
+                    {**(cell if same else cells.measure(edged, name, " (edges W8A8)")), "bitops_ratio": round(ratio, 5)}
+                )
         meta = sn.calibration_metadata
         decisions[method] = {
             "reparameterization": meta.get("reparameterization"),
-            "daq": {site: [g["choice"] for g in groups] for site, groups in (meta.get("daq") or {}).items()}}
+            "daq": {site: [g["choice"] for g in groups] for site, groups in (meta.get("daq") or {}).items()},
+        }
         if meta.get("temporal_cache"):  # per configuration: the projections that read the cache
             decisions[method]["temporal_cache"] = {
                 label: sorted(n for n, r in rep["sites"].items() if r["choice"] == "cache")
-                for label, rep in meta["temporal_cache"].items()}
+                for label, rep in meta["temporal_cache"].items()
+            }
         sn.detach()
-    result = {"bench": "ablation", "quick": args.quick, "model": str(args.model), "model_hash": fp_model.model_hash,
-              "bit_options": list(bits), "steps": args.steps, "samples": n, "seed": args.seed,
-              "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
-              "load_average": round(os.getloadavg()[0], 2), "fp_fdd": round(fp_fdd, 3),
-              "calibration_seconds": calib_seconds, "settings": settings_used, "decisions": decisions,
-              "table": table, "targets": targets(table, fp_fdd), "worse": worse(table)}
+    result = {
+        "bench": "ablation",
+        "quick": args.quick,
+        "model": str(args.model),
+        "model_hash": fp_model.model_hash,
+        "bit_options": list(bits),
+        "steps": args.steps,
+        "samples": n,
+        "seed": args.seed,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "load_average": round(os.getloadavg()[0], 2),
+        "fp_fdd": round(fp_fdd, 3),
+        "calibration_seconds": calib_seconds,
+        "settings": settings_used,
+        "decisions": decisions,
+        "table": table,
+        "targets": targets(table, fp_fdd),
+        "worse": worse(table),
+    }
     if args.edges:
-        result.update(table_edges8=table_edges, targets_edges8=targets(table_edges, fp_fdd),
-                      worse_edges8=worse(table_edges))
+        result.update(
+            table_edges8=table_edges, targets_edges8=targets(table_edges, fp_fdd), worse_edges8=worse(table_edges)
+        )
     print(json.dumps(result))
     return result
 

@@ -203,18 +203,33 @@ def load_wrk(
     Returns ``requests``, ``errors`` (non-2xx answers and socket errors), ``wall`` (s), ``p50_ms``, ``p99_ms``.
     """
     script = tmp / "front.lua"
-    script.write_text(WRK_SCRIPT % {"budgets": ", ".join(repr(b) for b in budgets),
-                                    "path": f"/api/v1/jobs/{job_id}/front", "seed": 1})
+    script.write_text(
+        WRK_SCRIPT % {"budgets": ", ".join(repr(b) for b in budgets), "path": f"/api/v1/jobs/{job_id}/front", "seed": 1}
+    )
     url = base.removesuffix("/api/v1")
     out = ""
     for duration in (warmup, seconds):
-        cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--timeout", "10s", "-s",
-               str(script), url]
+        cmd = [
+            "wrk",
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{max(1, round(duration))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+            url,
+        ]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=duration + 60).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("TMPQ-RESULT"))
     requests, status_errors, socket_errors, duration_us, p50_us, p99_us = line.split()[1:]
-    return {"requests": int(requests), "errors": int(status_errors) + int(socket_errors),
-            "wall": int(duration_us) / 1e6, "p50_ms": float(p50_us) / 1e3, "p99_ms": float(p99_us) / 1e3}
+    return {
+        "requests": int(requests),
+        "errors": int(status_errors) + int(socket_errors),
+        "wall": int(duration_us) / 1e6,
+        "p50_ms": float(p50_us) / 1e3,
+        "p99_ms": float(p99_us) / 1e3,
+    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -239,8 +254,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=None, help="load duration (default 20, or 5 with --quick)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--client", choices=("auto", "wrk", "httpx"), default="auto",
-                        help="load generator (auto: wrk when on the PATH, else httpx)")
+    parser.add_argument(
+        "--client",
+        choices=("auto", "wrk", "httpx"),
+        default="auto",
+        help="load generator (auto: wrk when on the PATH, else httpx)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -268,9 +287,13 @@ def main() -> None:
                 measured = load_wrk(base, job_id, budgets, args.concurrency, seconds, warmup, Path(tmp))
             else:
                 latencies, errors, wall = asyncio.run(load(base, job_id, budgets, args.concurrency, seconds, warmup))
-                measured = {"requests": len(latencies), "errors": errors, "wall": wall,
-                            "p50_ms": statistics.median(latencies) if latencies else None,
-                            "p99_ms": percentile(latencies, 99) if latencies else None}
+                measured = {
+                    "requests": len(latencies),
+                    "errors": errors,
+                    "wall": wall,
+                    "p50_ms": statistics.median(latencies) if latencies else None,
+                    "p99_ms": percentile(latencies, 99) if latencies else None,
+                }
         finally:
             proc.terminate()
             proc.wait(30)

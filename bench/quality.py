@@ -20,16 +20,17 @@ import statistics
 import torch
 
 from supernet.metrics import FDDScorer, frechet_distance
+from supernet.models import TESTBED_DIR, load_model
 from supernet.sampling import uniform_schedule
 from supernet.zoo.digits import load_digits_tensor
-from supernet.zoo.loader import load_model
-from supernet.zoo.testbed import TESTBED_DIR
 
 
 def _stats(values: list[float]) -> dict[str, float]:
-    return {"mean": round(statistics.fmean(values), 2),
-            "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
-            "values": [round(v, 2) for v in values]}
+    return {
+        "mean": round(statistics.fmean(values), 2),
+        "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
+        "values": [round(v, 2) for v in values],
+    }
 
 
 def real_floor(scorer: FDDScorer, seeds: list[int]) -> dict[str, dict[str, float]]:
@@ -66,8 +67,17 @@ def main() -> None:
                 per_size[n].append(scorer.score(images[:n]))
         for n in sizes:
             fp[f"ddim{steps}_n{n}"] = _stats(per_size[n])
-    print(json.dumps({"bench": "quality", "quick": args.quick, "seeds": seeds,
-                      "real_vs_real": real_floor(scorer, seeds), "fp": fp}))
+    print(
+        json.dumps(
+            {
+                "bench": "quality",
+                "quick": args.quick,
+                "seeds": seeds,
+                "real_vs_real": real_floor(scorer, seeds),
+                "fp": fp,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -76,8 +76,9 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def timed_run(run: Callable[[], list[Evaluation]], count: int,
-              cpu_seconds: Callable[[], float]) -> tuple[float, float, list[Evaluation]]:
+def timed_run(
+    run: Callable[[], list[Evaluation]], count: int, cpu_seconds: Callable[[], float]
+) -> tuple[float, float, list[Evaluation]]:
     """Candidates per second of one ``run``, the cores it kept busy (CPU seconds / wall seconds) and its results."""
     cpu, start = cpu_seconds(), time.perf_counter()
     evaluations = run()
@@ -94,8 +95,15 @@ def pool_config(args: argparse.Namespace, actors: int) -> RayConfig:
     """One CPU and one torch thread per actor; a local Ray gets a logical CPU more than the machine (at least 3)
     so that the 1-actor and the 2-actor pools can start together (never more than 2 actors run at once)."""
     gpus = args.gpus_per_actor if args.device == "cuda" else 0.0
-    return RayConfig(address=args.ray_address, num_actors=actors, num_cpus=1, num_gpus=gpus, threads_per_actor=1,
-                     local_num_cpus=max(3, (os.cpu_count() or 1) + 1), object_store_bytes=100 * MIB)
+    return RayConfig(
+        address=args.ray_address,
+        num_actors=actors,
+        num_cpus=1,
+        num_gpus=gpus,
+        threads_per_actor=1,
+        local_num_cpus=max(3, (os.cpu_count() or 1) + 1),
+        object_store_bytes=100 * MIB,
+    )
 
 
 def memory_of(infos: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -133,15 +141,21 @@ def time_modes(args: argparse.Namespace, factory: SamplingFactory, cands: list[C
     reference = [e.quality for e in results["in_process"]]
     identical = all([e.quality for e in results[m]] == reference for m in ("ray_1", "ray_2"))
     best = {m: max(r) for m, r in runs.items()}  # the fastest run of each mode, with the cores it used
-    return {"rates": {m: b[0] for m, b in best.items()}, "cores": {m: b[1] for m, b in best.items()},
-            "runs": {m: [r for r, _ in v] for m, v in runs.items()}, "identical": identical, "memory": memory,
-            "params": local.params}
+    return {
+        "rates": {m: b[0] for m, b in best.items()},
+        "cores": {m: b[1] for m, b in best.items()},
+        "runs": {m: [r for r, _ in v] for m, v in runs.items()},
+        "identical": identical,
+        "memory": memory,
+        "params": local.params,
+    }
 
 
 def main() -> None:
     args = parse_args()
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
+    )
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     start = time.perf_counter()
     load_before = os.getloadavg()[0]

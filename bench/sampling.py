@@ -20,9 +20,8 @@ import time
 
 import torch
 
+from supernet.models import TESTBED_DIR, load_model
 from supernet.sampling import uniform_schedule
-from supernet.zoo.loader import load_model
-from supernet.zoo.testbed import TESTBED_DIR
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -45,10 +44,15 @@ def main() -> None:
     sampler = model.sampler(batch_size=args.batch)
     x = torch.randn(args.batch, 1, 16, 16)
     with torch.no_grad():
-        model.unet(x, 500)  # warm-up
-        forward_ms = 1000 * _median_seconds(lambda: model.unet(x, 500), 10 if args.quick else 30)
-    result = {"bench": "sampling", "batch": args.batch, "threads": args.threads, "quick": args.quick,
-              "unet_forward_ms": round(forward_ms, 2)}
+        model.predict_noise(x, 500)  # warm-up
+        forward_ms = 1000 * _median_seconds(lambda: model.predict_noise(x, 500), 10 if args.quick else 30)
+    result = {
+        "bench": "sampling",
+        "batch": args.batch,
+        "threads": args.threads,
+        "quick": args.quick,
+        "unet_forward_ms": round(forward_ms, 2),
+    }
     for steps in (10, 20, 100):
         sched = uniform_schedule(steps, model.num_train_timesteps)
         repeats = 1 if (args.quick and steps == 100) else (2 if args.quick else 3)

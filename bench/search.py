@@ -67,9 +67,13 @@ from search.pareto import pareto_front
 from search.replay import ScheduleMenu, TableEvaluator
 from search.runner import RunnerConfig, SearchResult, SearchRunner, resolve_budget
 from search.space import SearchSpace, baseline_schedule, timestep_groups
-from search.spec import SearchSpec, UniformBudget
+from search.spec import SearchSettings, UniformBudget
+from supernet.calibration.settings import CalibrationSettings
+from supernet.model_settings import ModelSettings
 from supernet.zoo.testbed import TESTBED_DIR
 from workers.driver import DriverOptions, PreparedJob, evaluator_config, make_evaluator, prepare_job
+from workers.evaluation_settings import EvaluationSettings
+from workers.jobspec import JobSpec
 
 ALGORITHMS = ("nsga2", "tmpq_evolution", "random")
 #: A generation cap no part reaches: every search stops at its evaluation budget.
@@ -651,15 +655,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     wall = time.perf_counter()
     load_start = round(os.getloadavg()[0], 2)
 
-    spec = SearchSpec(
-        model=str(args.model),
-        bit_options=settings.full_bits,
-        steps=settings.full_steps,
-        granularity="block",
-        samples=settings.samples,
-        reference_steps=settings.reference_steps,
-        rescore_samples=0,
-        calibration={"strategy": args.calibration_strategy},
+    spec = JobSpec(
+        model=ModelSettings(path=str(args.model)),
+        search=SearchSettings(bit_options=settings.full_bits, steps=settings.full_steps, granularity="block"),
+        calibration=CalibrationSettings(strategy=args.calibration_strategy),
+        evaluation=EvaluationSettings(
+            samples=settings.samples, reference_steps=settings.reference_steps, rescore_samples=0
+        ),
     )
     start = time.perf_counter()
     job = prepare_job(spec, DriverOptions())

@@ -37,10 +37,10 @@ from typing import Any
 import torch
 
 from supernet.calibration import CalibrationData, CalibrationSettings, collect_calibration_data
-from supernet.sampling import DDIMSampler, uniform_schedule
+from supernet.models import TESTBED_DIR, load_model
+from supernet.models.base import DiffusionAdapter
+from supernet.sampling import uniform_schedule
 from supernet.supernet import QuantSupernet
-from supernet.zoo.loader import DiffusionModel, load_model
-from supernet.zoo.testbed import TESTBED_DIR
 
 QUALITY_CONFIGS = (("W8A8", 8, 8), ("W6A6", 6, 6), ("W4A8", 4, 8), ("W4A4", 4, 4))
 
@@ -64,17 +64,21 @@ def bench_assemble(sn: QuantSupernet, schedule: list[int], n: int) -> dict[str, 
         times.append(dt)
     sn.assemble(sn.uniform(32, 32, schedule))
     times.sort()
-    return {"assemble_ms": round(1e3 * statistics.median(times), 4),
-            "assemble_p90_ms": round(1e3 * times[int(0.9 * (len(times) - 1))], 4), "assemble_trials": n,
-            "sites": len(sn.sites)}
+    return {
+        "assemble_ms": round(1e3 * statistics.median(times), 4),
+        "assemble_p90_ms": round(1e3 * times[int(0.9 * (len(times) - 1))], 4),
+        "assemble_trials": n,
+        "sites": len(sn.sites),
+    }
 
 
-def bench_overhead(fp: DiffusionModel, sn: QuantSupernet, q_model: DiffusionModel, schedule: list[int],
-                   batch: int, repeats: int) -> dict[str, Any]:
+def bench_overhead(
+    fp: DiffusionAdapter, sn: QuantSupernet, schedule: list[int], batch: int, repeats: int
+) -> dict[str, Any]:
     """FP vs assembled mixed candidate sampling time, interleaved in one process."""
     mixed = sn.random_candidate(random.Random(7), schedule)
     fp_sampler = fp.sampler(batch)
-    q_sampler = DDIMSampler(sn.unet, q_model.alphas_cumprod, q_model.clip_sample, batch)
+    q_sampler = sn.model.sampler(batch)
     fp_times, q_times = [], []
     with sn.assembled(mixed):
         fp_sampler.sample(schedule, batch, seed=0)
@@ -86,15 +90,28 @@ def bench_overhead(fp: DiffusionModel, sn: QuantSupernet, q_model: DiffusionMode
                 (fp_times if name == "fp" else q_times).append(dt)
     fp_med, q_med = statistics.median(fp_times), statistics.median(q_times)
     pairs = sorted(q / f for q, f in zip(q_times, fp_times, strict=True))
-    return {"overhead_ratio": round(q_med / fp_med, 4), "overhead_ratio_paired_median": round(
-        statistics.median(pairs), 4), "fp_sample_s": round(fp_med, 4), "quantized_sample_s": round(q_med, 4),
-        "overhead_repeats": repeats, "overhead_candidate": mixed.bits_summary(),
+    return {
+        "overhead_ratio": round(q_med / fp_med, 4),
+        "overhead_ratio_paired_median": round(statistics.median(pairs), 4),
+        "fp_sample_s": round(fp_med, 4),
+        "quantized_sample_s": round(q_med, 4),
+        "overhead_repeats": repeats,
+        "overhead_candidate": mixed.bits_summary(),
         "fp_sample_times_s": [round(t, 4) for t in fp_times],
-        "quantized_sample_times_s": [round(t, 4) for t in q_times]}
+        "quantized_sample_times_s": [round(t, 4) for t in q_times],
+    }
 
 
-def bench_amortization(model: DiffusionModel, sn: QuantSupernet, data: CalibrationData, first_calib_s: float,
-                       assemble_s: float, schedule: list[int], n_configs: int, measured: int) -> dict[str, Any]:
+def bench_amortization(
+    model: DiffusionAdapter,
+    sn: QuantSupernet,
+    data: CalibrationData,
+    first_calib_s: float,
+    assemble_s: float,
+    schedule: list[int],
+    n_configs: int,
+    measured: int,
+) -> dict[str, Any]:
     """Per-configuration PTQ (timed on ``measured`` random mixes) vs the supernet, extrapolated to N.
 
     The supernet is calibrated once more after the per-config runs, so both sides are timed warm and at the
@@ -113,24 +130,31 @@ def bench_amortization(model: DiffusionModel, sn: QuantSupernet, data: Calibrati
     per_config_s = statistics.mean(per_config)
     ptq_total = n_configs * per_config_s
     supernet_total = statistics.mean(supernet_calib) + n_configs * assemble_s
-    return {"amortization_ratio": round(ptq_total / supernet_total, 2), "amortization_n": n_configs,
-            "per_config_calibration_s": [round(t, 3) for t in per_config], "per_config_measured": measured,
-            "supernet_calibration_runs_s": [round(t, 3) for t in supernet_calib],
-            "amortization_method": (f"per-config calibration timed on {measured} random mixed candidates and "
-                                    f"extrapolated linearly to N={n_configs}; supernet side = mean of 2 measured "
-                                    f"calibrations of {len(sn.bit_options)} bit options + N x median assemble "
-                                    "time; FP trajectory collection shared by both and excluded")}
+    return {
+        "amortization_ratio": round(ptq_total / supernet_total, 2),
+        "amortization_n": n_configs,
+        "per_config_calibration_s": [round(t, 3) for t in per_config],
+        "per_config_measured": measured,
+        "supernet_calibration_runs_s": [round(t, 3) for t in supernet_calib],
+        "amortization_method": (
+            f"per-config calibration timed on {measured} random mixed candidates and "
+            f"extrapolated linearly to N={n_configs}; supernet side = mean of 2 measured "
+            f"calibrations of {len(sn.bit_options)} bit options + N x median assemble "
+            "time; FP trajectory collection shared by both and excluded"
+        ),
+    }
 
 
-def bench_quality(fp: DiffusionModel, sn: QuantSupernet, q_model: DiffusionModel, schedule: list[int],
-                  batch: int, n: int, seed: int) -> dict[str, Any]:
+def bench_quality(
+    fp: DiffusionAdapter, sn: QuantSupernet, schedule: list[int], batch: int, n: int, seed: int
+) -> dict[str, Any]:
     """FDD (vs real digits) and PSNR (vs FP samples from the same noise) of uniform configurations."""
     from supernet.metrics import FDDScorer, psnr
 
     scorer = FDDScorer.for_testbed()
     fp_images = fp.sampler(batch).sample(schedule, n, seed=seed)
     out: dict[str, Any] = {"FP": {"fdd": round(scorer.score(fp_images), 3), "psnr_db": None}}
-    q_sampler = DDIMSampler(sn.unet, q_model.alphas_cumprod, q_model.clip_sample, batch)
+    q_sampler = sn.model.sampler(batch)
     for name, w, a in QUALITY_CONFIGS:
         with sn.assembled(sn.uniform(w, a, schedule)):
             images = q_sampler.sample(schedule, n, seed=seed)
@@ -147,11 +171,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--overhead-threads", type=int, nargs="+", default=[1, 2],
-                   help="torch thread counts of the overhead comparison (overhead_ratio: the first)")
-    p.add_argument("--strategy", default="range",
-                   help="calibration strategy (default: range, the min-max/MSE calibration this benchmark's targets "
-                        "are set for; tcaq reconstructs and takes minutes per bit option)")
+    p.add_argument(
+        "--overhead-threads",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="torch thread counts of the overhead comparison (overhead_ratio: the first)",
+    )
+    p.add_argument(
+        "--strategy",
+        default="range",
+        help="calibration strategy (default: range, the min-max/MSE calibration this benchmark's targets "
+        "are set for; tcaq reconstructs and takes minutes per bit option)",
+    )
     return p.parse_args(argv)
 
 
@@ -166,23 +198,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     repeats, q_samples, assemble_trials = (3, 64, 100) if quick else (11, 1000, 300)
     bits = tuple(sorted(set(args.bits)))
     # --quick calibrates on a coarser grid with fewer samples (both sides of the amortization alike)
-    calib = (CalibrationSettings(strategy=args.strategy, grid_steps=10, samples=32) if quick
-             else CalibrationSettings(strategy=args.strategy))
+    calib = (
+        CalibrationSettings(strategy=args.strategy, grid_steps=10, samples=32)
+        if quick
+        else CalibrationSettings(strategy=args.strategy)
+    )
 
     fp, q_model, baseline_model = (load_model(args.model) for _ in range(3))
     schedule = uniform_schedule(args.steps, fp.num_train_timesteps)
-    data, data_s = _timed(lambda: collect_calibration_data(fp.unet, fp.alphas_cumprod, fp.clip_sample, calib,
-                                                           args.batch, source={"model_hash": fp.model_hash}))
+    data, data_s = _timed(lambda: collect_calibration_data(fp, calib, args.batch, source={"model_hash": fp.model_hash}))
     _log(f"calibration data {tuple(data.inputs.shape)} in {data_s:.2f} s")
     sn = QuantSupernet.build(q_model, bits, calib_settings=calib)
     _, calib_s = _timed(lambda: sn.calibrate(data))
     _log(f"supernet calibration of {bits} in {calib_s:.2f} s")
 
     result: dict[str, Any] = {
-        "bench": "supernet", "quick": quick, "model": str(args.model), "model_hash": fp.model_hash,
-        "bit_options": list(bits), "steps": args.steps, "schedule": schedule, "batch": args.batch,
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
-        "calibration_settings": calib.to_dict(), "calibration_data_s": round(data_s, 3),
+        "bench": "supernet",
+        "quick": quick,
+        "model": str(args.model),
+        "model_hash": fp.model_hash,
+        "bit_options": list(bits),
+        "steps": args.steps,
+        "schedule": schedule,
+        "batch": args.batch,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "calibration_settings": calib.to_dict(),
+        "calibration_data_s": round(data_s, 3),
         "supernet_calibration_s": round(calib_s, 3),
     }
     result.update(bench_assemble(sn, schedule, assemble_trials))
@@ -191,19 +234,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     by_threads: dict[str, Any] = {}
     for n in args.overhead_threads:
         torch.set_num_threads(n)
-        by_threads[str(n)] = bench_overhead(fp, sn, q_model, schedule, args.batch, repeats)
+        by_threads[str(n)] = bench_overhead(fp, sn, schedule, args.batch, repeats)
         _log(f"overhead at {n} thread(s): {by_threads[str(n)]['overhead_ratio']}")
     torch.set_num_threads(threads)
     result.update(by_threads[str(args.overhead_threads[0])])
     result["overhead_threads"] = args.overhead_threads[0]
     result["overhead_by_threads"] = {n: r["overhead_ratio"] for n, r in by_threads.items()}
     result["overhead_details_by_threads"] = by_threads
-    result.update(bench_amortization(baseline_model, sn, data, calib_s, result["assemble_ms"] / 1e3, schedule,
-                                     n_configs, measured))
-    result.update(bench_quality(fp, sn, q_model, schedule, args.batch, q_samples, seed=2024))
-    result["cost"] = {name: {"gbitops": round(sn.cost(sn.uniform(w, a, schedule)).bitops / 1e9, 3),
-                             "weight_kb": round(sn.cost(sn.uniform(w, a, schedule)).weight_bytes / 1e3, 1)}
-                      for name, w, a in (("FP", 32, 32), *QUALITY_CONFIGS)}
+    result.update(
+        bench_amortization(
+            baseline_model, sn, data, calib_s, result["assemble_ms"] / 1e3, schedule, n_configs, measured
+        )
+    )
+    result.update(bench_quality(fp, sn, schedule, args.batch, q_samples, seed=2024))
+    result["cost"] = {
+        name: {
+            "gbitops": round(sn.cost(sn.uniform(w, a, schedule)).bitops / 1e9, 3),
+            "weight_kb": round(sn.cost(sn.uniform(w, a, schedule)).weight_bytes / 1e3, 1),
+        }
+        for name, w, a in (("FP", 32, 32), *QUALITY_CONFIGS)
+    }
     result["load_average_start_end"] = [load_start, round(os.getloadavg()[0], 2)]
     print(json.dumps(result, sort_keys=False))
     return result

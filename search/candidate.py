@@ -67,8 +67,9 @@ class Candidate:
         return cls(tuple(timesteps), tuple((s, w_bits) for s in sites), tuple((s, a_bits) for s in sites))
 
     @classmethod
-    def from_maps(cls, timesteps: Iterable[int], weight_bits: Mapping[str, int],
-                  act_bits: Mapping[str, int]) -> Candidate:
+    def from_maps(
+        cls, timesteps: Iterable[int], weight_bits: Mapping[str, int], act_bits: Mapping[str, int]
+    ) -> Candidate:
         """Build from ``{site: bits}`` dictionaries."""
         return cls(tuple(timesteps), tuple(weight_bits.items()), tuple(act_bits.items()))
 
@@ -105,13 +106,20 @@ class Candidate:
         return f"W{sum(w) / len(w):.1f}A{sum(a) / len(a):.1f}"
 
     def _canonical(self) -> dict[str, Any]:
-        return {"t": list(self.timesteps), "w": [list(p) for p in self.weight_bits],
-                "a": [list(p) for p in self.act_bits]}
+        return {
+            "t": list(self.timesteps),
+            "w": [list(p) for p in self.weight_bits],
+            "a": [list(p) for p in self.act_bits],
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, versioned."""
-        return {"version": CANDIDATE_VERSION, "timesteps": list(self.timesteps),
-                "weight_bits": dict(self.weight_bits), "act_bits": dict(self.act_bits)}
+        return {
+            "version": CANDIDATE_VERSION,
+            "timesteps": list(self.timesteps),
+            "weight_bits": dict(self.weight_bits),
+            "act_bits": dict(self.act_bits),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Candidate:

@@ -51,3 +51,15 @@ class NotFound(TmpqError):
 
 class Conflict(TmpqError):
     """The request conflicts with the current state (e.g. a reused submission id with another payload)."""
+
+
+class StorageError(TmpqError):
+    """A file or directory tmpq must write could not be written (disk full, read-only, no permission).
+
+    ``path`` names the directory or file; the message says what was being written and why it failed.
+    """
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason

@@ -39,7 +39,7 @@ from search.evolution import EvolutionParams
 from search.pareto import ObjectiveScale, knee_point, pareto_front
 from search.problem import Outcome
 from search.space import SearchSpace
-from search.spec import ALGORITHMS, SearchSpec, UniformBudget, parse_budget
+from search.spec import ALGORITHMS, SearchSettings, UniformBudget, parse_budget
 from search.strategy import BudgetGuard
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ TMPQ_DEFAULT_BITS = 6
 
 @dataclass(frozen=True)
 class RunnerConfig:
-    """The settings the search loop needs (a :class:`SearchSpec` converts with :meth:`from_spec`).
+    """The settings the search loop needs (a :class:`SearchSettings` converts with :meth:`from_spec`).
 
     Attributes:
         algorithm: ``nsga2``, ``tmpq_evolution`` or ``random``.
@@ -89,7 +89,7 @@ class RunnerConfig:
         self.evolution.resolve(self.population)
 
     @classmethod
-    def from_spec(cls, spec: SearchSpec, **overrides: Any) -> RunnerConfig:
+    def from_spec(cls, spec: SearchSettings, **overrides: Any) -> RunnerConfig:
         """The loop settings of a job spec; ``overrides`` set the fields a spec does not have."""
         base = {
             "algorithm": spec.algorithm,
@@ -196,7 +196,7 @@ class SearchRunner:
     """Runs one search job with any of the algorithms, one evaluator and one cache.
 
     Args:
-        config: a :class:`RunnerConfig` or the job's :class:`SearchSpec`.
+        config: a :class:`RunnerConfig` or the job's :class:`SearchSettings`.
         space: the search space (from the spec and the model).
         evaluator: measures candidates.
         cost_model: prices candidates (BitOps for the objective and the budget).
@@ -206,7 +206,7 @@ class SearchRunner:
 
     def __init__(
         self,
-        config: RunnerConfig | SearchSpec,
+        config: RunnerConfig | SearchSettings,
         space: SearchSpace,
         evaluator: Evaluator,
         cost_model: CostModel,

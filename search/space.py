@@ -24,7 +24,7 @@ from search.errors import ConfigError, InvalidCandidate
 from search.spec import FP_OPTION, GRANULARITIES, GROUPINGS
 
 if TYPE_CHECKING:
-    from search.spec import SearchSpec
+    from search.spec import SearchSettings
 
 #: ``enumerate`` refuses spaces larger than this unless told otherwise.
 DEFAULT_ENUMERATION_LIMIT = 1_000_000
@@ -147,7 +147,7 @@ class SearchSpace:
     @classmethod
     def from_spec(
         cls,
-        spec: SearchSpec,
+        spec: SearchSettings,
         sites: Iterable[str],
         num_train_timesteps: int,
         site_blocks: Mapping[str, str] | None = None,

@@ -10,7 +10,8 @@ from fastapi import FastAPI
 
 from server.api.errors import install_error_handlers
 from server.api.front_cache import FrontCache
-from server.api.routes import candidates, export, front, hypervolume, jobs, meta, plots, web
+from server.api.limits import BodySizeLimit
+from server.api.routes import candidates, export, front, hypervolume, jobs, meta, plots, samples, web
 from server.baselines import TrainTimesteps
 from server.execution import ExecuteFn
 from server.runner import JobRunner
@@ -29,6 +30,8 @@ def create_app(
     execute: ExecuteFn | None = None,
 ) -> FastAPI:
     """The API app; every route under ``/api/v1``, OpenAPI docs at ``/docs``, the web page at ``/``.
+
+    Request bodies over ``settings.max_body_bytes`` are answered 413 before they are read (:mod:`server.api.limits`).
 
     Args:
         settings: configuration (default: ``Settings()`` from the environment).
@@ -70,7 +73,8 @@ def create_app(
     app.state.train_timesteps = TrainTimesteps(store, settings.model_root)
     app.state.front_cache = FrontCache(store, train_timesteps=app.state.train_timesteps)
     install_error_handlers(app)
-    for module in (jobs, front, candidates, export, hypervolume, plots, meta):
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    for module in (jobs, front, candidates, export, hypervolume, plots, samples, meta):
         app.include_router(module.router, prefix=API_PREFIX)
     web.install(app)
     return app

@@ -1,10 +1,9 @@
 """Uniform baselines among a job's candidates, and the job's BitOps budget, torch-free.
 
-A candidate is a *uniform baseline* when every weight bit-width is the same, every activation bit-width is the
-same, and its timesteps are DDIM's uniform schedule of its step count K for the model's T training timesteps as
-the search seeds it (``search.space.baseline_schedule``): exact in the uniform grouping, moved into the groups in
-the non-uniform one (where the exact DDIM schedule is usually not in the space). Both groupings' versions count,
-so the rule needs only T. T comes from the model's ``scheduler/scheduler_config.json``
+What a *uniform baseline* is, is decided by :func:`search.baselines.is_uniform_baseline` (the local ``tmpq search``
+plot uses the same function): every weight bit-width the same, every activation bit-width the same, and its
+timesteps DDIM's uniform schedule of its step count K for the model's T training timesteps as the search seeds it.
+The rule needs only T. T comes from the model's ``scheduler/scheduler_config.json``
 (:func:`server.modelcheck.check_model_dir`), cached per model directory; when the model cannot be read any more,
 T is taken as :data:`DEFAULT_NUM_TRAIN_TIMESTEPS`.
 """
@@ -17,11 +16,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from search.baselines import is_uniform_baseline, uniform_bits
 from search.errors import ConfigError, ModelLoadError
-from search.space import baseline_schedule
-from search.spec import GROUPINGS, UniformBudget, parse_budget
-from server.modelcheck import check_model_dir
+from search.spec import UniformBudget, parse_budget
+from server.modelcheck import ModelInfo, check_model_dir
 from server.records import CandidateRecord
+from workers.jobspec import spec_field
 
 if TYPE_CHECKING:
     from server.store import Store
@@ -32,39 +32,21 @@ logger = logging.getLogger(__name__)
 DEFAULT_NUM_TRAIN_TIMESTEPS = 1000
 
 
-def _uniform(bits: Any) -> int | None:
-    """The one bit-width of a ``{site: bits}`` map, or None when they differ (or the map is not one)."""
-    if not isinstance(bits, Mapping):
-        return None
-    values = set(bits.values())
-    return int(next(iter(values))) if len(values) == 1 else None
-
-
-def is_uniform_baseline(candidate: Mapping[str, Any], num_train_timesteps: int = DEFAULT_NUM_TRAIN_TIMESTEPS) -> bool:
-    """Whether a candidate (``Candidate.to_dict()`` form) is a uniform baseline for a model of T timesteps."""
-    if _uniform(candidate.get("weight_bits")) is None or _uniform(candidate.get("act_bits")) is None:
-        return False
-    timesteps = candidate.get("timesteps")
-    if not isinstance(timesteps, list | tuple) or not timesteps:
-        return False
-    try:
-        schedules = {baseline_schedule(len(timesteps), num_train_timesteps, g) for g in GROUPINGS}
-    except ConfigError:
-        return False
-    return tuple(int(t) for t in timesteps) in schedules
-
-
-def uniform_bits(candidate: Mapping[str, Any]) -> tuple[int, int] | None:
-    """``(weight bits, activation bits)`` of a candidate whose sites all share them, else None."""
-    w, a = _uniform(candidate.get("weight_bits")), _uniform(candidate.get("act_bits"))
-    return (w, a) if w is not None and a is not None else None
+__all__ = [
+    "DEFAULT_NUM_TRAIN_TIMESTEPS",
+    "TrainTimesteps",
+    "budget_bitops",
+    "is_uniform_baseline",
+    "uniform_bits",
+]
 
 
 def budget_bitops(spec: Mapping[str, Any], baselines: Iterable[CandidateRecord]) -> float | None:
-    """The job's budget in BitOps: a number as given; ``"WxAy@K"`` as the BitOps of that stored uniform baseline
-    (None when it was not evaluated, or the spec has no valid budget)."""
+    """The job's budget (``search.budget`` of its spec, either version) in BitOps: a number as given; ``"WxAy@K"``
+    as the BitOps of that stored uniform baseline (None when it was not evaluated, or the spec has no valid
+    budget)."""
     try:
-        budget = parse_budget(spec.get("budget"))
+        budget = parse_budget(spec_field(spec, "search.budget"))
     except ConfigError:
         return None
     if not isinstance(budget, UniformBudget):
@@ -90,7 +72,7 @@ class TrainTimesteps:
     def __init__(self, store: Store, model_root: Path) -> None:
         self.store = store
         self.model_root = Path(model_root)
-        self._known: dict[str, int] = {}
+        self._known: dict[str, ModelInfo] = {}
         self._warned: set[str] = set()
         self._lock = threading.Lock()
 
@@ -99,21 +81,33 @@ class TrainTimesteps:
         return self.of_spec(self.store.get_job(job_id).spec)
 
     def of_spec(self, spec: Mapping[str, Any]) -> int:
-        """T of a spec's model (:data:`DEFAULT_NUM_TRAIN_TIMESTEPS` when it cannot be read; not cached then)."""
-        model = str(spec.get("model", ""))
+        """T of a spec's model (``model.path``, either spec version; :data:`DEFAULT_NUM_TRAIN_TIMESTEPS` when it
+        cannot be read; not cached then)."""
+        info = self.info_of_spec(spec)
+        return info.num_train_timesteps if info is not None else DEFAULT_NUM_TRAIN_TIMESTEPS
+
+    def fp_components(self, job_id: int) -> tuple[str, ...]:
+        """The components of job ``job_id``'s model that stay in floating point (empty when unknown)."""
+        info = self.info_of_spec(self.store.get_job(job_id).spec)
+        return info.fp_components if info is not None else ()
+
+    def info_of_spec(self, spec: Mapping[str, Any]) -> ModelInfo | None:
+        """What the server knows of a spec's model without loading it; ``None`` (logged once) when it cannot be
+        read."""
+        model = str(spec_field(spec, "model.path", ""))
         with self._lock:
             known = self._known.get(model)
         if known is not None:
             return known
         try:
-            steps = check_model_dir(model, self.model_root).num_train_timesteps
+            info = check_model_dir(model, self.model_root)
         except ModelLoadError as exc:
             with self._lock:
                 first = model not in self._warned
                 self._warned.add(model)
             if first:
                 logger.warning("%s; assuming T=%d for its baselines", exc, DEFAULT_NUM_TRAIN_TIMESTEPS)
-            return DEFAULT_NUM_TRAIN_TIMESTEPS
+            return None
         with self._lock:
-            self._known[model] = steps
-        return steps
+            self._known[model] = info
+        return info

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from search.errors import ConfigError, InvalidCandidate, ModelLoadError, ScheduleError, TmpqError
+from search.spec import SOLVERS
+from supernet.model_settings import ModelSettings
+from supernet.models.directory import check_model_dir
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 USAGE_ERRORS = (ConfigError, ModelLoadError, ScheduleError, InvalidCandidate)
@@ -29,6 +32,22 @@ def _cmd_zoo_train_digits(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out = train_digits_ddpm(args.out, TrainSettings(steps=args.steps, seed=args.seed, threads=args.threads))
     print(f"trained the digits DDPM in {time.perf_counter() - start:.0f} s -> {out}")
+    return EXIT_OK
+
+
+def _cmd_zoo_train_digits_sd(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from supernet.zoo.digits_sd import SDTrainSettings, record_prompt_accuracy, train_digits_sd
+
+    steps = {k: v for k, v in (("vae_steps", args.vae_steps), ("unet_steps", args.unet_steps)) if v is not None}
+    settings = replace(SDTrainSettings(seed=args.seed, threads=args.threads), **steps)
+    start = time.perf_counter()
+    out = train_digits_sd(args.out, settings)
+    print(f"trained the digits text-to-image pipeline in {time.perf_counter() - start:.0f} s -> {out}")
+    if args.eval_per_prompt > 0:
+        acc = record_prompt_accuracy(out, n_per_prompt=args.eval_per_prompt, seed=args.seed)
+        print(f"prompt accuracy {acc:.4f} ({10 * args.eval_per_prompt} samples), recorded in {out}/tmpq.json")
     return EXIT_OK
 
 
@@ -48,7 +67,7 @@ def _cmd_zoo_ship_supernet(args: argparse.Namespace) -> int:
     if not bits or any(not 2 <= b <= 8 for b in bits):
         raise ConfigError("bits", "every bit option must be in 2..8")
     start = time.perf_counter()
-    path = ship_supernet(load_model(args.model), bits)
+    path = ship_supernet(load_model(model_path(args.model)), bits)
     print(f"stored the calibrated supernet for bits {bits} in {path} ({time.perf_counter() - start:.0f} s)")
     return EXIT_OK
 
@@ -58,14 +77,23 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
     from supernet.images import save_grid
     from supernet.metrics import FDDScorer, psnr
+    from supernet.models import features_for, load_model
     from supernet.sampling import uniform_schedule
-    from supernet.zoo.loader import load_model
 
     torch.set_num_threads(args.threads)
-    model = load_model(args.model)
-    sampler = model.sampler(batch_size=64)
-    scorer = FDDScorer.for_testbed() if Path(args.model).resolve() == TESTBED_DIR.resolve() else None
-    n_params = sum(p.numel() for p in model.unet.parameters())
+    path = model_path(args.model)
+    settings = ModelSettings(
+        path=str(path),
+        prompts=tuple(args.prompt) if args.prompt else None,
+        guidance_scale=args.guidance_scale,
+    )
+    info = check_model_dir(path)
+    settings = settings.resolved_for_model(path, info.conditional)  # prompts for an unconditional model: refused
+    model = load_model(path, conditioning=settings.conditioning(path))
+    sampler = model.sampler(batch_size=64, solver=args.solver)
+    features = features_for(model.path)
+    scorer = FDDScorer.for_testbed(features) if features is not None else None
+    n_params = sum(p.numel() for p in model.denoiser.parameters())
     print(f"model {model.path} (hash {model.model_hash}), {n_params:,} parameters, T={model.num_train_timesteps}")
     results = {}
     for steps in sorted(set(args.steps), reverse=True):
@@ -73,7 +101,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         images = sampler.sample(uniform_schedule(steps, model.num_train_timesteps), args.samples, seed=args.seed)
         results[steps] = images
         fdd = f", FDD {scorer.score(images):7.2f}" if scorer is not None else ""
-        print(f"DDIM {steps:>3} steps: {args.samples} samples in {time.perf_counter() - start:5.1f} s{fdd}")
+        print(f"{args.solver} {steps:>3} steps: {args.samples} samples in {time.perf_counter() - start:5.1f} s{fdd}")
         print(f"wrote {save_grid(images[:64], Path(args.out) / f'samples_{steps}_steps.png', ncol=8)}")
     longest = max(results)
     for steps, images in results.items():
@@ -85,7 +113,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from server.cli_remote import fp_bitops, print_front, wait_for_job
     from server.client import TmpqClient
-    from server.demo import DEMO_JOB, export_and_sample_knee, start_server, supernet_source
+    from server.demo import DEMO_JOBS, export_and_sample_knee, start_server, supernet_source
 
     out, data = Path(args.out), Path(args.data_dir)
     started = time.perf_counter()
@@ -94,16 +122,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     try:
         client = TmpqClient(url)
         print(f"    serving on {url} (web page: {url}/, API docs: {url}/docs)")
-        job = client.submit({**DEMO_JOB, "generations": args.generations})
-        print(f"2/6 submitted job {job['id']}: NSGA-II over K in {DEMO_JOB['steps']} x block bit-widths "
-              f"{DEMO_JOB['bit_options']} on the shipped digits DDPM")
-        print(f"    {supernet_source(DEMO_JOB, data)}")
+        base = DEMO_JOBS[args.model]
+        generations = args.generations or base["search"]["generations"]
+        spec = {**base, "search": {**base["search"], "generations": generations}}
+        job = client.submit(spec)
+        print(
+            f"2/6 submitted job {job['id']}: NSGA-II over K in {spec['search']['steps']} x block bit-widths "
+            f"{spec['search']['bit_options']} on the shipped {args.model} ({spec['search'].get('solver', 'ddim')})"
+        )
+        print(f"    {supernet_source(spec, data)}")
         code = wait_for_job(client, job, poll_s=1.0, as_json=False)
         if code != EXIT_OK:
             return code
         job = client.job(job["id"])
         front = client.front(job["id"], knee=True)
-        print("3/6 the Pareto front (quality = MSE vs the FP model at 50 steps, same noise):")
+        ref = spec["evaluation"]["reference_steps"]
+        print(f"3/6 the Pareto front (quality = MSE vs the FP model at {ref} steps, same noise and prompts):")
         print_front(front, job, fp_cost=fp_bitops(client, job))
         knee = front["knee"]
         plot = out / "front.png"
@@ -111,12 +145,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"4/6 wrote the Pareto plot: {plot}")
         result = export_and_sample_knee(client, job, knee, out, data)
         sizes = result.manifest["sizes"]
-        print(f"5/6 exported the knee candidate ({result.manifest['bits']}, K={knee['steps']}) through the API to "
-              f"{result.directory}: weights {sizes['weights_file_bytes'] / 1e6:.2f} MB, "
-              f"{sizes['ratio_to_fp32']:.3f} of FP32 ({sizes['fp32_weights_bytes'] / 1e6:.2f} MB)")
+        print(
+            f"5/6 exported the knee candidate ({result.manifest['bits']}, K={knee['steps']}) through the API to "
+            f"{result.directory}: weights {sizes['weights_file_bytes'] / 1e6:.2f} MB, "
+            f"{sizes['ratio_to_fp32']:.3f} of FP32 ({sizes['fp32_weights_bytes'] / 1e6:.2f} MB)"
+        )
         same = "bit-identical to" if result.identical else "DIFFERENT from"
-        print(f"6/6 sampled 64 images from the export (supernet.export.load): {result.grid} (PSNR {result.psnr_db:.1f} "
-              f"dB vs FP at 100 steps, same noise; {same} the supernet's assembled knee)")
+        print(
+            f"6/6 sampled 64 images from the export (supernet.export.load): {result.grid} (PSNR {result.psnr_db:.1f} "
+            f"dB vs FP at 100 steps, same noise; {same} the supernet's assembled knee)"
+        )
+        if result.pipeline_grid is not None:
+            print(
+                f"    and as a diffusers StableDiffusionPipeline (export.pipeline(prompts)): {result.pipeline_grid}, "
+                f"one column per prompt; max |difference| to tmpq's sampler {result.pipeline_max_diff:.1e}"
+            )
         print(f"done in {time.perf_counter() - started:.0f} s. Try: tmpq front {job['id']} --url {url} --knee")
         return EXIT_OK
     finally:
@@ -157,14 +200,15 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from search.runner import resolve_budget
-    from search.spec import SearchSpec
-    from workers.driver import DriverOptions, run_job
+    from server.settings import Settings
+    from workers.driver import DriverOptions, describe_calibration, run_job
+    from workers.jobspec import JobSpec
     from workers.local import FRONT_FILE, PLOT_FILE, DirectorySink
     from workers.report import front_rows, knee_key, plot_search, write_front_json
 
+    spec = JobSpec.from_yaml(args.config).resolved(Settings().model_root)  # the server's checks, before any work
     torch.set_num_threads(args.threads)
-    spec = SearchSpec.from_yaml(args.config)
-    out = Path(args.out or spec.output or "out/search")
+    out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.resume:
         raise ConfigError("--out", f"{out} is not empty (use --resume to continue the search stored there)")
     prepared = {}
@@ -175,7 +219,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
     ) as progress:
-        task = progress.add_task("calibrating / loading the supernet", total=spec.generations, info="")
+        task = progress.add_task("loading", total=spec.search.generations, info="")
+
+        def on_activity(activity: dict[str, Any]) -> None:
+            calibration = activity.get("calibration")
+            info = describe_calibration(calibration) if calibration else activity.get("message", "")
+            progress.update(task, description=str(activity.get("stage", "")), info=info)
 
         def on_progress(record: Any) -> None:
             progress.update(
@@ -185,7 +234,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
                 info=f"evaluated {record.evaluated}, failed {record.failed}, HV {record.hypervolume:.4f}",
             )
 
-        sink = DirectorySink(out, on_progress)
+        sink = DirectorySink(out, on_progress, on_activity)
         resume = sink.resume_state() if args.resume else None
         result = run_job(
             spec,
@@ -195,11 +244,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
             on_prepared=lambda job: prepared.setdefault("job", job),
         )
     job = prepared["job"]
-    fp = job.cost_model.uniform_cost(32, 32, max(spec.steps)).bitops
+    spec = job.spec  # with the model-dependent defaults resolved
+    fp = job.cost_model.uniform_cost(32, 32, spec.search.max_steps).bitops
     candidates = {**sink.candidates, **dict(result.candidates)}
     rows = front_rows(result.front, candidates, fp)
     knee = knee_key(result.front)
-    budget = resolve_budget(spec.budget, job.cost_model, job.space, spec.algorithm)
+    budget = resolve_budget(spec.search.budget, job.cost_model, job.space, spec.search.algorithm)
     write_front_json(
         out / FRONT_FILE,
         rows,
@@ -220,11 +270,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
         result.front,
         candidates,
         job.baselines(),
-        quality=spec.objective,
+        quality=spec.evaluation.objective,
         budget=budget,
-        title=f"{Path(spec.model).name}: {spec.algorithm}",
+        title=f"{Path(spec.model.path).name}: {spec.search.algorithm}",
+        num_train_timesteps=job.space.num_train_timesteps,
     )
-    _print_front(rows, knee, spec.objective)
+    _print_front(rows, knee, spec.evaluation.objective)
     print(
         f"{result.evaluated} candidates evaluated ({result.failed} failed) over {result.generations} generations; "
         f"wrote {out / FRONT_FILE}, {out / 'candidates.jsonl'}, {out / PLOT_FILE}"
@@ -235,7 +286,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 def _add_search(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="run a search locally (no server) and write its front, candidates and plot")
     p.add_argument("--config", required=True, help="the job spec (YAML)")
-    p.add_argument("--out", help="output directory (default: the spec's output, else out/search)")
+    p.add_argument("--out", default="out/search", help="output directory (default: out/search)")
     p.add_argument("--resume", action="store_true", help="continue the search stored in --out")
     p.add_argument(
         "--evaluator",
@@ -251,11 +302,18 @@ def _settings(args: argparse.Namespace) -> Any:
     """``Settings`` from the environment, overridden by the flags that were given."""
     from server.settings import Settings
 
-    overrides = {k: v for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None)),
-                                   ("database_url", getattr(args, "database_url", None)),
-                                   ("ray_address", getattr(args, "ray_address", None)),
-                                   ("runner_concurrency", getattr(args, "concurrency", None)),
-                                   ("evaluator", getattr(args, "evaluator", None))) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (
+            ("host", getattr(args, "host", None)),
+            ("port", getattr(args, "port", None)),
+            ("database_url", getattr(args, "database_url", None)),
+            ("ray_address", getattr(args, "ray_address", None)),
+            ("runner_concurrency", getattr(args, "concurrency", None)),
+            ("evaluator", getattr(args, "evaluator", None)),
+        )
+        if v is not None
+    }
     try:
         return Settings(**overrides)
     except ValueError as exc:  # pydantic's ValidationError
@@ -280,8 +338,11 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--database-url", help="SQLAlchemy URL (default: $TMPQ_DATABASE_URL, else SQLite in the data dir)")
     p.add_argument("--ray-address", help="Ray cluster for jobs that name none (default: $TMPQ_RAY_ADDRESS, else local)")
     p.add_argument("--concurrency", type=int, help="jobs a runner runs at once ($TMPQ_RUNNER_CONCURRENCY)")
-    p.add_argument("--evaluator", choices=("ray", "inprocess"),
-                   help="where candidates are evaluated ($TMPQ_EVALUATOR, default ray: a local Ray unless an address)")
+    p.add_argument(
+        "--evaluator",
+        choices=("ray", "inprocess"),
+        help="where candidates are evaluated ($TMPQ_EVALUATOR, default ray: a local Ray unless an address)",
+    )
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -305,33 +366,69 @@ def _add_zoo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(handler=_cmd_zoo_train_digits)
+    p = zsub.add_parser("train-digits-sd", help="train the digits text-to-image pipeline (models/digits-sd)")
+    p.add_argument("--out", default="models/digits-sd")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--vae-steps", type=int, default=None, help="VAE training steps (default: SDTrainSettings)")
+    p.add_argument("--unet-steps", type=int, default=None, help="UNet training steps (default: SDTrainSettings)")
+    p.add_argument(
+        "--eval-per-prompt", type=int, default=50, help="samples per prompt for the prompt accuracy (0: skip)"
+    )
+    p.set_defaults(handler=_cmd_zoo_train_digits_sd)
     p = zsub.add_parser("train-features", help="train the digits classifier (models/digits-features)")
     p.add_argument("--out", default="models/digits-features")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_cmd_zoo_train_features)
-    p = zsub.add_parser("ship-supernet", help="calibrate a supernet and store it in the model directory",
-                        description="Calibrate (or take from the cache) the supernet of a model for these bit "
-                                    "options with the default calibration settings, and store a copy in "
-                                    "<model>/tmpq-supernets/ so that jobs elsewhere (a fresh clone, a cluster "
-                                    "node) use it instead of calibrating.")
-    p.add_argument("--model", default=str(TESTBED_DIR), help="a diffusers model directory (default: the testbed)")
+    p = zsub.add_parser(
+        "ship-supernet",
+        help="calibrate a supernet and store it in the model directory",
+        description="Calibrate (or take from the cache) the supernet of a model for these bit "
+        "options with the default calibration settings, and store a copy in "
+        "<model>/tmpq-supernets/ so that jobs elsewhere (a fresh clone, a cluster "
+        "node) use it instead of calibrating.",
+    )
+    p.add_argument("--model", default=TESTBED, help=MODEL_HELP)
     p.add_argument("--bits", type=int, nargs="+", default=[4, 6, 8], help="bit options (default: 4 6 8)")
     p.set_defaults(handler=_cmd_zoo_ship_supernet)
 
 
-#: The shipped testbed (kept torch-free here: building the parser must not import torch).
-TESTBED_DIR = Path(__file__).resolve().parents[1] / "models" / "digits-ddpm-16"
+#: The shipped testbed's name under the default model root.
+TESTBED = "digits-ddpm-16"
+MODEL_HELP = "a diffusers model directory, absolute or under TMPQ_MODEL_ROOT (default: the shipped testbed)"
+
+
+def model_path(model: str) -> Path:
+    """A model named on the command line, resolved as the server resolves a job's: under ``TMPQ_MODEL_ROOT``."""
+    from server.settings import Settings
+    from supernet.model_settings import resolve_model_path
+
+    return resolve_model_path(model, Settings().model_root)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the main job end to end: serve, search, watch, front, plot, export, sample")
     p.add_argument("--data-dir", default="data", help="SQLite database and supernet cache (default: data)")
     p.add_argument("--out", default="out/demo", help="where the plot, export, samples and server log go")
-    p.add_argument("--generations", type=int, default=4)
+    p.add_argument("--generations", type=int, default=None, help="search generations (default: the demo job's)")
+    p.add_argument(
+        "--model",
+        choices=("digits-ddpm-16", "digits-sd"),
+        default="digits-ddpm-16",
+        help="the shipped testbed to run: the pixel-space DDPM (default) or the text-to-image digits-sd",
+    )
     p.set_defaults(handler=_cmd_demo)
-    p = sub.add_parser("sample", help="sample a model at uniform DDIM schedules and score it (FDD on the testbed)")
-    p.add_argument("--model", default=str(TESTBED_DIR))
+    p = sub.add_parser("sample", help="sample a model at uniform schedules and score it (FDD on the testbed)")
+    p.add_argument("--model", default=TESTBED, help=MODEL_HELP)
     p.add_argument("--steps", type=int, nargs="+", default=[100, 10])
+    p.add_argument("--solver", choices=SOLVERS, default="ddim", help="the sampler (default: ddim)")
+    p.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        help="a text-to-image model's prompt (repeat for several; default: the model's prompts.txt)",
+    )
+    p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (default: the model's)")
     p.add_argument("--samples", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -351,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search(sub)
     _add_serve(sub)
     from server.cli_remote import add_remote_commands  # submit, jobs, status, cancel, front, export (a server)
+
     add_remote_commands(sub)
     return parser
 

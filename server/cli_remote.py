@@ -120,8 +120,16 @@ def _when(timestamp: str | None) -> str:
     return timestamp[:19].replace("T", " ") if timestamp else "-"
 
 
+def spec_value(spec: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
+    """A field of a job's spec by its dotted name (``"search.algorithm"``), in either spec version
+    (``workers.jobspec.spec_field``)."""
+    from workers.jobspec import spec_field
+
+    return spec_field(spec, dotted, default)
+
+
 def _model_name(spec: Mapping[str, Any]) -> str:
-    return Path(str(spec.get("model", "?"))).name or "?"
+    return Path(str(spec_value(spec, "model.path", "?"))).name or "?"
 
 
 def _generation_text(progress: Mapping[str, Any]) -> str:
@@ -136,6 +144,77 @@ def _progress_text(progress: Mapping[str, Any]) -> str:
         f"generation {_generation_text(progress)}, evaluated {progress.get('evaluated', 0)}, "
         f"failed {progress.get('failed', 0)}, hypervolume {_fmt(progress.get('hypervolume'))}"
     )
+
+
+def duration_text(seconds: float) -> str:
+    """``45s``, ``1m20s``, ``2h05m``: an elapsed time (whole seconds, truncated)."""
+    total = max(0, math.floor(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def eta_text(seconds: float) -> str:
+    """``~45s``, ``~3m``, ``~1h05m``: a time left, rounded half up (to minutes from one minute up)."""
+    total = max(0, math.floor(seconds + 0.5))
+    if total < 60:
+        return f"~{total}s"
+    minutes = math.floor(total / 60 + 0.5)
+    hours, minutes = divmod(minutes, 60)
+    return f"~{hours}h{minutes:02d}m" if hours else f"~{minutes}m"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _calibration_text(calibration: Mapping[str, Any]) -> str:
+    """``calibrating W6 (2/3): reconstruction 7/12, round 1, 1m20s elapsed, ~3m left``."""
+    head = "calibrating"
+    bits, index, count = calibration.get("bits"), calibration.get("bit_index"), calibration.get("bit_count")
+    if _is_number(bits):
+        head += f" W{int(bits)}"
+        if _is_number(index) and _is_number(count) and count > 0:
+            head += f" ({int(index) + 1}/{int(count)})"
+    parts = []
+    phase, step, total = calibration.get("phase"), calibration.get("step"), calibration.get("total")
+    if isinstance(phase, str) and phase:
+        counted = _is_number(step) and _is_number(total) and total > 0 and phase != "done"
+        parts.append(f"{phase} {int(step)}/{int(total)}" if counted else phase)
+    if _is_number(calibration.get("round")) and calibration["round"]:
+        parts.append(f"round {int(calibration['round'])}")
+    if _is_number(calibration.get("elapsed_s")):
+        parts.append(f"{duration_text(calibration['elapsed_s'])} elapsed")
+    if _is_number(calibration.get("eta_s")):
+        parts.append(f"{eta_text(calibration['eta_s'])} left")
+    return f"{head}: {', '.join(parts)}" if parts else head
+
+
+def activity_text(activity: Mapping[str, Any] | None) -> str | None:
+    """One line for what a running job is doing (its ``progress.activity``), or None when it reported nothing.
+
+    A calibration in progress is spelled out from its numbers (``calibrating W6 (2/3): reconstruction 7/12, round 1,
+    1m20s elapsed, ~3m left``); anything else is the driver's message (else its stage). The web page
+    (``server/static/activity.js``) writes the same line.
+    """
+    if not isinstance(activity, Mapping):
+        return None
+    calibration = activity.get("calibration")
+    if isinstance(calibration, Mapping) and calibration.get("source") == "calibrating":
+        return _calibration_text(calibration)
+    message, stage = activity.get("message"), activity.get("stage")
+    if isinstance(message, str) and message.strip():
+        return " ".join(message.split())
+    return stage if isinstance(stage, str) and stage else None
+
+
+def _job_activity(job: Mapping[str, Any]) -> str | None:
+    """The activity line of a RUNNING job, else None."""
+    if job.get("state") != "RUNNING":
+        return None
+    return activity_text((job.get("progress") or {}).get("activity"))
 
 
 def _add_remote_flags(p: argparse.ArgumentParser) -> None:
@@ -153,16 +232,17 @@ def _add_json_flag(p: argparse.ArgumentParser, what: str) -> None:
 def read_job_file(path: str | Path) -> dict[str, Any]:
     """The mapping to submit from a job YAML (the file ``tmpq search --config`` takes).
 
-    The file is validated locally first (``SearchSpec.from_yaml``: a bad field is a ``ConfigError`` naming it,
-    before anything is sent); the mapping is returned as written, minus the local-only ``output`` field.
+    The file is validated locally first (``JobSpec.from_yaml``: a bad field is a ``ConfigError`` naming it, before
+    anything is sent); the mapping is returned as written, in the sectioned (version 2) layout: a version-1 file
+    is upgraded (``workers.jobspec.upgrade_spec_dict``, which drops its local-only ``output``).
     """
     import yaml
 
-    from search.spec import SearchSpec
+    from workers.jobspec import JobSpec, upgrade_spec_dict
 
-    SearchSpec.from_yaml(path)
+    JobSpec.from_yaml(path)
     data = yaml.safe_load(Path(path).read_text()) or {}
-    body = {k: v for k, v in data.items() if k not in LOCAL_ONLY_FIELDS}
+    body = {k: v for k, v in upgrade_spec_dict(data).items() if k not in LOCAL_ONLY_FIELDS}
     try:  # what YAML has and JSON has not (dates, NaN) in the fields checked later (calibration)
         json.dumps(body, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -188,12 +268,14 @@ def wait_for_job(client: TmpqClient, job: Mapping[str, Any], *, poll_s: float, a
         def on_progress(current: dict[str, Any]) -> None:
             progress = current["progress"]
             generation = progress.get("generation")
+            activity = _job_activity(current)
+            searching = (progress.get("activity") or {}).get("stage") == "searching"
             bar.update(
                 task,
                 total=progress.get("generations"),
                 completed=0 if generation is None else generation + 1,
                 state=current["state"],
-                info=_progress_text(progress),
+                info=activity if activity and not searching else _progress_text(progress),
             )
 
         try:
@@ -244,23 +326,28 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
 
     items = page["items"]
     table = Table(title=f"{len(items)} of {page['total']} jobs (newest first)")
-    for col in ("id", "state", "model", "algorithm", "generation", "evaluated", "failed", "front", "HV", "created"):
-        left = col in ("state", "model", "algorithm", "created")
+    columns = ["id", "state", "model", "algorithm", "generation", "evaluated", "failed", "front", "HV", "created"]
+    activities = [_job_activity(job) for job in items]
+    if any(activities):
+        columns.append("activity")
+    for col in columns:
+        left = col in ("state", "model", "algorithm", "created", "activity")
         table.add_column(col, justify="left" if left else "right", no_wrap=col in ("id", "state", "created"))
-    for job in items:
+    for job, activity in zip(items, activities, strict=True):
         progress, spec = job["progress"], job["spec"]
         state = job["state"] + (" (cancelling)" if job["cancel_requested"] and job["state"] == "RUNNING" else "")
         table.add_row(
             str(job["id"]),
             state,
             _model_name(spec),
-            str(spec.get("algorithm", "-")),
+            str(spec_value(spec, "search.algorithm", "-")),
             _generation_text(progress),
             str(progress["evaluated"]),
             str(progress["failed"]),
             str(progress["front_size"]),
             _fmt(progress["hypervolume"]),
             _when(job["created_at"]),
+            *([activity or ""] if "activity" in columns else []),
         )
     _console().print(table)
     return EXIT_OK
@@ -278,10 +365,13 @@ def _print_job(job: Mapping[str, Any]) -> None:
         ("job", str(job["id"])),
         ("state", state),
         ("submission id", job.get("submission_id") or "-"),
-        ("model", str(spec.get("model", "-"))),
-        ("algorithm", f"{spec.get('algorithm', '-')}, population {spec.get('population', '-')}"),
-        ("objective", str(spec.get("objective", "-"))),
-        ("budget", str(spec.get("budget")) if spec.get("budget") is not None else "-"),
+        ("model", str(spec_value(spec, "model.path", "-"))),
+        (
+            "algorithm",
+            f"{spec_value(spec, 'search.algorithm', '-')}, population {spec_value(spec, 'search.population', '-')}",
+        ),
+        ("objective", str(spec_value(spec, "evaluation.objective", "-"))),
+        ("budget", _fmt(spec_value(spec, "search.budget"), "")),
         ("generation", _generation_text(progress)),
         ("evaluated", f"{progress['evaluated']} ({progress['failed']} failed)"),
         ("front", f"{progress['front_size']} points"),
@@ -290,10 +380,15 @@ def _print_job(job: Mapping[str, Any]) -> None:
         ("started", _when(job.get("started_at"))),
         ("finished", _when(job.get("finished_at"))),
     ]
+    activity = _job_activity(job)
+    if activity:
+        rows.append(("activity", activity))
     if job.get("runner"):
         rows.append(("runner", f"{job['runner']} (attempt {job.get('attempts')})"))
     if job.get("error"):
         rows.append(("error", str(job["error"])))
+    for warning in job.get("warnings") or ():
+        rows.append(("warning", str(warning)))
     for name, value in rows:
         grid.add_row(name, value)
     _console().print(grid)
@@ -344,7 +439,7 @@ def fp_bitops(client: TmpqClient, job: Mapping[str, Any]) -> float | None:
     BitOps = Σ MACs · b_w · b_a · K, so any uniform WbAb baseline (the search seeds them in generation 0) gives
     Σ MACs exactly. ``None`` when no baseline is stored yet.
     """
-    steps = job["spec"].get("steps")
+    steps = spec_value(job["spec"], "search.steps")
     k_max = max(steps) if isinstance(steps, list) and steps else steps
     if not isinstance(k_max, int):
         return None
@@ -356,8 +451,9 @@ def fp_bitops(client: TmpqClient, job: Mapping[str, Any]) -> float | None:
     return None
 
 
-def print_front(front: Mapping[str, Any], job: Mapping[str, Any], *, console: Console | None = None,
-                fp_cost: float | None = None) -> None:
+def print_front(
+    front: Mapping[str, Any], job: Mapping[str, Any], *, console: Console | None = None, fp_cost: float | None = None
+) -> None:
     """The front as a rich table: key, K, timesteps, bits, quality, PSNR, the re-scored FDD (when any point has
     it), GBitOps, the relative cost (BitOps / ``fp_cost``, the FP model at the largest K, when given) and whether
     the point is a uniform baseline; the knee (if asked) marked."""
@@ -366,12 +462,13 @@ def print_front(front: Mapping[str, Any], job: Mapping[str, Any], *, console: Co
     items: Sequence[Mapping[str, Any]] = front["items"]
     knee = front.get("knee")
     knee_key = knee["key"] if knee else None
-    objective = str(job["spec"].get("objective", "quality"))
+    objective = str(spec_value(job["spec"], "evaluation.objective", "quality"))
     generation = front.get("generation")
     after = f"generation {generation + 1}" if generation is not None else "no generation yet"
     table = Table(
         title=f"job {job['id']} ({job['state']}, {after}): {front['count']} front points",
-        caption=f"quality = {objective} (lower is better); GBitOps = 1e9 BitOps",
+        caption=f"quality = {objective} (lower is better); GBitOps = 1e9 BitOps"
+        + (f"; {', '.join(front['fp_components'])} in floating point" if front.get("fp_components") else ""),
     )
 
     def has(name: str) -> bool:
@@ -391,10 +488,20 @@ def print_front(front: Mapping[str, Any], job: Mapping[str, Any], *, console: Co
     ]
     if has("fdd_rescored"):
         columns.append(("FDD re-scored", lambda p: _fmt(p["objectives"].get("fdd_rescored"), ".4g"), False, False))
+    for name, header in (("prompt_accuracy_rescored", "prompt acc. re-scored"), ("prompt_accuracy", "prompt acc.")):
+        if has(name):  # the re-scored share (more samples) when there is one
+            columns.append((header, lambda p, name=name: _fmt(p["objectives"].get(name), ".3f"), False, False))
+            break
     columns.append(("GBitOps", lambda p: _gbitops(p.get("bitops")), False, True))
     if fp_cost:
-        columns.append(("rel. cost", lambda p: _fmt(p["bitops"] / fp_cost if p.get("bitops") is not None else None,
-                                                     ".3g"), False, False))
+        columns.append(
+            (
+                "rel. cost",
+                lambda p: _fmt(p["bitops"] / fp_cost if p.get("bitops") is not None else None, ".3g"),
+                False,
+                False,
+            )
+        )
     elif has("relative_cost"):
         columns.append(("rel. cost", lambda p: _fmt(p["objectives"].get("relative_cost"), ".3g"), False, False))
     columns.append(("is_baseline", lambda p: "yes" if p.get("is_baseline") else "", True, False))
@@ -549,7 +656,8 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
         description="Export a candidate of a job as a directory diffusers-style code can load: the UNet with the "
         "candidate's quantized weights (packed integer codes + scales, safetensors), the per-site bit-widths and "
         "activation parameters per timestep, a DDIM scheduler config with the candidate's timesteps, and a manifest. "
-        "The server builds it from the job's calibrated supernet. Load it with supernet.export.load(DIR).",
+        "The server builds it from the job's calibrated supernet (this needs the server's write token, --token or "
+        "$TMPQ_API_TOKEN, when it has one). Load it with supernet.export.load(DIR).",
     )
     p.add_argument("job", type=int, metavar="JOB", help="the job id")
     p.add_argument("candidate", metavar="CANDIDATE", help="a candidate key, or 'knee' (the knee of the job's front)")

@@ -441,14 +441,15 @@ class TmpqClient:
     ) -> Path:
         """Export a candidate as a runnable quantized model into the directory ``out_dir``; returns it.
 
-        The server builds the export (the first time: seconds) and sends it as a zip; it is unpacked here into
-        ``out_dir`` (created; it must not exist or be empty unless ``overwrite``), ready for
-        ``supernet.export.load(out_dir)``. ``key`` may be ``"knee"``: the knee point of the job's current front.
+        The server builds the export (``POST .../export``: the first time takes seconds; it needs the write token
+        when the server has one) and sends it as a zip; it is unpacked here into ``out_dir`` (created; it must not
+        exist or be empty unless ``overwrite``), ready for ``supernet.export.load(out_dir)``. ``key`` may be
+        ``"knee"``: the knee point of the job's current front.
 
         Raises:
             ConfigError: ``out_dir`` is not empty (checked before anything is sent).
-            ApiError: 404 for an unknown job or candidate, 409 when the job's model or calibrated supernet is not on
-                the server.
+            ApiError: 401/403 without the server's token, 404 for an unknown job or candidate, 409 when the job's
+                model or calibrated supernet is not on the server.
         """
         out = Path(out_dir)
         _check_out_dir(out, overwrite)
@@ -463,11 +464,11 @@ class TmpqClient:
         tmp.mkdir()
         try:
             archive = tmp / "export.zip"
-            self._download(path, archive, timeout)
+            self._download("POST", path, archive, timeout)
             try:
                 exported = _unpack_export(archive, tmp / "unpacked")
             except zipfile.BadZipFile as exc:
-                raise TmpqError(f"the server's answer to GET {path} is not a zip archive: {exc}") from None
+                raise TmpqError(f"the server's answer to POST {path} is not a zip archive: {exc}") from None
             if out.exists():
                 shutil.rmtree(out)
             os.replace(exported, out)
@@ -475,10 +476,10 @@ class TmpqClient:
             shutil.rmtree(tmp, ignore_errors=True)
         return out
 
-    def _download(self, path: str, dest: Path, timeout: float) -> None:
-        """Stream ``GET path`` into the file ``dest`` (errors as in :meth:`_request`)."""
+    def _download(self, method: str, path: str, dest: Path, timeout: float) -> None:
+        """Stream the answer to ``method path`` into the file ``dest`` (errors as in :meth:`_request`)."""
         try:
-            with self._http.stream("GET", path, headers={"Accept": "application/zip"}, timeout=timeout) as response:
+            with self._http.stream(method, path, headers={"Accept": "application/zip"}, timeout=timeout) as response:
                 if response.is_error:
                     response.read()
                     raise ApiError.from_response(response)

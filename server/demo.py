@@ -23,20 +23,43 @@ from server.settings import DEFAULT_MODEL_ROOT as MODEL_ROOT
 
 #: The demo's search: the shipped testbed, 5 or 10 steps, 4/6/8-bit blocks, a small NSGA-II run.
 DEMO_JOB: dict[str, Any] = {
-    "model": "digits-ddpm-16",
-    "bit_options": [4, 6, 8],
-    "steps": [5, 10],
-    "granularity": "block",
-    "objective": "mse",
-    "samples": 32,
-    "reference_steps": 50,
-    "rescore_samples": 256,
-    "algorithm": "nsga2",
-    "population": 12,
-    "generations": 4,
-    "seed": 0,
-    "ray": {"num_actors": 2, "num_cpus": 1, "threads_per_actor": 1},
+    "version": 2,
+    "model": {"path": "digits-ddpm-16"},
+    "search": {
+        "bit_options": [4, 6, 8],
+        "steps": [5, 10],
+        "granularity": "block",
+        "algorithm": "nsga2",
+        "population": 12,
+        "generations": 4,
+        "seed": 0,
+    },
+    "evaluation": {"objective": "mse", "samples": 32, "reference_steps": 50, "rescore_samples": 256},
+    "execution": {"ray": {"num_actors": 2, "num_cpus": 1, "threads_per_actor": 1}},
 }
+
+
+#: The text-to-image demo (``tmpq demo --model digits-sd``): the shipped digits-sd testbed, its ten prompts at its
+#: guidance, DPM-Solver++ at 4 or 8 steps.
+DEMO_T2I_JOB: dict[str, Any] = {
+    "version": 2,
+    "model": {"path": "digits-sd"},
+    "search": {
+        "bit_options": [4, 6, 8],
+        "steps": [4, 8],
+        "granularity": "block",
+        "solver": "dpmsolver++",
+        "algorithm": "nsga2",
+        "population": 12,
+        "generations": 3,
+        "seed": 0,
+    },
+    "evaluation": {"objective": "mse", "samples": 20, "reference_steps": 25, "rescore_samples": 200},
+    "execution": {"ray": {"num_actors": 2, "num_cpus": 1, "threads_per_actor": 1}},
+}
+
+#: The demo job of each model ``tmpq demo --model`` takes.
+DEMO_JOBS: dict[str, dict[str, Any]] = {"digits-ddpm-16": DEMO_JOB, "digits-sd": DEMO_T2I_JOB}
 
 
 class DemoError(TmpqError):
@@ -57,8 +80,12 @@ def start_server(data_dir: Path, log_path: Path) -> tuple[subprocess.Popen[bytes
         env.pop(name, None)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port)], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     client = TmpqClient(url)
     deadline = time.monotonic() + 60
@@ -77,16 +104,15 @@ def start_server(data_dir: Path, log_path: Path) -> tuple[subprocess.Popen[bytes
 def supernet_source(spec: dict[str, Any], data_dir: Path) -> str:
     """How the job's calibrated supernet will be had: from the data directory's cache, shipped with the model
     (``tmpq zoo ship-supernet``), or calibrated by this run."""
-    from search.spec import SearchSpec
-    from supernet.artifact import SHIPPED_DIR, artifact_name
-    from supernet.calibration.settings import CalibrationSettings
-    from supernet.settings import SupernetSettings
-    from supernet.zoo.modeldir import model_hash
+    from supernet.artifact import SHIPPED_DIR
+    from supernet.identity import supernet_artifact_name
+    from workers.jobspec import validate_job
 
-    job = SearchSpec.from_dict(spec)
-    model = MODEL_ROOT / job.model
-    bits = sorted(b for b in job.bit_options if 2 <= b <= 8)
-    name = artifact_name(model_hash(model), bits, SupernetSettings(), CalibrationSettings.from_dict(job.calibration))
+    job = validate_job(spec, MODEL_ROOT)
+    model = Path(job.model.path)
+    name = supernet_artifact_name(
+        model, job.search.bit_options, job.calibration, condition_key=job.model.condition_key()
+    )
     if (data_dir / "supernets" / name).is_dir():
         return f"the supernet is already calibrated in {data_dir / 'supernets' / name}"
     if (model / SHIPPED_DIR / name).is_dir():
@@ -104,6 +130,9 @@ class KneeExport:
         grid: the PNG grid of samples drawn from the export.
         psnr_db: PSNR of those samples against the FP model at 100 steps from the same noise.
         identical: whether they equal the supernet's assembled knee candidate's samples bit for bit.
+        pipeline_grid: for a text-to-image model, the grid drawn by calling the export's diffusers pipeline with
+            each prompt (``None`` otherwise).
+        pipeline_max_diff: the largest difference between those images and tmpq's sampler's on the same noise.
     """
 
     directory: Path
@@ -111,36 +140,68 @@ class KneeExport:
     grid: Path
     psnr_db: float
     identical: bool
+    pipeline_grid: Path | None = None
+    pipeline_max_diff: float | None = None
 
 
-def export_and_sample_knee(client: TmpqClient, job: dict[str, Any], knee: dict[str, Any], out: Path,
-                           data_dir: Path, samples: int = 64, seed: int = 123) -> KneeExport:
+def export_and_sample_knee(
+    client: TmpqClient,
+    job: dict[str, Any],
+    knee: dict[str, Any],
+    out: Path,
+    data_dir: Path,
+    samples: int = 64,
+    seed: int = 123,
+) -> KneeExport:
     """Export the knee through the API into ``out/knee-export``, load it with :func:`supernet.export.load`, sample
     ``samples`` images from it, and compare them with the FP model and with the supernet's assembled knee."""
     import torch
 
     from search.candidate import Candidate
-    from search.spec import SearchSpec
     from supernet.export import load
     from supernet.images import save_grid
     from supernet.metrics import psnr
     from supernet.sampling import uniform_schedule
     from workers.driver import DriverOptions, prepare_job
+    from workers.jobspec import JobSpec
 
     directory = client.export(job["id"], knee["key"], out / "knee-export", overwrite=True)
     pipe = load(directory)
     images = pipe.sample(samples, seed=seed)
     grid = save_grid(images, out / "knee_samples.png", ncol=8)
+    pipeline_grid, pipeline_diff = None, None
+    conditioning = getattr(pipe.model, "conditioning", None)
+    if conditioning is not None:  # the export as the diffusers pipeline a user runs, on the same noise and prompts
+        from supernet.sampling import make_noise
+
+        n = min(samples, 4 * len(conditioning.prompts))
+        prompts = [conditioning.prompts[i] for i in conditioning.prompt_index(n)]
+        drawn = pipe.pipeline(
+            prompts,
+            latents=make_noise(n, pipe.model.sample_shape, seed),
+            guidance_scale=conditioning.guidance_scale,
+            negative_prompt=[conditioning.negative_prompt] * n if conditioning.negative_prompt else None,
+            output_type="pt",
+        ).images
+        pipeline_grid = save_grid(drawn * 2 - 1, out / "knee_pipeline.png", ncol=len(conditioning.prompts))
+        pipeline_diff = float((drawn - (images[:n] * 0.5 + 0.5)).abs().max())
 
     os.environ["TMPQ_DATA_DIR"] = str(data_dir)  # the cache the server's runner filled
-    model = Path(job["spec"]["model"])
-    spec = SearchSpec.from_dict({**job["spec"], "model": str(model if model.is_absolute() else MODEL_ROOT / model)})
+    spec = JobSpec.from_dict(job["spec"]).resolved(MODEL_ROOT)
     prepared = prepare_job(spec, DriverOptions())
     candidate = Candidate.from_dict(knee["candidate"])
-    sampler = prepared.model.sampler(batch_size=64)
+    sampler = prepared.model.sampler(batch_size=64, solver=spec.search.solver)
     with torch.no_grad(), prepared.supernet.assembled(candidate):
         direct = sampler.sample(candidate.timesteps, samples, seed=seed)
     schedule = uniform_schedule(100, prepared.model.num_train_timesteps)
     with prepared.supernet.assembled(prepared.supernet.uniform(32, 32, schedule)):
         reference = sampler.sample(schedule, samples, seed=seed)
-    return KneeExport(directory, pipe.manifest, grid, psnr(images, reference), torch.equal(images, direct))
+    return KneeExport(
+        directory,
+        pipe.manifest,
+        grid,
+        psnr(images, reference),
+        torch.equal(images, direct),
+        pipeline_grid,
+        pipeline_diff,
+    )

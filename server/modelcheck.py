@@ -19,6 +19,8 @@ class ModelInfo:
 
     path: Path
     num_train_timesteps: int
+    #: The model's components that stay in floating point (a text-to-image model's text encoder and VAE).
+    fp_components: tuple[str, ...] = ()
 
 
 def resolve_model_path(model: str, root: Path) -> Path:
@@ -43,4 +45,4 @@ def resolve_model_path(model: str, root: Path) -> Path:
 def check_model_dir(model: str, root: Path) -> ModelInfo:
     """Validate a job's model directory (see the module docstring); raises :class:`ModelLoadError` naming ``model``."""
     checked = check_diffusers_dir(resolve_model_path(model, root), shown=model)
-    return ModelInfo(checked.path, checked.num_train_timesteps)
+    return ModelInfo(checked.path, checked.num_train_timesteps, checked.model_kind.fp_components)

@@ -1,6 +1,7 @@
 """The store's schema: SQLAlchemy 2.0 typed models.
 
-- ``jobs``: one row per search job (spec, state, progress, lease, cancel flag).
+- ``jobs``: one row per search job (spec, state, progress, lease, cancel flag, and what a RUNNING job is doing now:
+  ``activity``, its driver's last report, with ``activity_at``).
 - ``candidates``: one row per evaluated candidate, unique per (job, key), with the front-query columns
   (``quality``, ``bitops``, ``weight_bytes``, ``steps``) as real indexed columns and a stored non-dominated flag.
 - ``objective_values``: one row per (candidate, objective name): every metric, core and extra.
@@ -99,6 +100,9 @@ class JobModel(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    activity: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    activity_at: Mapped[datetime | None] = mapped_column(DateTime)
+    warnings: Mapped[list[str] | None] = mapped_column(JSON)
 
     @classmethod
     def find_or_raise(cls, session: Session, job_id: int, *, for_update: bool = False) -> JobModel:

@@ -14,7 +14,9 @@ from server.models import JobState
 @dataclass(frozen=True)
 class JobRecord:
     """A job as stored: spec, state, progress and lease. ``results_version`` goes up with every stored generation
-    (candidates, front and hypervolume only change then)."""
+    (candidates, front and hypervolume only change then). ``activity`` is what a RUNNING job's driver last reported
+    it is doing (``workers.protocol.Activity``), at ``activity_at``; None once the job left RUNNING. ``warnings`` are
+    what its driver warned about and went on anyway (kept for good, oldest first)."""
 
     id: int
     submission_id: str | None
@@ -35,6 +37,9 @@ class JobRecord:
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    activity: dict[str, Any] | None = None
+    activity_at: datetime | None = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def terminal(self) -> bool:
@@ -64,6 +69,9 @@ class JobRecord:
             updated_at=row["updated_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],
+            activity=dict(row["activity"]) if isinstance(row.get("activity"), Mapping) else None,
+            activity_at=row.get("activity_at"),
+            warnings=tuple(str(w) for w in row.get("warnings") or ()),
         )
 
 

@@ -24,7 +24,8 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from search.candidate import Candidate
 from search.errors import InvalidCandidate, StoreError, TmpqError
@@ -32,6 +33,7 @@ from search.evaluator import Evaluation
 from server.execution import ExecuteFn, execute_job
 from server.models import JobState
 from server.records import JobRecord
+from server.samples import samples_dir, write_samples
 from server.settings import Settings
 from server.store import Store
 from workers.protocol import (
@@ -44,7 +46,7 @@ from workers.protocol import (
 )
 
 if TYPE_CHECKING:
-    from search.spec import SearchSpec
+    from workers.jobspec import JobSpec
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +70,25 @@ class _JobControl:
 class StoreJobSink:
     """The :class:`~workers.protocol.JobSink` a runner hands the driver: stores generations under its lease."""
 
-    def __init__(self, store: Store, job_id: int, owner: str, control: _JobControl | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        job_id: int,
+        owner: str,
+        control: _JobControl | None = None,
+        *,
+        data_dir: str | Path | None = None,
+        created_at: str | None = None,
+    ) -> None:
         self._store = store
         self._job_id = job_id
         self._owner = owner
         self._control = control if control is not None else _JobControl(job_id)
+        self._data_dir = data_dir
+        self._created_at = created_at
         self.interrupted: JobInterrupted | None = None
+        if data_dir is None:  # without a place for them, the driver does not draw sample grids
+            self.on_samples = None  # type: ignore[method-assign]
 
     @property
     def job_id(self) -> int:
@@ -121,6 +136,40 @@ class StoreJobSink:
         logger.info("job %d: stored the re-scoring of %d front points", self._job_id, len(evaluations))
         self.raise_if_interrupted()
 
+    def on_samples(self, samples: Mapping[str, Any]) -> None:
+        """Store the job's sample grids (``workers.samples``) under the data directory (``server.samples``), best
+        effort: a write error is logged. Then raise :class:`JobInterrupted` if the job must stop."""
+        assert self._data_dir is not None
+        try:
+            write_samples(samples_dir(self._data_dir, self._job_id), samples, self._created_at or "")
+        except (OSError, ValueError) as exc:
+            logger.warning("job %d: could not store its sample grids: %s", self._job_id, exc)
+        self.raise_if_interrupted()
+
+    def on_warning(self, message: str) -> None:
+        """Keep a line the job warned about with the job (``GET /jobs/{id}``: ``warnings``), best effort like
+        :meth:`on_progress`; then raise :class:`JobInterrupted` if the job must stop."""
+        try:
+            held = self._store.add_warning(self._job_id, message, owner=self._owner)
+        except TmpqError as exc:
+            logger.warning("job %d: could not store a warning: %s", self._job_id, exc)
+        else:
+            if not held:
+                self._control.lost = True
+        self.raise_if_interrupted()
+
+    def on_progress(self, activity: Mapping[str, object]) -> None:
+        """Store what the job is doing now (``workers.protocol.Activity``; shown by ``GET /jobs/{id}``), best
+        effort: a storage error is logged, not raised. Then raise :class:`JobInterrupted` if the job must stop."""
+        try:
+            held = self._store.set_activity(self._job_id, activity, owner=self._owner)
+        except TmpqError as exc:  # StoreError, or NotFound for a job deleted meanwhile
+            logger.warning("job %d: could not store its activity: %s", self._job_id, exc)
+        else:
+            if not held:
+                self._control.lost = True
+        self.raise_if_interrupted()
+
     def raise_if_interrupted(self) -> None:
         """Raise if the job lost its lease, was cancelled, or this runner is stopping (checks cached flags)."""
         control = self._control
@@ -161,7 +210,11 @@ class JobRunner:
     ) -> None:
         self.store = store
         self.settings = settings
-        self.execute: ExecuteFn = execute if execute is not None else partial(execute_job, evaluator=settings.evaluator)
+        self.execute: ExecuteFn = (
+            execute
+            if execute is not None
+            else partial(execute_job, evaluator=settings.evaluator, ray_address=settings.ray_address)
+        )
         self.owner = owner or default_owner_id()
         self._active: dict[int, _JobControl] = {}
         self._lock = threading.Lock()
@@ -287,7 +340,14 @@ class JobRunner:
         thread.start()
 
     def _run(self, job: JobRecord, control: _JobControl) -> None:
-        sink = StoreJobSink(self.store, job.id, self.owner, control)
+        sink = StoreJobSink(
+            self.store,
+            job.id,
+            self.owner,
+            control,
+            data_dir=self.settings.data_dir,
+            created_at=job.created_at.isoformat(),
+        )
         try:
             logger.info("runner %s: running job %d (attempt %d)", self.owner, job.id, job.attempts)
             control.cancelled = job.cancel_requested
@@ -314,13 +374,10 @@ class JobRunner:
                 self._active.pop(job.id, None)
             self._wake.set()
 
-    def _spec(self, job: JobRecord) -> SearchSpec:
-        from search.spec import SearchSpec
+    def _spec(self, job: JobRecord) -> JobSpec:
+        from workers.jobspec import JobSpec
 
-        spec = SearchSpec.from_dict(job.spec)
-        if self.settings.ray_address and not spec.ray.get("address"):
-            spec = spec.replace(ray={**spec.ray, "address": self.settings.ray_address})
-        return spec
+        return JobSpec.from_dict(job.spec)  # a stored version-1 spec is upgraded on read
 
     def _finish(self, job_id: int, state: JobState, error: str | None = None) -> None:
         try:

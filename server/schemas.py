@@ -5,21 +5,29 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints
 
-from search.spec import ALGORITHMS, GRANULARITIES, GROUPINGS, OBJECTIVES
+from search.spec import ALGORITHMS, GRANULARITIES, GROUPINGS, SOLVERS
 from server.baselines import DEFAULT_NUM_TRAIN_TIMESTEPS, is_uniform_baseline
 from server.models import JobState
 from server.records import CandidateRecord, HypervolumePoint, JobRecord
+from workers.evaluation_settings import OBJECTIVES
+from workers.jobspec import upgrade_spec_dict
 
 SubmissionId = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=128, pattern=r"^[\w.:@/+-]+$")]
 
 
-class JobSubmission(BaseModel):
-    """A search job: a search spec (see ``search.spec.SearchSpec``) plus an optional idempotency key.
+Section = dict[str, Any]
 
-    Omitted fields take the spec's defaults. Every field is checked before the job is stored: a bad value is a 422
-    naming it, a model directory outside the model root or not a diffusers UNet2DModel checkpoint is a 400.
+
+class JobSubmission(BaseModel):
+    """A search job: its spec in sections (see ``workers.jobspec.JobSpec``) plus an optional idempotency key.
+
+    Each section is validated by the package that owns it, once, here, before the job is stored: an unknown key, a
+    wrong type or a value out of range anywhere (inside ``calibration`` too), or a combination the model cannot run
+    (``evaluation.objective: fdd`` without a feature extractor, more steps than the model's training timesteps), is
+    a 422 whose ``loc`` names the dotted field; a model directory outside the model root or not a supported diffusers
+    checkpoint is a 400. Omitted sections and fields take their defaults.
     """
 
     model_config = ConfigDict(
@@ -27,49 +35,53 @@ class JobSubmission(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "model": "digits-ddpm-16",
-                    "bit_options": [4, 6, 8],
-                    "steps": [8, 10],
-                    "objective": "mse",
-                    "budget": "W6A6@10",
-                    "algorithm": "nsga2",
-                    "population": 20,
-                    "generations": 10,
-                    "samples": 64,
-                    "seed": 0,
-                    "ray": {"num_actors": 2},
+                    "version": 2,
+                    "model": {"path": "digits-ddpm-16"},
+                    "search": {
+                        "bit_options": [4, 6, 8],
+                        "steps": [8, 10],
+                        "budget": "W6A6@10",
+                        "algorithm": "nsga2",
+                        "population": 20,
+                        "generations": 10,
+                        "seed": 0,
+                    },
+                    "calibration": {"strategy": "tcaq"},
+                    "evaluation": {"objective": "mse", "samples": 64, "reference_steps": 100},
+                    "execution": {"ray": {"num_actors": 2}},
                     "submission_id": "my-search-001",
                 }
             ]
         },
     )
 
-    model: StrictStr = Field(description="Model directory, absolute or relative to the server's model root.")
-    version: StrictInt | None = Field(default=None, description="Spec format version (1).")
-    bit_options: StrictInt | list[StrictInt] | None = Field(
-        default=None, description="Bit-widths the precision genes choose among (2..8, or 16 for FP). Default 5-8."
+    version: StrictInt | None = Field(default=None, description="Spec format version (2; 1 is the older flat one).")
+    model: StrictStr | Section = Field(
+        description="The model: a directory (absolute or relative to the server's model root), or a mapping with "
+        "`path`, `device` (auto, cpu, cuda, cuda:N), `dtype` (float32), and for text-to-image models `prompts` (a "
+        "list; default: the model's prompts.txt) or `prompts_file`, `guidance_scale` (default: the model's, else "
+        "7.5), `negative_prompt`, `images_per_prompt`."
     )
-    steps: StrictInt | list[StrictInt] | None = Field(
-        default=None, description="Step count K, or a set of them (then K is searched too). Default 10."
+    search: Section | None = Field(
+        default=None,
+        description="`bit_options` (2..8, 16 = FP), `steps` (K, one or several), `grouping` "
+        f"({', '.join(GROUPINGS)}), `granularity` ({', '.join(GRANULARITIES)}), `solver` ({', '.join(SOLVERS)}), "
+        "`budget` (BitOps or 'W6A6@10'), "
+        f"`algorithm` ({', '.join(ALGORITHMS)}), `population` (2..1000), `generations` (1..1000), `seed`.",
     )
-    grouping: StrictStr | None = Field(default=None, description=f"Timestep grouping: one of {list(GROUPINGS)}.")
-    granularity: StrictStr | None = Field(
-        default=None, description=f"Precision gene granularity: one of {list(GRANULARITIES)}."
+    calibration: Section | None = Field(
+        default=None, description="Supernet calibration settings (`supernet.calibration.settings`), e.g. `strategy`."
     )
-    objective: StrictStr | None = Field(default=None, description=f"Quality objective: one of {list(OBJECTIVES)}.")
-    samples: StrictInt | None = Field(default=None, description="Samples per candidate evaluation.")
-    rescore_samples: StrictInt | None = Field(default=None, description="Samples to re-score the final front.")
-    reference_steps: StrictInt | None = Field(default=None, description="Steps of the FP reference schedule.")
-    budget: StrictFloat | StrictInt | StrictStr | None = Field(
-        default=None, description="BitOps budget: a number, or the cost of a uniform setting such as 'W6A6@10'."
+    evaluation: Section | None = Field(
+        default=None,
+        description=f"`objective` ({', '.join(OBJECTIVES)}), `samples` (2..10000), `reference_steps` (≤ the model's "
+        "training timesteps), `rescore_samples` (0..50000; default 1024 with a feature extractor, else 0), "
+        "`batch_size`.",
     )
-    algorithm: StrictStr | None = Field(default=None, description=f"Search algorithm: one of {list(ALGORITHMS)}.")
-    population: StrictInt | None = Field(default=None, description="Candidates per generation.")
-    generations: StrictInt | None = Field(default=None, description="Number of generations.")
-    seed: StrictInt | None = Field(default=None, description="Seed of the search.")
-    calibration: dict[str, Any] | None = Field(default=None, description="Calibration settings (supernet).")
-    ray: dict[str, Any] | None = Field(
-        default=None, description="Ray resources: address, num_actors, num_cpus, num_gpus, threads_per_actor."
+    execution: Section | None = Field(
+        default=None,
+        description="`ray`: the job's Ray resources (`num_actors`, `num_cpus`, `num_gpus`, `threads_per_actor`, "
+        "`task_timeout_s`, `max_retries`, `candidates_per_task`); the cluster is the operator's.",
     )
     submission_id: SubmissionId | None = Field(
         default=None,
@@ -78,7 +90,7 @@ class JobSubmission(BaseModel):
     )
 
     def spec_dict(self) -> dict[str, Any]:
-        """The fields the client set, minus ``submission_id``: the input of ``SearchSpec.from_dict``."""
+        """The fields the client set, minus ``submission_id``: the input of ``JobSpec.from_dict``."""
         return self.model_dump(exclude_unset=True, exclude={"submission_id"})
 
 
@@ -95,6 +107,36 @@ class Progress(BaseModel):
     failed: int = Field(description="Evaluations that failed so far.")
     front_size: int = Field(description="Points on the current Pareto front.")
     hypervolume: float | None = Field(description="Hypervolume of the current front.")
+    activity: dict[str, Any] | None = Field(
+        default=None,
+        description="What a RUNNING job is doing now, as its driver last reported it (about once a second); null "
+        "before its first report and once the job left RUNNING. ``stage``: loading, calibrating, searching or "
+        "rescoring; ``message``: one line for people; ``calibration``: null, or where the calibration of the job's "
+        "supernet is: ``source`` (cache, shipped or calibrating), ``bits``, ``bit_index`` (from 0) of "
+        "``bit_count``, ``phase``, ``round``, ``step`` of ``total``, ``elapsed_s``, ``eta_s`` (null: unknown). "
+        "Other keys may appear (kept as reported; at most 4 KiB in all).",
+        json_schema_extra={
+            "examples": [
+                {
+                    "stage": "calibrating",
+                    "message": "W6 (2/3): reconstruction 7/12, round 1",
+                    "calibration": {
+                        "source": "calibrating",
+                        "bits": 6,
+                        "bit_index": 1,
+                        "bit_count": 3,
+                        "phase": "reconstruction",
+                        "round": 1,
+                        "step": 7,
+                        "total": 12,
+                        "elapsed_s": 80.0,
+                        "eta_s": 180.0,
+                    },
+                }
+            ]
+        },
+    )
+    activity_at: datetime | None = Field(default=None, description="When ``activity`` was reported (UTC).")
 
 
 class JobOut(BaseModel):
@@ -107,6 +149,11 @@ class JobOut(BaseModel):
     spec: dict[str, Any]
     progress: Progress
     error: str | None = Field(description="Why the job FAILED.")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What the job warned about and went on anyway, oldest first (e.g. a prompt longer than the "
+        "text encoder takes, truncated as diffusers truncates it). Kept after the job ends.",
+    )
     attempts: int = Field(description="How many times a runner claimed it (more than 1 after a takeover).")
     runner: str | None = Field(description="Owner of the current lease (RUNNING jobs).")
     lease_expires_at: datetime | None
@@ -117,13 +164,15 @@ class JobOut(BaseModel):
 
     @classmethod
     def from_record(cls, job: JobRecord) -> JobOut:
-        generations = job.spec.get("generations")
+        spec = upgrade_spec_dict(job.spec)  # jobs stored before the spec had sections read the same
+        search = spec.get("search")
+        generations = search.get("generations") if isinstance(search, dict) else None
         return cls(
             id=job.id,
             submission_id=job.submission_id,
             state=job.state,
             cancel_requested=job.cancel_requested,
-            spec=job.spec,
+            spec=spec,
             progress=Progress(
                 generation=job.generation,
                 generations=generations if isinstance(generations, int) else None,
@@ -131,8 +180,11 @@ class JobOut(BaseModel):
                 failed=job.failed,
                 front_size=job.front_size,
                 hypervolume=job.hypervolume,
+                activity=job.activity,
+                activity_at=_utc(job.activity_at),
             ),
             error=job.error,
+            warnings=list(job.warnings),
             attempts=job.attempts,
             runner=job.lease_owner,
             lease_expires_at=_utc(job.lease_expires_at),
@@ -219,6 +271,11 @@ class FrontOut(BaseModel):
         default=None,
         description="With ``knee=true``: the knee of these points (max distance to the line between "
         "the extremes in normalised (log BitOps, quality) space); null otherwise or when empty.",
+    )
+    fp_components: list[str] = Field(
+        default_factory=list,
+        description="The model's components that every point keeps in floating point (a text-to-image model's "
+        "text encoder and VAE); the points quantize the denoiser only.",
     )
 
 

@@ -58,8 +58,8 @@ class Settings(BaseSettings):
     poll_seconds: float = Field(default=1.0, gt=0, description="How often an idle runner looks for PENDING jobs.")
     ray_address: str | None = Field(
         default=None,
-        description="Ray cluster address handed to jobs whose spec names none (``ray.address``); unset: the driver "
-        "decides (a local Ray).",
+        description="The operator's Ray cluster address, used by every job (a job spec cannot name one); unset: "
+        "each job starts a local Ray.",
     )
     evaluator: Literal["ray", "inprocess"] = Field(
         default="ray",
@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Address ``tmpq serve`` listens on.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port ``tmpq serve`` listens on.")
+    max_body_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        le=2**40,
+        description="Largest request body the API accepts, in bytes (default 1 MiB); a larger one is answered 413 "
+        "before it is parsed or stored, a chunked one as soon as it streams past the limit.",
+    )
     sqlite_busy_timeout_ms: int = Field(
         default=30_000, ge=0, description="How long a SQLite writer waits for the database lock before failing."
     )

@@ -21,7 +21,21 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, and_, case, create_engine, delete, event, func, insert, or_, select, text, update
+from sqlalchemy import (
+    Engine,
+    and_,
+    case,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    null,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -54,6 +68,27 @@ CORE_OBJECTIVES = ("quality", "bitops", "weight_bytes", "steps")
 #: Columns the front may be sorted by.
 FRONT_SORT_KEYS = ("bitops", "quality", "weight_bytes", "steps")
 
+#: Most warnings a job keeps, and the longest line of one.
+MAX_WARNINGS = 50
+MAX_WARNING_CHARS = 500
+#: Largest stored activity report (its JSON, in bytes); a larger one is cut down by :func:`bounded_activity`.
+MAX_ACTIVITY_BYTES = 4096
+#: Keys of an activity report (``workers.protocol.Activity``) and of its calibration entry kept when it is cut down.
+ACTIVITY_KEYS = ("stage", "message", "calibration")
+CALIBRATION_KEYS = (
+    "source",
+    "bits",
+    "bit_index",
+    "bit_count",
+    "phase",
+    "round",
+    "step",
+    "total",
+    "elapsed_s",
+    "eta_s",
+)
+_ACTIVITY_TEXT = 500
+
 _CHUNK = 500
 _MIGRATION_LOCK_ID = 0x746D7071  # "tmpq": PostgreSQL advisory lock key held while migrating
 
@@ -61,6 +96,8 @@ _MIGRATION_LOCK_ID = 0x746D7071  # "tmpq": PostgreSQL advisory lock key held whi
 _WRITE_TX: contextvars.ContextVar[bool] = contextvars.ContextVar("tmpq_store_write_tx", default=False)
 
 _JOB_COLUMNS = tuple(JobModel.__table__.columns)
+#: What a job leaving RUNNING (or claimed anew) gets: no activity (it describes a running job only).
+_NO_ACTIVITY: dict[str, Any] = {"activity": null(), "activity_at": None}  # SQL NULL, not the JSON null
 _CANDIDATE_COLUMNS = tuple(CandidateModel.__table__.columns)
 
 
@@ -86,6 +123,52 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
     return value
+
+
+def _plain(value: Any) -> Any:
+    """JSON for what ``json`` cannot write: a numpy scalar's Python value, else the text."""
+    item = getattr(value, "item", None)
+    if callable(item):
+        try:
+            plain = item()
+        except (TypeError, ValueError):
+            return str(value)
+        if isinstance(plain, float) and not math.isfinite(plain):
+            return None
+        if isinstance(plain, str | int | float | bool) or plain is None:
+            return plain
+    return str(value)
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def bounded_activity(activity: Mapping[str, Any]) -> dict[str, Any]:
+    """An activity report as stored: JSON-safe (non-finite floats become null, keys strings), and at most
+    :data:`MAX_ACTIVITY_BYTES` of JSON. A larger one loses its extra keys first (those not in :data:`ACTIVITY_KEYS`
+    and :data:`CALIBRATION_KEYS`), then its strings are shortened, and last its calibration entry goes."""
+    try:
+        safe = json.loads(json.dumps(_json_safe(activity), default=_plain))
+    except (TypeError, ValueError, RecursionError) as exc:  # e.g. a report that holds itself
+        return {"message": f"an unreadable activity report ({type(exc).__name__})"}
+    if not isinstance(safe, dict):
+        return {}
+    if _json_size(safe) <= MAX_ACTIVITY_BYTES:
+        return safe
+    core = {k: safe[k] for k in ACTIVITY_KEYS if k in safe}
+    calibration = core.get("calibration")
+    if isinstance(calibration, dict):
+        core["calibration"] = {k: calibration[k] for k in CALIBRATION_KEYS if k in calibration}
+    if _json_size(core) <= MAX_ACTIVITY_BYTES:
+        return core
+    short = {k: v[:_ACTIVITY_TEXT] if isinstance(v, str) else v for k, v in core.items()}
+    if isinstance(short.get("calibration"), dict):
+        cal = short["calibration"]
+        short["calibration"] = {k: v[:_ACTIVITY_TEXT] if isinstance(v, str) else v for k, v in cal.items()}
+    if _json_size(short) <= MAX_ACTIVITY_BYTES:
+        return short
+    return {k: short[k] for k in ("stage", "message") if isinstance(short.get(k), str)}
 
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
@@ -357,6 +440,7 @@ class Store:
                     updated_at=now,
                     lease_owner=None,
                     lease_expires_at=None,
+                    **_NO_ACTIVITY,
                 )
             )
             for _ in range(8):
@@ -386,6 +470,7 @@ class Store:
                         attempts=JobModel.attempts + 1,
                         started_at=func.coalesce(JobModel.started_at, now),
                         updated_at=now,
+                        **_NO_ACTIVITY,  # a takeover does not show what the previous runner was doing
                     )
                     .execution_options(synchronize_session=False)
                 )
@@ -411,6 +496,52 @@ class Store:
             rows = session.execute(select(JobModel.id, JobModel.cancel_requested).where(mine))
             return {job_id: bool(cancel) for job_id, cancel in rows}
 
+    def set_activity(self, job_id: int, activity: Mapping[str, Any], *, owner: str | None = None) -> bool:
+        """Store what a RUNNING job is doing now (a ``workers.protocol.Activity``, cut down to
+        :data:`MAX_ACTIVITY_BYTES` by :func:`bounded_activity`) with the time, in one short transaction. It is
+        cleared when the job leaves RUNNING (finished, released, or taken over by another runner).
+
+        Returns False, storing nothing, when the job is not RUNNING (under ``owner``'s lease, when given); raises
+        :class:`NotFound` for an unknown job.
+        """
+        stored = bounded_activity(activity)
+        with self.session(write=True) as session:
+            held = [JobModel.id == job_id, JobModel.state == JobState.RUNNING.value]
+            if owner is not None:
+                held.append(JobModel.lease_owner == owner)
+            done = session.execute(
+                update(JobModel)
+                .where(*held)
+                .values(activity=stored, activity_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            if done.rowcount == 1:
+                return True
+            self._job(session, job_id)  # NotFound first
+            return False
+
+    def add_warning(self, job_id: int, message: str, *, owner: str | None = None) -> bool:
+        """Append one line to a RUNNING job's ``warnings`` (under ``owner``'s lease, when given), unless it is
+        there already; kept for good. A line is cut to :data:`MAX_WARNING_CHARS`, and a job keeps at most
+        :data:`MAX_WARNINGS` of them.
+
+        Returns False, storing nothing, when the job is not RUNNING (or not ``owner``'s); :class:`NotFound` for an
+        unknown job.
+        """
+        line = " ".join(str(message).split())[:MAX_WARNING_CHARS]
+        with self.session(write=True) as session:
+            job = self._job(session, job_id)
+            if job.state != JobState.RUNNING or (owner is not None and job.lease_owner != owner):
+                return False
+            if line not in job.warnings and len(job.warnings) < MAX_WARNINGS:
+                session.execute(
+                    update(JobModel)
+                    .where(JobModel.id == job_id)
+                    .values(warnings=[*job.warnings, line])
+                    .execution_options(synchronize_session=False)
+                )
+            return True
+
     def finish_job(self, job_id: int, owner: str, state: JobState, error: str | None = None) -> JobRecord:
         """End ``owner``'s RUNNING job as SUCCEEDED, FAILED or CANCELLED; :class:`LeaseLost` if not its owner."""
         if not JobState(state).terminal:
@@ -427,6 +558,7 @@ class Store:
                     updated_at=now,
                     lease_owner=None,
                     lease_expires_at=None,
+                    **_NO_ACTIVITY,
                 )
                 .execution_options(synchronize_session=False)
             )
@@ -449,13 +581,20 @@ class Store:
                     updated_at=now,
                     lease_owner=None,
                     lease_expires_at=None,
+                    **_NO_ACTIVITY,
                 )
                 .execution_options(synchronize_session=False)
             ).rowcount
             released = session.execute(
                 update(JobModel)
                 .where(held)
-                .values(state=JobState.PENDING.value, updated_at=now, lease_owner=None, lease_expires_at=None)
+                .values(
+                    state=JobState.PENDING.value,
+                    updated_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    **_NO_ACTIVITY,
+                )
                 .execution_options(synchronize_session=False)
             ).rowcount
             if cancelled + released != 1:
@@ -920,4 +1059,16 @@ def _evaluation(record: CandidateRecord) -> Evaluation:
     )
 
 
-__all__ = ["CORE_OBJECTIVES", "FRONT_SORT_KEYS", "Base", "Store", "alembic_config", "create_store_engine", "spec_hash"]
+__all__ = [
+    "CORE_OBJECTIVES",
+    "FRONT_SORT_KEYS",
+    "MAX_ACTIVITY_BYTES",
+    "MAX_WARNINGS",
+    "MAX_WARNING_CHARS",
+    "Base",
+    "Store",
+    "alembic_config",
+    "bounded_activity",
+    "create_store_engine",
+    "spec_hash",
+]

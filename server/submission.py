@@ -1,4 +1,4 @@
-"""Full up-front validation of a submitted job (torch-free): the spec's fields, then its model directory."""
+"""Full up-front validation of a submitted job (torch-free): every field of every section, then its model."""
 
 from __future__ import annotations
 
@@ -6,17 +6,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from search.spec import SearchSpec
-from server.modelcheck import check_model_dir
+from workers.jobspec import JobSpec, validate_job
 
 
-def validate_submission(data: Mapping[str, Any], model_root: Path) -> SearchSpec:
-    """The job's spec, with ``model`` resolved to an absolute path under ``model_root``.
+def validate_submission(data: Mapping[str, Any], model_root: Path) -> JobSpec:
+    """The job's spec, resolved against its model under ``model_root`` (see :func:`workers.jobspec.validate_job`).
 
-    Raises ``ConfigError`` naming a bad field (also a step count or budget the model cannot have), or
-    ``ModelLoadError`` naming the model path when it is outside the root or not a supported diffusers directory.
+    Raises ``ConfigError`` naming the dotted field (HTTP 422), or ``ModelLoadError`` naming the model path when it
+    is outside the root or not a supported diffusers directory (HTTP 400).
     """
-    spec = SearchSpec.from_dict(data)
-    model = check_model_dir(spec.model, model_root)
-    spec.validate_for_model(model.num_train_timesteps)
-    return spec.replace(model=str(model.path))
+    return validate_job(data, model_root)

@@ -7,6 +7,11 @@ cost model, what the calibration strategy decided, which (site, bits) read cache
 keys artifacts by (model hash, bit options, supernet settings, calibration settings), so a second job on the same
 model does not calibrate again.
 
+Writing the cache never fails silently: a directory, lock, calibration data file or artifact that cannot be written
+(a full disk, a read-only or unwritable directory) raises :class:`~search.errors.StorageError` naming the directory
+and the OS reason, checked before any calibration work where possible. Only an artifact or calibration data that
+cannot be *read* (damaged, foreign, another format) is rebuilt.
+
 Cached temporal features (the ``temporal_cache`` switch) are not stored: they are a deterministic function of the
 (reparameterized) FP weights, the width and the settings, and are rebuilt on load from the recorded choices
 (:func:`supernet.calibration.temporal.restore_tables`).
@@ -18,39 +23,108 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from search.errors import VersionMismatchError
+from search.errors import StorageError, VersionMismatchError
 from search.filelock import file_lock
 from supernet.calibration.data import CalibrationData, collect_calibration_data
 from supernet.calibration.settings import CalibrationSettings
 from supernet.calibration.temporal import describe_tables, restore_tables
 from supernet.errors import CalibrationError
+from supernet.identity import FORMAT_VERSION, artifact_name
+from supernet.models.base import DiffusionAdapter, as_adapter, module_hash
+from supernet.progress import ProgressCallback, ProgressTracker
 from supernet.qlayers.weighted import QuantWeightLayer
 from supernet.quant.log2 import Log2Params
 from supernet.quant.protocol import QParams
 from supernet.quant.qtensor import QuantizedTensor
 from supernet.quant.uniform import UniformParams
 from supernet.settings import SupernetSettings, canonical_key
-from supernet.supernet import FORMAT_VERSION, QuantSupernet, module_hash
+from supernet.supernet import QuantSupernet
 
 log = logging.getLogger(__name__)
 
 TENSORS_FILE = "supernet.safetensors"
 META_FILE = "supernet.json"
 _KINDS = {UniformParams: 0.0, Log2Params: 1.0}
+#: Bytes written to check a cache directory can take a file (one filesystem block).
+_PROBE_BYTES = 4096
 
 
-def model_identity(model: Any) -> str:
-    """The hash artifacts are keyed by: a ``DiffusionModel``'s file hash, else the module's state-dict hash."""
-    return getattr(model, "model_hash", None) or module_hash(getattr(model, "unet", model))
+def model_identity(model: DiffusionAdapter | nn.Module) -> str:
+    """The hash artifacts are keyed by: a loaded model's file hash, else the denoiser's state-dict hash."""
+    if isinstance(model, DiffusionAdapter):
+        return model.identity()
+    if isinstance(model, nn.Module):
+        return module_hash(model)
+    raise TypeError(f"expected a DiffusionAdapter or an nn.Module, got {type(model).__name__}")
+
+
+# --- writing the cache: every failure is a StorageError naming the directory --------------------------------
+def os_reason(exc: BaseException) -> str:
+    """What the OS said about a failed write, e.g. ``no space left on device``."""
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
+        first = exc.args[0][0]  # copytree: [(source, destination, why), ...]
+        return str(first[-1]) if isinstance(first, tuple) else str(first)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]
+    return str(exc) or type(exc).__name__
+
+
+def ensure_writable(directory: Path, what: str = "the supernet cache") -> None:
+    """Create ``directory`` and write (and remove) one block in it; :class:`StorageError` naming the directory and
+    the OS reason when either fails (a full disk, a read-only or unwritable directory, a file in the way)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".tmpq-write-check-", dir=directory)
+        try:
+            os.write(fd, b"\0" * _PROBE_BYTES)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        raise StorageError(directory, f"{what} cannot be written: {os_reason(exc)}") from exc
+
+
+@contextmanager
+def cache_lock(path: Path) -> Iterator[None]:
+    """:func:`search.filelock.file_lock` on ``path``; :class:`StorageError` when the lock cannot be taken."""
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(path))
+        except OSError as exc:
+            raise StorageError(path.parent, f"cannot take the lock {path.name}: {os_reason(exc)}") from exc
+        yield
+
+
+def _write_atomically(final: Path, write: Callable[[Path], Any], what: str) -> None:
+    """``write(tmp)`` to a temporary sibling of ``final``, then rename it to ``final``; :class:`StorageError`
+    naming the directory when writing or renaming fails (the temporary is removed)."""
+    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}")
+    try:
+        write(tmp)
+        os.replace(tmp, final)
+    except (OSError, SafetensorError) as exc:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise StorageError(final.parent, f"cannot write {what}: {os_reason(exc)}") from exc
+
+
+def _tree_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def _act_row(p: QParams) -> list[float]:
@@ -119,25 +193,37 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise CalibrationError(f"{path}: no supernet artifact ({META_FILE} is missing)") from None
     if meta.get("format_version") != FORMAT_VERSION:
-        raise VersionMismatchError(f"{path}: supernet format version {meta.get('format_version')!r} is not "
-                                   f"supported (expected {FORMAT_VERSION})")
+        raise VersionMismatchError(
+            f"{path}: supernet format version {meta.get('format_version')!r} is not "
+            f"supported (expected {FORMAT_VERSION})"
+        )
     return meta
 
 
-def load_supernet(path: str | Path, model: Any) -> QuantSupernet:
-    """Wrap ``model`` and restore the artifact at ``path``.
+def load_supernet(path: str | Path, model: DiffusionAdapter | nn.Module) -> QuantSupernet:
+    """Wrap ``model`` (an adapter, or a bare denoiser module) and restore the artifact at ``path``.
 
     Raises :class:`VersionMismatchError` if the artifact has another format version or was calibrated for
-    another model (by :func:`model_identity`) or another site list.
+    another model (by :func:`model_identity`), another sample shape or another site list.
     """
     meta = read_metadata(path)
     identity = model_identity(model)
     if meta["model_hash"] != identity:
-        raise VersionMismatchError(f"{path}: calibrated for model {meta['model_hash']}, not for this model "
-                                   f"({identity})")
-    supernet = QuantSupernet.build(model, meta["bit_options"], SupernetSettings.from_dict(meta["settings"]),
-                                   CalibrationSettings.from_dict(meta["calibration"]), model_hash=identity,
-                                   sample_shape=meta["sample_shape"])
+        raise VersionMismatchError(
+            f"{path}: calibrated for model {meta['model_hash']}, not for this model ({identity})"
+        )
+    adapter = as_adapter(model, meta["sample_shape"])
+    if list(adapter.sample_shape) != list(meta["sample_shape"]):
+        raise VersionMismatchError(
+            f"{path}: calibrated for samples of shape {meta['sample_shape']}, not {list(adapter.sample_shape)}"
+        )
+    supernet = QuantSupernet.build(
+        adapter,
+        meta["bit_options"],
+        SupernetSettings.from_dict(meta["settings"]),
+        CalibrationSettings.from_dict(meta["calibration"]),
+        model_hash=identity,
+    )
     if list(supernet.sites) != meta["sites"]:
         supernet.detach()
         raise VersionMismatchError(f"{path}: the model's sites differ from the artifact's")
@@ -156,17 +242,25 @@ def load_supernet(path: str | Path, model: Any) -> QuantSupernet:
                 dev = site.weight.device
                 for bits in supernet.bit_options:
                     codes = tensors[f"w/{name}/{bits}/codes"].to(dev)
-                    params = UniformParams(tensors[f"w/{name}/{bits}/scale"].to(dev),
-                                           tensors[f"w/{name}/{bits}/zero_point"].to(dev), bits,
-                                           codes.dtype == torch.int8)
+                    params = UniformParams(
+                        tensors[f"w/{name}/{bits}/scale"].to(dev),
+                        tensors[f"w/{name}/{bits}/zero_point"].to(dev),
+                        bits,
+                        codes.dtype == torch.int8,
+                    )
                     site.slots[bits] = QuantizedTensor(codes, params)
             for q in site.act_quantizers():
                 for bits in supernet.bit_options:
                     rows = tensors[f"a/{name}/{q.role}/{bits}"]
                     q.tables[bits] = tuple(_act_params(r, bits) for r in rows)
         if meta.get("temporal_cache"):
-            restore_tables(supernet.unet, {n: supernet.site(n) for n in supernet.sites}, meta["temporal_cache"],
-                           supernet.calib_settings, supernet.settings)
+            restore_tables(
+                supernet.model,
+                {n: supernet.site(n) for n in supernet.sites},
+                meta["temporal_cache"],
+                supernet.calib_settings,
+                supernet.settings,
+            )
     except BaseException:
         supernet.detach()  # leave the caller's model as it was
         raise
@@ -183,137 +277,183 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("TMPQ_DATA_DIR", "data")) / "supernets"
 
 
-def cache_key(model_hash: str, bit_options: Iterable[int], settings: SupernetSettings,
-              calib_settings: CalibrationSettings) -> str:
-    """The cache identity of a supernet artifact."""
-    return canonical_key({"format_version": FORMAT_VERSION, "model_hash": model_hash,
-                          "bit_options": sorted({int(b) for b in bit_options}),
-                          "settings": settings.to_dict(), "calibration": calib_settings.to_dict()})
+def get_calibration_data(
+    model: DiffusionAdapter,
+    calib_settings: CalibrationSettings,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 64,
+    progress: ProgressTracker | None = None,
+) -> CalibrationData:
+    """The FP trajectories for ``calib_settings``, collected once per (model, data settings) and cached.
 
-
-def artifact_name(model_hash: str, bit_options: Iterable[int], settings: SupernetSettings,
-                  calib_settings: CalibrationSettings) -> str:
-    """The directory name of an artifact in the cache (and in a model's :data:`SHIPPED_DIR`)."""
-    return f"{model_hash}-{cache_key(model_hash, bit_options, settings, calib_settings)}"
-
-
-def get_calibration_data(model: Any, calib_settings: CalibrationSettings, cache_dir: str | Path | None = None,
-                         batch_size: int = 64) -> CalibrationData:
-    """The FP trajectories for ``calib_settings``, collected once per (model, data settings) and cached."""
+    Cached data that cannot be read is collected again; data that cannot be written raises
+    :class:`~search.errors.StorageError` (checked before collecting where possible).
+    """
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     identity = model_identity(model)
     path = root / "calibration" / f"{identity}-{canonical_key(calib_settings.data_dict())}.safetensors"
-    with file_lock(path.with_suffix(".lock")):
+    ensure_writable(path.parent, "the calibration data cache")
+    with cache_lock(path.with_suffix(".lock")):
         if path.exists():
             try:
                 return CalibrationData.load(path)
-            except (VersionMismatchError, OSError, KeyError, ValueError) as exc:
+            except (VersionMismatchError, OSError, KeyError, ValueError, SafetensorError) as exc:
                 log.warning("ignoring unreadable calibration data %s: %s", path, exc)
-        data = collect_calibration_data(model.unet, model.alphas_cumprod, model.clip_sample, calib_settings,
-                                        batch_size, source={"model_hash": identity})
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-        data.save(tmp)
-        os.replace(tmp, path)
+        if progress is not None:
+            progress.report("trajectories", 0, 1)
+        data = collect_calibration_data(model, calib_settings, batch_size, source={"model_hash": identity})
+        if progress is not None:
+            progress.report("trajectories", 1, 1)
+        _write_atomically(path, data.save, "the calibration data")
         return data
 
 
-#: What loading a damaged or foreign artifact raises: such an artifact is skipped (and calibrated anew), not fatal.
+#: What *reading* a damaged or foreign artifact raises: such an artifact is skipped (and calibrated anew), not fatal.
+#: Failures to write the cache are :class:`StorageError` instead.
 UNREADABLE = (VersionMismatchError, CalibrationError, SafetensorError, OSError, KeyError, ValueError)
 
 #: A model directory may ship pre-calibrated artifacts here, named like the cache's entries.
 SHIPPED_DIR = "tmpq-supernets"
 
 
-def shipped_supernet(model: Any, name: str) -> Path | None:
+def shipped_supernet(model: DiffusionAdapter, name: str) -> Path | None:
     """``<model dir>/tmpq-supernets/<name>`` when the model ships that artifact, else ``None``.
 
     Diffusers ignores the folder and the model hash covers only ``unet/``, so shipping one changes neither.
     """
-    model_path = getattr(model, "path", None)
-    if model_path is None:
+    if model.path is None:
         return None
-    candidate = Path(model_path) / SHIPPED_DIR / name
+    candidate = model.path / SHIPPED_DIR / name
     return candidate if (candidate / META_FILE).is_file() else None
 
 
-def _adopt_shipped(shipped: Path, final: Path, model: Any) -> QuantSupernet | None:
-    """Copy a shipped artifact into the cache (where Ray actors and exports look) and load it; ``None`` if it
-    does not load (then the caller calibrates)."""
-    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}")
+def _adopt_shipped(shipped: Path, final: Path, model: DiffusionAdapter) -> QuantSupernet | None:
+    """Load a shipped artifact and copy it into the cache (where Ray actors and exports look); ``None`` if it does
+    not load (then the caller calibrates). A copy that cannot be written raises :class:`StorageError`."""
+    free = shutil.disk_usage(final.parent).free
+    need = _tree_size(shipped)
+    if need > free:
+        raise StorageError(
+            final.parent,
+            f"no space left on device for the shipped supernet {shipped.name} ({need} bytes needed, {free} free)",
+        )
     try:
-        shutil.copytree(shipped, tmp)
-        os.replace(tmp, final)
-        supernet = load_supernet(final, model)
+        supernet = load_supernet(shipped, model)
     except UNREADABLE as exc:
         log.warning("not using the shipped supernet %s: %s", shipped, exc)
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(final, ignore_errors=True)
         return None
+    try:
+        _write_atomically(final, lambda tmp: shutil.copytree(shipped, tmp), f"the shipped supernet {shipped.name}")
+    except BaseException:
+        supernet.detach()  # leave the caller's model as it was
+        raise
     log.info("using the pre-calibrated supernet shipped with the model: %s", shipped)
     return supernet
 
 
-def get_or_build_supernet(model: Any, bit_options: Iterable[int], settings: SupernetSettings | None = None,
-                          calib_settings: CalibrationSettings | None = None, cache_dir: str | Path | None = None,
-                          *, data: CalibrationData | None = None, batch_size: int = 64) -> QuantSupernet:
+def get_or_build_supernet(
+    model: DiffusionAdapter | nn.Module,
+    bit_options: Iterable[int],
+    settings: SupernetSettings | None = None,
+    calib_settings: CalibrationSettings | None = None,
+    cache_dir: str | Path | None = None,
+    *,
+    data: CalibrationData | None = None,
+    batch_size: int = 64,
+    progress: ProgressCallback | None = None,
+) -> QuantSupernet:
     """Load the cached supernet for (model, bits, settings) or build, calibrate and cache it.
 
     A pre-calibrated artifact shipped with the model (:func:`shipped_supernet`) is copied into the cache instead of
     calibrating.
 
     Args:
-        model: a :class:`~supernet.zoo.loader.DiffusionModel` (a bare UNet works only with ``data``).
+        model: the model adapter (a bare denoiser module works only with ``data``).
         bit_options: calibrated bit-widths.
         settings / calib_settings: defaults when omitted.
         cache_dir: defaults to :func:`default_cache_dir`.
         data: calibration data to use instead of collecting (or loading cached) FP trajectories.
         batch_size: sampler batch size when collecting.
+        progress: called at every phase and block boundary of the calibration (:mod:`supernet.progress`), or
+            once with source ``cache`` / ``shipped`` when the artifact is loaded instead. An exception it raises
+            propagates: nothing is cached and the model is left unwrapped, as it was.
+
+    Raises:
+        StorageError: the cache cannot be written (directory, lock, calibration data, artifact, shipped copy),
+            naming the directory and the OS reason; checked before any calibration work where possible. Only an
+            artifact or calibration data that cannot be *read* is rebuilt.
     """
     settings = settings or SupernetSettings()
     calib_settings = calib_settings or CalibrationSettings()
     options = sorted({int(b) for b in bit_options})
+    adapter = as_adapter(model, tuple(data.inputs.shape[2:]) if data is not None else None)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    identity = model_identity(model)
+    identity = model_identity(adapter)
     final = root / artifact_name(identity, options, settings, calib_settings)
-    with file_lock(final.with_name(final.name + ".lock")):
+    tracker = ProgressTracker(progress, options)
+    ensure_writable(root)
+    with cache_lock(final.with_name(final.name + ".lock")):
         if (final / META_FILE).exists():
             try:
-                supernet = load_supernet(final, model)
-                log.info("loaded cached supernet %s", final)
-                return supernet
+                supernet = load_supernet(final, adapter)
             except UNREADABLE as exc:
                 log.warning("rebuilding unreadable cached supernet %s: %s", final, exc)
                 shutil.rmtree(final, ignore_errors=True)
-        shipped = shipped_supernet(model, final.name)
+            else:
+                log.info("loaded cached supernet %s", final)
+                return _loaded(supernet, tracker, "cache")
+        shipped = shipped_supernet(adapter, final.name)
         if shipped is not None:
-            supernet = _adopt_shipped(shipped, final, model)
-            if supernet is not None:
-                return supernet
+            adopted = _adopt_shipped(shipped, final, adapter)
+            if adopted is not None:
+                return _loaded(adopted, tracker, "shipped")
         if data is None:
-            data = get_calibration_data(model, calib_settings, root, batch_size)
-        supernet = QuantSupernet.build(model, options, settings, calib_settings, model_hash=identity,
-                                       sample_shape=tuple(data.inputs.shape[2:]))
-        supernet.calibrate(data)
-        tmp = root / f".{final.name}.{uuid.uuid4().hex}"
-        supernet.save(tmp)
-        os.replace(tmp, final)
+            data = get_calibration_data(adapter, calib_settings, root, batch_size, tracker)
+        supernet = QuantSupernet.build(adapter, options, settings, calib_settings, model_hash=identity)
+        try:
+            supernet.calibrate(data, tracker)
+            _write_atomically(final, supernet.save, "the calibrated supernet")
+        except BaseException:
+            supernet.detach()  # leave the caller's model as it was
+            raise
         log.info("cached supernet %s", final)
         return supernet
 
 
-def ship_supernet(model: Any, bit_options: Iterable[int], calib_settings: CalibrationSettings | None = None,
-                  settings: SupernetSettings | None = None, cache_dir: str | Path | None = None) -> Path:
+def _loaded(supernet: QuantSupernet, tracker: ProgressTracker, source: str) -> QuantSupernet:
+    try:
+        tracker.loaded(source)
+    except BaseException:
+        supernet.detach()
+        raise
+    return supernet
+
+
+def ship_supernet(
+    model: DiffusionAdapter,
+    bit_options: Iterable[int],
+    calib_settings: CalibrationSettings | None = None,
+    settings: SupernetSettings | None = None,
+    cache_dir: str | Path | None = None,
+) -> Path:
     """Calibrate (or take from the cache) the supernet for these settings and store a copy in the model directory's
-    :data:`SHIPPED_DIR`, so that a fresh clone or another machine finds it without calibrating; returns the copy."""
+    :data:`SHIPPED_DIR`, so that a fresh clone or another machine finds it without calibrating; returns the copy.
+
+    Raises :class:`StorageError` when the cache or the model directory cannot be written."""
     settings = settings or SupernetSettings()
     calib_settings = calib_settings or CalibrationSettings()
+    if model.path is None:
+        raise CalibrationError(f"{model!r} has no model directory to ship the supernet in")
     supernet = get_or_build_supernet(model, bit_options, settings, calib_settings, cache_dir)
     supernet.detach()
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     name = artifact_name(model_identity(model), bit_options, settings, calib_settings)
-    target = Path(model.path) / SHIPPED_DIR / name
-    tmp = target.with_name(f".{name}.{uuid.uuid4().hex}")
-    shutil.copytree(root / name, tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    target = model.path / SHIPPED_DIR / name
+    ensure_writable(target.parent, "the model's shipped supernets")
+
+    def copy(tmp: Path) -> None:
+        shutil.copytree(root / name, tmp)
+        shutil.rmtree(target, ignore_errors=True)
+
+    _write_atomically(target, copy, f"the shipped supernet {name}")
     return target

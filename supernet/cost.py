@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from search.cost import CostModel
+from supernet.models.base import DiffusionAdapter
 from supernet.qlayers.attention import QMatMul
 from supernet.qlayers.registry import Site
 from supernet.qlayers.weighted import QConv2d, QLinear, QuantWeightLayer
@@ -33,30 +34,34 @@ def _matmul_pre_hook(site: QMatMul, macs: dict[str, int]) -> Any:
     return hook
 
 
-def trace_costs(unet: nn.Module, sites: Mapping[str, Site], sample_shape: Sequence[int],
-                timestep: int = 0) -> CostModel:
-    """Run ``unet`` once on a zero sample of ``sample_shape`` (batch 1) and count MACs per site.
+def trace_costs(model: DiffusionAdapter, sites: Mapping[str, Site], timestep: int = 0) -> CostModel:
+    """Run the model once (:meth:`~supernet.models.base.DiffusionAdapter.predict_noise`) on a zero sample of its
+    ``sample_shape`` (batch 1, with its ``example_condition``) and count MACs per site.
 
     Every site must be in floating point (the trace follows the FP path). Weight parameters are counted per
-    site; every other parameter (biases, norms, layers left in FP) goes to ``fp_params`` (32 bits).
+    site; every other parameter of the denoiser (biases, norms, layers left in FP) goes to ``fp_params`` (32
+    bits).
     """
     macs = dict.fromkeys(sites, 0)
     handles = []
     for name, site in sites.items():
         if isinstance(site, QuantWeightLayer):
-            handles.append(site.register_forward_hook(
-                lambda mod, _inp, out, _n=name: macs.__setitem__(_n, macs[_n] + layer_macs(mod, out))))
+            handles.append(
+                site.register_forward_hook(
+                    lambda mod, _inp, out, _n=name: macs.__setitem__(_n, macs[_n] + layer_macs(mod, out))
+                )
+            )
         elif isinstance(site, QMatMul):
             handles.append(site.owner.register_forward_pre_hook(_matmul_pre_hook(site, macs), with_kwargs=True))
         else:
             raise TypeError(f"no MAC formula for site {name} of kind {site.kind}")
     try:
-        x = torch.zeros((1, *sample_shape), dtype=torch.float32, device=next(unet.parameters()).device)
+        x = torch.zeros((1, *model.sample_shape), dtype=torch.float32, device=model.device)
         with torch.no_grad():
-            unet(x, timestep)
+            model.predict_noise(x, timestep, model.example_condition(1))
     finally:
         for h in handles:
             h.remove()
     params = {name: int(s.weight.numel()) for name, s in sites.items() if isinstance(s, QuantWeightLayer)}
-    total = sum(p.numel() for p in unet.parameters())
+    total = sum(p.numel() for p in model.denoiser.parameters())
     return CostModel(macs=macs, params=params, fp_params=int(total - sum(params.values())))

@@ -2,8 +2,9 @@
 
 An export is a directory in diffusers' layout::
 
-    model_index.json                  the components (unet, scheduler), diffusers-style
-    unet/config.json                  the UNet2DModel config (``UNet2DModel.from_config`` builds the architecture)
+    model_index.json                  the components (unet, scheduler), diffusers-style: its denoiser class picks
+                                      the model adapter (:mod:`supernet.models`) that rebuilds the architecture
+    unet/config.json                  the denoiser's diffusers config (the adapter's ``from_config`` builds it)
     unet/quantized.safetensors        quantized weights as packed integer codes + scale + zero-point per output
                                       channel; every other tensor (biases, norms, layers left in FP) as stored
     quant_config.json                 per site: kind, weight and activation bit-widths, packing, and the
@@ -17,13 +18,13 @@ Weight codes are stored as a little-endian bit stream: code ``i`` of a ``b``-bit
 ``code - qmin``) occupies bits ``[i·b, (i+1)·b)``, so 4-bit codes take two per byte and the file shrinks with the
 bits; each output channel adds a float32 scale and a one-byte zero-point. A site that reads cached temporal
 features (calibration switch ``temporal_cache``) stores the table rows of the candidate's timesteps only, packed the
-same way at its activation width with a scale and zero-point per row. :func:`load` rebuilds the UNet from its
-config, installs the same quantized layers the supernet uses with exactly the stored codes and parameters, and
-returns an :class:`ExportedPipeline` whose samples equal the supernet's assembled candidate's for the same noise,
-bit for bit.
+same way at its activation width with a scale and zero-point per row. :func:`load` rebuilds the model through its
+adapter from the config, installs the same quantized layers the supernet uses with exactly the stored codes and
+parameters, and returns an :class:`ExportedPipeline` (exposing the same adapter for sampling) whose samples equal
+the supernet's assembled candidate's for the same noise, bit for bit.
 
 diffusers' own ``DDIMScheduler`` cannot run the searched schedule (its step assumes uniform spacing), so the
-pipeline samples with :class:`~supernet.sampling.DDIMSampler` on the stored timesteps.
+pipeline samples with :class:`~supernet.sampling.Sampler` on the stored timesteps.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ from torch import nn
 from search.candidate import Candidate
 from search.errors import ConfigError, InvalidCandidate, ModelLoadError, ScheduleError
 from supernet.errors import CalibrationError
+from supernet.models.base import DiffusionAdapter, NoiseSchedule
+from supernet.models.directory import kind_of_index
+from supernet.models.registry import adapter_class
 from supernet.qlayers.context import TimestepContext
 from supernet.qlayers.registry import install_sites
 from supernet.qlayers.temporal import TemporalTable
@@ -58,7 +62,7 @@ from supernet.quant.log2 import Log2Params
 from supernet.quant.protocol import QParams, is_fp
 from supernet.quant.qtensor import QuantizedTensor
 from supernet.quant.uniform import UniformParams, code_range
-from supernet.sampling import DDIMSampler, validate_schedule
+from supernet.sampling import Sampler, validate_schedule
 from supernet.settings import SupernetSettings
 from supernet.supernet import QuantSupernet
 
@@ -79,9 +83,22 @@ SCHEDULER_CONFIG_FILE = "scheduler/scheduler_config.json"
 CHECKED_FILES = (MODEL_INDEX_FILE, UNET_CONFIG_FILE, UNET_WEIGHTS_FILE, QUANT_CONFIG_FILE, SCHEDULER_CONFIG_FILE)
 
 #: Keys of a training scheduler's config that the DDIM scheduler config keeps.
-_SCHEDULER_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "clip_sample",
-                   "clip_sample_range", "prediction_type", "thresholding", "dynamic_thresholding_ratio",
-                   "sample_max_value", "rescale_betas_zero_snr", "timestep_spacing", "steps_offset")
+_SCHEDULER_KEYS = (
+    "num_train_timesteps",
+    "beta_start",
+    "beta_end",
+    "beta_schedule",
+    "trained_betas",
+    "clip_sample",
+    "clip_sample_range",
+    "prediction_type",
+    "thresholding",
+    "dynamic_thresholding_ratio",
+    "sample_max_value",
+    "rescale_betas_zero_snr",
+    "timestep_spacing",
+    "steps_offset",
+)
 
 _CODES, _SCALE, _ZERO = ".weight.codes", ".weight.scale", ".weight.zero_point"
 _FACTOR = ".input_factor"  # a reparameterized site's per-input-channel factor r: its input is divided by r
@@ -121,8 +138,10 @@ def unpack_codes(packed: torch.Tensor, bits: int, symmetric: bool, shape: Sequen
     """Inverse of :func:`pack_codes`: codes of ``shape`` (int8 if ``symmetric`` else uint8)."""
     numel = math.prod(shape)
     if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != packed_size(numel, bits):
-        raise ValueError(f"expected {packed_size(numel, bits)} packed bytes for {numel} codes of {bits} bits, got "
-                         f"{packed.numel()} ({packed.dtype})")
+        raise ValueError(
+            f"expected {packed_size(numel, bits)} packed bytes for {numel} codes of {bits} bits, got "
+            f"{packed.numel()} ({packed.dtype})"
+        )
     qmin, _ = code_range(bits, symmetric)
     planes = np.unpackbits(packed.numpy(), count=numel * bits, bitorder="little").reshape(numel, bits)
     offsets = np.packbits(planes, axis=1, bitorder="little")[:, 0] if numel else np.zeros(0, np.uint8)
@@ -137,8 +156,13 @@ def _act_entry(t: int, p: QParams) -> dict[str, Any]:
     if isinstance(p, UniformParams):
         if p.scale.numel() != 1:
             raise CalibrationError("activation parameters must be per tensor to be exported")
-        return {"t": t, "kind": "uniform", "scale": float(p.scale), "zero_point": float(p.zero_point),
-                "symmetric": bool(p.symmetric)}
+        return {
+            "t": t,
+            "kind": "uniform",
+            "scale": float(p.scale),
+            "zero_point": float(p.zero_point),
+            "symmetric": bool(p.symmetric),
+        }
     raise TypeError(f"cannot export activation parameters of type {type(p).__name__}")
 
 
@@ -147,8 +171,12 @@ def _act_params(entry: Mapping[str, Any], bits: int) -> QParams:
     if entry["kind"] == "log2":
         return Log2Params(float(entry["scale"]), bits)
     if entry["kind"] == "uniform":
-        return UniformParams(torch.tensor(float(entry["scale"])), torch.tensor(float(entry["zero_point"])), bits,
-                             bool(entry["symmetric"]))
+        return UniformParams(
+            torch.tensor(float(entry["scale"])),
+            torch.tensor(float(entry["zero_point"])),
+            bits,
+            bool(entry["symmetric"]),
+        )
     raise ValueError(f"unknown activation quantizer kind {entry['kind']!r}")
 
 
@@ -176,29 +204,42 @@ def _json_ready(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def unet_config(unet: nn.Module) -> dict[str, Any]:
-    """The diffusers config of ``unet`` (with ``_class_name``); ConfigError if it is not a diffusers model."""
-    config = getattr(unet, "config", None)
-    to_json = getattr(unet, "to_json_string", None)
-    if config is None or to_json is None:
-        raise ConfigError("model", f"only a diffusers UNet can be exported, not a {type(unet).__name__}")
-    cfg = json.loads(to_json())
-    if cfg.get("_class_name") != "UNet2DModel":
-        raise ConfigError("model", f"only a UNet2DModel can be exported, not a {cfg.get('_class_name')}")
-    return cfg
-
-
 def ddim_scheduler_config(training_config: Mapping[str, Any], timesteps: Sequence[int]) -> dict[str, Any]:
     """A diffusers ``DDIMScheduler`` config with the training scheduler's betas, plus the schedule to run.
 
     ``timesteps`` is not a DDIMScheduler setting (diffusers' DDIM assumes uniform spacing); :func:`load` reads it and
     samples deterministically (eta = 0). ``set_alpha_to_one`` matches the last step of
-    :class:`~supernet.sampling.DDIMSampler` (ᾱ_prev = 1).
+    :class:`~supernet.sampling.Sampler` (ᾱ_prev = 1).
     """
     cfg: dict[str, Any] = {k: training_config[k] for k in _SCHEDULER_KEYS if k in training_config}
     cfg.update({"_class_name": "DDIMScheduler", "set_alpha_to_one": True, "timesteps": [int(t) for t in timesteps]})
-    if cfg.get("prediction_type", "epsilon") != "epsilon":
-        raise ConfigError("scheduler_config", f"prediction_type {cfg['prediction_type']!r} is not supported")
+    return cfg
+
+
+def solver_scheduler_config(
+    training_config: Mapping[str, Any], timesteps: Sequence[int], solver: str = "ddim"
+) -> dict[str, Any]:
+    """The export's scheduler config: the training betas, the schedule (``timesteps``) and the diffusers scheduler
+    of the job's ``solver``: ``DDIMScheduler`` (which cannot take custom timesteps: tmpq's sampler runs it) or
+    ``DPMSolverMultistepScheduler`` set up as :class:`~supernet.sampling.Sampler`'s DPM-Solver++(2M) (second
+    order, first-order final step to σ = 0), which diffusers runs on the searched timesteps."""
+    cfg = ddim_scheduler_config(training_config, timesteps)
+    if solver == "ddim":
+        return cfg
+    if solver != "dpmsolver++":
+        raise ConfigError("solver", f"no scheduler for solver {solver!r}")
+    for key in ("clip_sample", "clip_sample_range", "set_alpha_to_one"):
+        cfg.pop(key, None)
+    cfg.update(
+        {
+            "_class_name": "DPMSolverMultistepScheduler",
+            "algorithm_type": "dpmsolver++",
+            "solver_order": 2,
+            "solver_type": "midpoint",
+            "lower_order_final": True,
+            "final_sigmas_type": "zero",
+        }
+    )
     return cfg
 
 
@@ -226,8 +267,9 @@ def _check_hooks(supernet: QuantSupernet, explicit: Mapping[str, torch.Tensor]) 
         if not isinstance(site, nn.Module):
             continue
         if len(site._forward_pre_hooks) != (1 if name in explicit else 0) or site._forward_hooks:
-            raise CalibrationError(f"{name}: the site has forward hooks that export format {EXPORT_FORMAT_VERSION} "
-                                   "cannot carry")
+            raise CalibrationError(
+                f"{name}: the site has forward hooks that export format {EXPORT_FORMAT_VERSION} cannot carry"
+            )
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -237,8 +279,13 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         raise ConfigError("out", f"{out} is not empty (choose another directory, or pass overwrite=True)")
 
 
-def _site_tensors(supernet: QuantSupernet, candidate: Candidate, grid: Sequence[int], grid_idx: Sequence[int],
-                  explicit: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _site_tensors(
+    supernet: QuantSupernet,
+    candidate: Candidate,
+    grid: Sequence[int],
+    grid_idx: Sequence[int],
+    explicit: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The tensors of the weights file and the per-site entries of ``quant_config.json`` for ``candidate``."""
     w_map, a_map = candidate.w_map(), candidate.a_map()
     tensors: dict[str, torch.Tensor] = {}
@@ -256,8 +303,13 @@ def _site_tensors(supernet: QuantSupernet, candidate: Candidate, grid: Sequence[
             tensors[name + _CODES] = pack_codes(slot.codes, w_bits, p.symmetric)
             tensors[name + _SCALE] = p.scale.detach().to("cpu", torch.float32).contiguous()
             tensors[name + _ZERO] = p.zero_point.detach().to("cpu").to(p.code_dtype).contiguous()  # integral
-            entry["weight"] = {"bits": w_bits, "shape": list(slot.codes.shape), "symmetric": bool(p.symmetric),
-                               "packing": "bitstream-lsb-first", "scale_shape": list(p.scale.shape)}
+            entry["weight"] = {
+                "bits": w_bits,
+                "shape": list(slot.codes.shape),
+                "symmetric": bool(p.symmetric),
+                "packing": "bitstream-lsb-first",
+                "scale_shape": list(p.scale.shape),
+            }
             quantized.add(f"{name}.weight")
         if name in explicit:
             tensors[name + _FACTOR] = explicit[name].detach().to("cpu", torch.float32).contiguous()
@@ -269,9 +321,13 @@ def _site_tensors(supernet: QuantSupernet, candidate: Candidate, grid: Sequence[
             tensors[name + _TCODES] = pack_codes(rows.codes, a_bits, p.symmetric)
             tensors[name + _TSCALE] = p.scale.detach().to("cpu", torch.float32).contiguous()
             tensors[name + _TZERO] = p.zero_point.detach().to("cpu").to(p.code_dtype).contiguous()
-            entry["temporal_cache"] = {"bits": a_bits, "timesteps": list(candidate.timesteps),
-                                       "shape": list(rows.codes.shape), "symmetric": bool(p.symmetric),
-                                       "packing": "bitstream-lsb-first"}
+            entry["temporal_cache"] = {
+                "bits": a_bits,
+                "timesteps": list(candidate.timesteps),
+                "shape": list(rows.codes.shape),
+                "symmetric": bool(p.symmetric),
+                "packing": "bitstream-lsb-first",
+            }
         for q in site.act_quantizers():
             bits = a_bits if q.gene == "a" else w_bits
             if is_fp(bits):
@@ -279,32 +335,45 @@ def _site_tensors(supernet: QuantSupernet, candidate: Candidate, grid: Sequence[
             table = q.tables.get(bits)
             if table is None:
                 raise CalibrationError(f"{q.key}: no activation parameters calibrated for {bits} bits")
-            entry["act"][q.role] = {"gene": q.gene, "bits": bits,
-                                    "params": [_act_entry(t, table[i]) for t, i in zip(grid, grid_idx, strict=True)]}
+            entry["act"][q.role] = {
+                "gene": q.gene,
+                "bits": bits,
+                "params": [_act_entry(t, table[i]) for t, i in zip(grid, grid_idx, strict=True)],
+            }
         sites[name] = entry
-    for key, value in supernet.unet.state_dict().items():
+    for key, value in supernet.denoiser.state_dict().items():
         if key not in quantized:
             tensors[key] = value.detach().to("cpu").clone().contiguous()
     return tensors, sites
 
 
-def export_candidate(supernet: QuantSupernet, candidate: Candidate, out_dir: str | Path, *,
-                     scheduler_config: Mapping[str, Any], objectives: Mapping[str, Any] | None = None,
-                     seed: int | None = None, job: Mapping[str, Any] | None = None,
-                     overwrite: bool = False) -> Path:
+def export_candidate(
+    supernet: QuantSupernet,
+    candidate: Candidate,
+    out_dir: str | Path,
+    *,
+    scheduler_config: Mapping[str, Any] | None = None,
+    objectives: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    job: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    solver: str = "ddim",
+) -> Path:
     """Write ``candidate`` of a calibrated ``supernet`` as a runnable quantized model directory.
 
     Args:
-        supernet: a calibrated supernet over a diffusers ``UNet2DModel``.
+        supernet: a calibrated supernet over a diffusers model (its adapter supplies the config and layout).
         candidate: what to export (it must fit the supernet: its sites and calibrated bit-widths).
         out_dir: the directory to create (written to a temporary sibling and renamed, so it is never half-written).
-        scheduler_config: the model's training scheduler config (betas, ``clip_sample``), e.g.
-            ``DiffusionModel.scheduler_config``.
+        scheduler_config: the model's training scheduler config (betas, ``clip_sample``); default the model
+            adapter's ``scheduler_config`` (a model built in code without one must pass it).
         objectives: measured objectives to record (quality, psnr, fdd...); BitOps, weight bytes and steps from the
             cost model are always recorded.
         seed: the noise seed the objectives were measured with.
         job: where the candidate comes from (e.g. ``{"id": 3, "objective": "mse"}``), recorded as is.
         overwrite: replace a non-empty ``out_dir`` (else :class:`ConfigError`).
+        solver: what samples the schedule (``ddim`` or ``dpmsolver++``): the search's, recorded with its
+            diffusers scheduler config.
 
     Returns:
         ``out_dir``.
@@ -313,16 +382,23 @@ def export_candidate(supernet: QuantSupernet, candidate: Candidate, out_dir: str
         InvalidCandidate: the candidate does not fit the supernet.
         CalibrationError: the supernet is not calibrated (for a width the candidate uses), or a site carries a
             forward hook the format cannot represent.
-        ConfigError: the model is not a diffusers UNet2DModel, or ``out_dir`` is not empty.
+        ConfigError: the model cannot be exported (not a diffusers model), it has no scheduler config, or
+            ``out_dir`` is not empty.
     """
     if not supernet.calibrated:
         raise CalibrationError("only a calibrated supernet can be exported")
     explicit = _explicit_factors(supernet)
     _check_hooks(supernet, explicit)
     cost = supernet.cost(candidate)  # checks the candidate against the supernet's sites and widths
+    model = supernet.model
+    if scheduler_config is None:
+        scheduler_config = model.scheduler_config
+    if not scheduler_config:
+        raise ConfigError("scheduler_config", "the model has no training scheduler config: pass scheduler_config")
     validate_schedule(candidate.timesteps, int(scheduler_config.get("num_train_timesteps", 1000)))
-    unet_cfg = unet_config(supernet.unet)
-    sched_cfg = ddim_scheduler_config(scheduler_config, candidate.timesteps)
+    unet_cfg = model.config
+    sched_cfg = solver_scheduler_config(scheduler_config, candidate.timesteps, solver)
+    model_index = {**model.export_index(), "scheduler": ["diffusers", sched_cfg["_class_name"]]}
     out = Path(out_dir)
     _prepare_out(out, overwrite)
     grid, grid_idx = _needed_grid(supernet, candidate.timesteps)
@@ -338,19 +414,22 @@ def export_candidate(supernet: QuantSupernet, candidate: Candidate, out_dir: str
         "skipped": dict(supernet.skipped),
         "reparameterization": reparam.report() if reparam is not None else None,
     }
-    model_index = {"_class_name": "DDIMPipeline", "_diffusers_version": unet_cfg.get("_diffusers_version", "unknown"),
-                   "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDIMScheduler"]}
-    fp_bytes = sum(v.numel() * 4 for v in supernet.unet.state_dict().values())
+    fp_bytes = sum(v.numel() * 4 for v in supernet.denoiser.state_dict().values())
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
         _write_json(tmp / MODEL_INDEX_FILE, model_index)
         _write_json(tmp / UNET_CONFIG_FILE, unet_cfg)
-        save_file(tensors, str(tmp / UNET_WEIGHTS_FILE),
-                  metadata={"format": EXPORT_FORMAT, "format_version": str(EXPORT_FORMAT_VERSION)})
+        save_file(
+            tensors,
+            str(tmp / UNET_WEIGHTS_FILE),
+            metadata={"format": EXPORT_FORMAT, "format_version": str(EXPORT_FORMAT_VERSION)},
+        )
         _write_json(tmp / QUANT_CONFIG_FILE, quant_config)
         _write_json(tmp / SCHEDULER_CONFIG_FILE, sched_cfg)
+        components = model.export_components(tmp)  # the FP parts of the pipeline (a VAE, a text encoder...)
         weights_bytes = (tmp / UNET_WEIGHTS_FILE).stat().st_size
+        checked = [*CHECKED_FILES, *components]
         manifest = {
             "format": EXPORT_FORMAT,
             "format_version": EXPORT_FORMAT_VERSION,
@@ -358,17 +437,26 @@ def export_candidate(supernet: QuantSupernet, candidate: Candidate, out_dir: str
             "candidate": candidate.to_dict(),
             "candidate_key": candidate.key(),
             "bits": candidate.bits_summary(),
-            "objectives": _json_ready({**(objectives or {}), "bitops": cost.bitops,
-                                       "weight_bytes": cost.weight_bytes, "steps": cost.steps}),
+            "objectives": _json_ready(
+                {**(objectives or {}), "bitops": cost.bitops, "weight_bytes": cost.weight_bytes, "steps": cost.steps}
+            ),
             "model_hash": supernet.model_hash,
+            "solver": solver,
+            "conditioning": model.conditioning.to_dict() if getattr(model, "conditioning", None) else None,
+            "fp_components": sorted({c.split("/")[0] for c in components}),
             "seed": seed,
             "job": dict(job) if job is not None else None,
-            "supernet": {"bit_options": list(supernet.bit_options), "settings": supernet.settings.to_dict(),
-                         "calibration": supernet.calib_settings.to_dict()},
-            "sizes": {"weights_file_bytes": weights_bytes, "fp32_weights_bytes": fp_bytes,
-                      "ratio_to_fp32": weights_bytes / fp_bytes if fp_bytes else None},
-            "files": {rel: {"bytes": (tmp / rel).stat().st_size, "sha256": _sha256(tmp / rel)}
-                      for rel in CHECKED_FILES},
+            "supernet": {
+                "bit_options": list(supernet.bit_options),
+                "settings": supernet.settings.to_dict(),
+                "calibration": supernet.calib_settings.to_dict(),
+            },
+            "sizes": {
+                "weights_file_bytes": weights_bytes,
+                "fp32_weights_bytes": fp_bytes,
+                "ratio_to_fp32": weights_bytes / fp_bytes if fp_bytes else None,
+            },
+            "files": {rel: {"bytes": (tmp / rel).stat().st_size, "sha256": _sha256(tmp / rel)} for rel in checked},
         }
         _write_json(tmp / MANIFEST_FILE, manifest)
         if out.exists():
@@ -377,8 +465,15 @@ def export_candidate(supernet: QuantSupernet, candidate: Candidate, out_dir: str
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("exported candidate %s (%s, K=%d) to %s: %d bytes of weights (%.3f of FP32)", candidate.key(),
-             candidate.bits_summary(), candidate.steps, out, weights_bytes, weights_bytes / max(fp_bytes, 1))
+    log.info(
+        "exported candidate %s (%s, K=%d) to %s: %d bytes of weights (%.3f of FP32)",
+        candidate.key(),
+        candidate.bits_summary(),
+        candidate.steps,
+        out,
+        weights_bytes,
+        weights_bytes / max(fp_bytes, 1),
+    )
     return out
 
 
@@ -405,8 +500,11 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if manifest.get("format") != EXPORT_FORMAT:
         raise ModelLoadError(root / MANIFEST_FILE, f"not a tmpq export (format {manifest.get('format')!r})")
     if manifest.get("format_version") != EXPORT_FORMAT_VERSION:
-        raise ModelLoadError(root / MANIFEST_FILE, f"export format version {manifest.get('format_version')!r} is "
-                                                   f"not supported (expected {EXPORT_FORMAT_VERSION})")
+        raise ModelLoadError(
+            root / MANIFEST_FILE,
+            f"export format version {manifest.get('format_version')!r} is "
+            f"not supported (expected {EXPORT_FORMAT_VERSION})",
+        )
     return manifest
 
 
@@ -415,9 +513,17 @@ def verify(path: str | Path, manifest: Mapping[str, Any] | None = None) -> None:
     root = Path(path)
     manifest = manifest if manifest is not None else read_manifest(root)
     files = manifest.get("files")
-    if not isinstance(files, Mapping) or set(files) != set(CHECKED_FILES):
-        raise ModelLoadError(root / MANIFEST_FILE, f"the file list must name exactly {list(CHECKED_FILES)}")
-    for rel in CHECKED_FILES:
+    components = manifest.get("fp_components") or []
+    if (
+        not isinstance(files, Mapping)
+        or not set(CHECKED_FILES) <= set(files)
+        or any(str(rel).split("/")[0] not in components for rel in set(files) - set(CHECKED_FILES))
+        or any(".." in Path(str(rel)).parts or Path(str(rel)).is_absolute() for rel in files)
+    ):
+        raise ModelLoadError(
+            root / MANIFEST_FILE, f"the file list must name exactly {list(CHECKED_FILES)} and the FP components' files"
+        )
+    for rel in files:
         f = root / rel
         if not f.is_file():
             raise ModelLoadError(f, "missing")
@@ -428,26 +534,28 @@ def verify(path: str | Path, manifest: Mapping[str, Any] | None = None) -> None:
 
 @dataclass
 class ExportedPipeline:
-    """A loaded export: the quantized UNet, its schedule, and a DDIM sampler over them.
+    """A loaded export: the model (an adapter over the quantized denoiser), its schedule, and its solver.
 
     Attributes:
-        unet: the diffusers ``UNet2DModel`` with the candidate's quantized layers installed (eval mode).
+        model: the :class:`~supernet.models.base.DiffusionAdapter` whose denoiser has the candidate's quantized
+            layers installed (eval mode); sample it like any model (``model.sampler()``).
         timesteps: the candidate's schedule, descending.
-        alphas_cumprod: ᾱ_t of the model's training scheduler.
-        clip_sample: clip the predicted x0 to [-1, 1].
         manifest / quant_config / scheduler_config: the export's JSON files.
         path: the export directory.
     """
 
-    unet: nn.Module
+    model: DiffusionAdapter
     timesteps: tuple[int, ...]
-    alphas_cumprod: torch.Tensor
-    clip_sample: bool
     manifest: dict[str, Any]
     quant_config: dict[str, Any]
     scheduler_config: dict[str, Any]
     path: Path
     _hooks: list[Any] = field(default_factory=list, repr=False)
+
+    @property
+    def denoiser(self) -> nn.Module:
+        """The quantized denoiser (``model.denoiser``)."""
+        return self.model.denoiser
 
     @property
     def candidate(self) -> Candidate:
@@ -459,9 +567,21 @@ class ExportedPipeline:
         """The objectives recorded at export time."""
         return dict(self.manifest.get("objectives") or {})
 
-    def sampler(self, batch_size: int = 64) -> DDIMSampler:
-        """A :class:`~supernet.sampling.DDIMSampler` over the quantized UNet."""
-        return DDIMSampler(self.unet, self.alphas_cumprod, self.clip_sample, batch_size)
+    @property
+    def solver(self) -> str:
+        """The solver the search evaluated the candidate with (``ddim`` or ``dpmsolver++``)."""
+        return str(self.manifest.get("solver") or "ddim")
+
+    def sampler(self, batch_size: int = 64) -> Sampler:
+        """A :class:`~supernet.sampling.Sampler` over the quantized model, with the search's solver."""
+        return self.model.sampler(batch_size, solver=self.solver)
+
+    @property
+    def pipeline(self) -> Any:
+        """The diffusers pipeline object of the class the model came with (a ``StableDiffusionPipeline``), whose
+        denoiser is this quantized one; called like any diffusers pipeline, it runs the searched timesteps through
+        diffusers' own scheduler. ConfigError for a model kind without one (sample it with :meth:`sample`)."""
+        return self.model.diffusers_pipeline(self.timesteps, self.scheduler_config)
 
     def sample(self, n: int, seed: int, batch_size: int = 64) -> torch.Tensor:
         """``n`` images in [-1, 1] (CPU float32) from the noise of ``seed``, on the candidate's schedule."""
@@ -472,13 +592,14 @@ class ExportedPipeline:
         return self.sampler(batch_size).denoise(noise, self.timesteps)
 
     def to(self, device: str | torch.device) -> ExportedPipeline:
-        """Move the UNet (and its quantized weights) to ``device``."""
+        """Move the denoiser (and its quantized weights) to ``device``."""
         dev = torch.device(device)
-        self.unet.to(dev)
-        for module in self.unet.modules():
+        self.denoiser.to(dev)
+        for module in self.denoiser.modules():
             if isinstance(module, QuantWeightLayer):
-                module.slots = {b: QuantizedTensor(qt.codes.to(dev), _params_to(qt.params, dev))
-                                for b, qt in module.slots.items()}
+                module.slots = {
+                    b: QuantizedTensor(qt.codes.to(dev), _params_to(qt.params, dev)) for b, qt in module.slots.items()
+                }
                 module.temporal = {b: table.to(dev) for b, table in module.temporal.items()}
                 module.activate(module.w_bits, module.a_bits)
         return self
@@ -495,16 +616,19 @@ def _tensor(tensors: Mapping[str, torch.Tensor], key: str, where: Path) -> torch
         raise ModelLoadError(where, f"corrupt: tensor {key!r} is missing") from None
 
 
-def _install(unet: nn.Module, qcfg: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], root: Path) -> list[Any]:
+def _install(
+    denoiser: nn.Module, qcfg: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], root: Path
+) -> list[Any]:
     """Rebuild the state dict (dequantized weights), install the quantized sites (and the reparameterization's
-    explicit input pre-scales) and select the candidate; returns the hooks installed on the UNet."""
+    explicit input pre-scales) and select the candidate; returns the hooks installed on the denoiser."""
     from supernet.calibration.reparam import _prescale_hook, channel_dim  # the supernet's own pre-scale, exactly
 
     weights_file, qcfg_file = root / UNET_WEIGHTS_FILE, root / QUANT_CONFIG_FILE
     sites_cfg: Mapping[str, Any] = qcfg["sites"]
     slots: dict[str, QuantizedTensor] = {}
-    state = {k: v for k, v in tensors.items()
-             if not k.endswith((_CODES, _SCALE, _ZERO, _FACTOR, _TCODES, _TSCALE, _TZERO))}
+    state = {
+        k: v for k, v in tensors.items() if not k.endswith((_CODES, _SCALE, _ZERO, _FACTOR, _TCODES, _TSCALE, _TZERO))
+    }
     for name, entry in sites_cfg.items():
         w = entry.get("weight")
         if w is None:
@@ -513,15 +637,15 @@ def _install(unet: nn.Module, qcfg: Mapping[str, Any], tensors: Mapping[str, tor
         slots[name] = qt
         state[f"{name}.weight"] = qt.dequantized
     try:
-        unet.load_state_dict(state, strict=True)
+        denoiser.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ModelLoadError(weights_file, f"does not match unet/config.json: {str(exc).splitlines()[0]}") from None
     settings = SupernetSettings.from_dict(qcfg["settings"])
     ctx = TimestepContext()
-    installation = install_sites(unet, ctx, attention=settings.attention_matmuls, exclude=settings.exclude)
+    installation = install_sites(denoiser, ctx, attention=settings.attention_matmuls, exclude=settings.exclude)
     if list(installation.sites) != sorted(sites_cfg):
         installation.uninstall()
-        raise ModelLoadError(qcfg_file, "its sites differ from the ones the UNet's layers give")
+        raise ModelLoadError(qcfg_file, "its sites differ from the ones the model's layers give")
     ctx.set_grid(qcfg["grid"])
     hooks = []
     for name, site in installation.sites.items():
@@ -548,11 +672,17 @@ def _install(unet: nn.Module, qcfg: Mapping[str, Any], tensors: Mapping[str, tor
                 raise ModelLoadError(qcfg_file, f"{name}: only a linear site can read cached temporal features")
             site.temporal[int(cache["bits"])] = _temporal_table(name, cache, tensors, weights_file)
         site.activate(w_bits, a_bits)
-    return hooks + ctx.install(unet)
+    return hooks + ctx.install(denoiser)
 
 
-def _packed(name: str, entry: Mapping[str, Any], suffixes: tuple[str, str, str],
-            tensors: Mapping[str, torch.Tensor], weights_file: Path, what: str) -> QuantizedTensor:
+def _packed(
+    name: str,
+    entry: Mapping[str, Any],
+    suffixes: tuple[str, str, str],
+    tensors: Mapping[str, torch.Tensor],
+    weights_file: Path,
+    what: str,
+) -> QuantizedTensor:
     """The quantized tensor ``entry`` (bits, symmetric, shape) describes, from its packed codes, scales and
     zero-points (the tensors ``name`` + ``suffixes``)."""
     codes_key, scale_key, zero_key = (name + suffix for suffix in suffixes)
@@ -561,13 +691,15 @@ def _packed(name: str, entry: Mapping[str, Any], suffixes: tuple[str, str, str],
         codes = unpack_codes(_tensor(tensors, codes_key, weights_file), bits, sym, shape)
     except ValueError as exc:
         raise ModelLoadError(weights_file, f"corrupt {what} of {name!r}: {exc}") from None
-    params = UniformParams(_tensor(tensors, scale_key, weights_file),
-                           _tensor(tensors, zero_key, weights_file).to(torch.float32), bits, sym)
+    params = UniformParams(
+        _tensor(tensors, scale_key, weights_file), _tensor(tensors, zero_key, weights_file).to(torch.float32), bits, sym
+    )
     return QuantizedTensor(codes, params)
 
 
-def _temporal_table(name: str, cache: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
-                    weights_file: Path) -> TemporalTable:
+def _temporal_table(
+    name: str, cache: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], weights_file: Path
+) -> TemporalTable:
     qt = _packed(name, cache, (_TCODES, _TSCALE, _TZERO), tensors, weights_file, "temporal codes")
     return TemporalTable([int(t) for t in cache["timesteps"]], qt)
 
@@ -577,34 +709,40 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, check: bool = 
 
     Args:
         path: the export directory (:func:`export_candidate`).
-        device: where the UNet runs.
+        device: where the model runs.
         check: verify every file's size and SHA-256 against the manifest first.
 
     Raises:
         ModelLoadError: naming the file that is missing, corrupt or of another format version.
     """
-    from diffusers import UNet2DModel
-
-    from supernet.zoo.loader import alphas_cumprod_from_config
-
     root = Path(path)
     manifest = read_manifest(root)
     if check:
         verify(root, manifest)
+    index = _read_json(root, MODEL_INDEX_FILE)
     unet_cfg = _read_json(root, UNET_CONFIG_FILE)
     qcfg = _read_json(root, QUANT_CONFIG_FILE)
     sched_cfg = _read_json(root, SCHEDULER_CONFIG_FILE)
     if qcfg.get("format_version") != EXPORT_FORMAT_VERSION:
-        raise ModelLoadError(root / QUANT_CONFIG_FILE, f"format version {qcfg.get('format_version')!r} is not "
-                                                       f"supported (expected {EXPORT_FORMAT_VERSION})")
-    if unet_cfg.get("_class_name") != "UNet2DModel":
+        raise ModelLoadError(
+            root / QUANT_CONFIG_FILE,
+            f"format version {qcfg.get('format_version')!r} is not supported (expected {EXPORT_FORMAT_VERSION})",
+        )
+    kind = kind_of_index(index, root / MODEL_INDEX_FILE)
+    if f"{kind.component}/config.json" != UNET_CONFIG_FILE:
+        raise ModelLoadError(root / MODEL_INDEX_FILE, f"a {kind.name} model does not fit export format version 1")
+    if unet_cfg.get("_class_name") not in kind.classes:
         raise ModelLoadError(root / UNET_CONFIG_FILE, f"unsupported model class {unet_cfg.get('_class_name')!r}")
+    if sched_cfg.get("prediction_type", "epsilon") not in kind.prediction_types:
+        raise ModelLoadError(
+            root / SCHEDULER_CONFIG_FILE, f"prediction_type {sched_cfg.get('prediction_type')!r} is not supported"
+        )
     try:
         candidate = Candidate.from_dict(manifest["candidate"])
         timesteps = validate_schedule(sched_cfg["timesteps"], int(sched_cfg.get("num_train_timesteps", 1000)))
         if tuple(timesteps) != candidate.timesteps:
             raise ScheduleError(f"the scheduler's timesteps {timesteps} are not the candidate's")
-        alphas = alphas_cumprod_from_config(sched_cfg)
+        NoiseSchedule.from_config(sched_cfg)  # its betas must make a schedule
     except (KeyError, InvalidCandidate, ScheduleError, ValueError) as exc:
         raise ModelLoadError(root / SCHEDULER_CONFIG_FILE, f"inconsistent with the manifest: {exc}") from None
     try:
@@ -612,18 +750,23 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, check: bool = 
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelLoadError(root / UNET_WEIGHTS_FILE, f"unreadable: {exc}") from None
     try:
-        unet = UNet2DModel.from_config(unet_cfg)
+        model = adapter_class(kind).from_export(root, unet_cfg, sched_cfg, manifest)
+    except ModelLoadError:
+        raise
     except Exception as exc:  # diffusers raises many types for a bad config
-        raise ModelLoadError(root / UNET_CONFIG_FILE, f"the UNet cannot be built: {exc}") from None
-    unet.eval().requires_grad_(False)
+        raise ModelLoadError(root / UNET_CONFIG_FILE, f"the model cannot be built: {exc}") from None
     try:
-        hooks = _install(unet, qcfg, tensors, root)
+        hooks = _install(model.denoiser, qcfg, tensors, root)
     except (KeyError, TypeError, ValueError, CalibrationError) as exc:
         raise ModelLoadError(root / QUANT_CONFIG_FILE, f"corrupt: {type(exc).__name__}: {exc}") from None
-    pipe = ExportedPipeline(unet, tuple(timesteps), alphas, bool(sched_cfg.get("clip_sample", True)), manifest, qcfg,
-                            sched_cfg, root, hooks)
+    pipe = ExportedPipeline(model, tuple(timesteps), manifest, qcfg, sched_cfg, root, hooks)
     if torch.device(device) != torch.device("cpu"):
         pipe.to(device)
-    log.info("loaded export %s: candidate %s (%s, K=%d)", root, manifest.get("candidate_key"),
-             manifest.get("bits"), len(timesteps))
+    log.info(
+        "loaded export %s: candidate %s (%s, K=%d)",
+        root,
+        manifest.get("candidate_key"),
+        manifest.get("bits"),
+        len(timesteps),
+    )
     return pipe

@@ -20,7 +20,7 @@ def save_grid(images: torch.Tensor, path: str | Path, ncol: int | None = None, s
     grid = np.zeros((nrow * (h + 1) + 1, ncol * (w + 1) + 1, c), dtype=np.uint8)
     for i in range(n):
         r, q = divmod(i, ncol)
-        grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = x[i].transpose(1, 2, 0)
+        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = x[i].transpose(1, 2, 0)
     grid = grid.repeat(scale, 0).repeat(scale, 1)
     img = Image.fromarray(grid[..., 0] if c == 1 else grid)
     out = Path(path)

@@ -82,6 +82,15 @@ class FDDScorer:
         parts = [self.extractor.features(chunk.float()).numpy() for chunk in images.split(self.batch_size)]
         return np.concatenate(parts).astype(np.float64)
 
+    @torch.no_grad()
+    def classes(self, images: torch.Tensor) -> torch.Tensor:
+        """The class the extractor's classifier head predicts for each image in [-1, 1] (``(N,)`` long)."""
+        head = getattr(self.extractor, "head", None)
+        if head is None:
+            raise ValueError("this feature extractor has no classifier head")
+        parts = [head(self.extractor.features(chunk.float())).argmax(1) for chunk in images.split(self.batch_size)]
+        return torch.cat(parts)
+
     def score(self, images: torch.Tensor) -> float:
         """FDD of ``images`` against the real digits (lower is better)."""
         return frechet_distance(self.features(images), self.real_features)

@@ -16,6 +16,11 @@ from search.errors import ConfigError, VersionMismatchError
 
 SUPERNET_SETTINGS_VERSION = 1
 
+#: How a quantizer's range is fitted, and the quantizer kinds of a post-softmax input (torch-free names; the
+#: quantizers in :mod:`supernet.quant` implement them).
+RANGE_METHODS: tuple[str, ...] = ("minmax", "mse")
+QUANT_KINDS: tuple[str, ...] = ("uniform", "log2")
+
 
 def canonical_key(payload: Mapping[str, Any], length: int = 16) -> str:
     """Hex digest of the canonical JSON of ``payload`` (sorted keys, no spaces)."""
@@ -44,7 +49,8 @@ class SupernetSettings:
     def __post_init__(self) -> None:
         if self.version != SUPERNET_SETTINGS_VERSION:
             raise VersionMismatchError(
-                f"supernet settings version {self.version} is not supported (expected {SUPERNET_SETTINGS_VERSION})")
+                f"supernet settings version {self.version} is not supported (expected {SUPERNET_SETTINGS_VERSION})"
+            )
         for name in ("weight_symmetric", "act_symmetric", "attention_matmuls"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, "must be a boolean")

@@ -8,8 +8,6 @@ per-timestep activation parameters are stored. ``assemble(candidate)`` then only
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import random
 import time
@@ -32,6 +30,8 @@ from supernet.calibration.settings import CalibrationSettings
 from supernet.calibration.strategy import make_strategy
 from supernet.cost import trace_costs
 from supernet.errors import CalibrationError
+from supernet.models.base import DiffusionAdapter, as_adapter
+from supernet.progress import ProgressCallback, ProgressTracker
 from supernet.qlayers.attention import QuantAttnProcessor
 from supernet.qlayers.context import TimestepContext
 from supernet.qlayers.registry import Installation, Site, install_sites
@@ -42,45 +42,15 @@ from supernet.settings import SupernetSettings
 log = logging.getLogger(__name__)
 
 #: Version of the saved artifact layout (``supernet.artifact``).
-FORMAT_VERSION = 1
 
 BitState = tuple[tuple[str, int, int], ...]
 
 
-def module_hash(module: nn.Module) -> str:
-    """SHA-256 (16 hex digits) over a module's config (if any) and its state dict."""
-    h = hashlib.sha256()
-    config = getattr(module, "config", None)
-    if config is not None:
-        h.update(json.dumps(dict(config), sort_keys=True, default=str).encode())
-    for key, value in sorted(module.state_dict().items()):
-        t = value.detach().cpu().contiguous()
-        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def sample_shape_of(unet: nn.Module) -> tuple[int, ...]:
-    """``(C, H, W)`` of a diffusers UNet's input, from its config."""
-    cfg = getattr(unet, "config", None)
-    if cfg is None:
-        raise CalibrationError("the model has no config: pass sample_shape")
-    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-    return (int(cfg.in_channels), int(size), int(size))
-
-
-def block_of(root: nn.Module, name: str) -> str:
-    """The top-level block a site belongs to: ``down_blocks.1``, ``mid_block``, ``conv_in``…"""
-    parts = name.split(".")
-    child = root._modules.get(parts[0])
-    if isinstance(child, nn.ModuleList | nn.ModuleDict | nn.Sequential) and len(parts) > 2:
-        return ".".join(parts[:2])
-    return parts[0]
-
-
 def _already_wrapped(unet: nn.Module) -> bool:
-    return any(isinstance(m, QuantWeightLayer) or isinstance(getattr(m, "processor", None), QuantAttnProcessor)
-               for m in unet.modules())
+    return any(
+        isinstance(m, QuantWeightLayer) or isinstance(getattr(m, "processor", None), QuantAttnProcessor)
+        for m in unet.modules()
+    )
 
 
 class QuantSupernet:
@@ -89,24 +59,33 @@ class QuantSupernet:
     Build with :meth:`build` (or :func:`supernet.artifact.get_or_build_supernet`); do not call directly.
     """
 
-    def __init__(self, unet: nn.Module, bit_options: tuple[int, ...], settings: SupernetSettings,
-                 calib_settings: CalibrationSettings, model_hash: str, ctx: TimestepContext,
-                 installation: Installation, hooks: list[RemovableHandle], sample_shape: tuple[int, ...]) -> None:
-        self.unet = unet
+    def __init__(
+        self,
+        model: DiffusionAdapter,
+        bit_options: tuple[int, ...],
+        settings: SupernetSettings,
+        calib_settings: CalibrationSettings,
+        model_hash: str,
+        ctx: TimestepContext,
+        installation: Installation,
+        hooks: list[RemovableHandle],
+    ) -> None:
+        #: The model adapter whose denoiser this supernet wraps (sample through ``model.sampler()``).
+        self.model = model
         self.bit_options = bit_options
         self.settings = settings
         self.calib_settings = calib_settings
         self.model_hash = model_hash
-        self.sample_shape = sample_shape
+        self.sample_shape: tuple[int, ...] = model.sample_shape
         self._ctx = ctx
         self._install = installation
         self._sites: dict[str, Site] = installation.sites
         self._names: tuple[str, ...] = tuple(self._sites)
         self._allowed = frozenset(bit_options) | frozenset(FP_BITS)
         self._hooks = hooks
-        self.site_blocks: dict[str, str] = {s: block_of(unet, s) for s in self._names}
+        self.site_blocks: dict[str, str] = {s: model.block_of(s) for s in self._names}
         self.skipped: dict[str, str] = dict(installation.skipped)
-        self.cost_model: CostModel = trace_costs(unet, self._sites, sample_shape)
+        self.cost_model: CostModel = trace_costs(model, self._sites)
         self.calibrated = False
         self.calibration_source: dict[str, Any] = {}
         #: What the calibration strategy decided (JSON-ready; saved with the artifact): e.g. TCR's folded and
@@ -119,39 +98,55 @@ class QuantSupernet:
 
     # --- construction -----------------------------------------------------------------------------------------
     @classmethod
-    def build(cls, model: Any, bit_options: Iterable[int], settings: SupernetSettings | None = None,
-              calib_settings: CalibrationSettings | None = None, *, model_hash: str | None = None,
-              sample_shape: Sequence[int] | None = None) -> QuantSupernet:
-        """Wrap ``model`` (a :class:`~supernet.zoo.loader.DiffusionModel` or a UNet module) in place.
+    def build(
+        cls,
+        model: Any,
+        bit_options: Iterable[int],
+        settings: SupernetSettings | None = None,
+        calib_settings: CalibrationSettings | None = None,
+        *,
+        model_hash: str | None = None,
+        sample_shape: Sequence[int] | None = None,
+    ) -> QuantSupernet:
+        """Wrap ``model``'s denoiser in place.
 
         Args:
-            model: the model; a ``DiffusionModel`` contributes its file hash, a bare module is hashed.
+            model: a :class:`~supernet.models.base.DiffusionAdapter` (a loaded model contributes its file hash), or
+                a bare denoiser module (wrapped by :func:`~supernet.models.base.as_adapter`, identified by its
+                state-dict hash).
             bit_options: the calibrated bit-widths (each in 2..8); 16/32 (FP) are always accepted too.
             settings: structure and quantizer format.
             calib_settings: how :meth:`calibrate` fits quantizers.
             model_hash: override the model identity recorded in artifacts.
-            sample_shape: ``(C, H, W)`` of one input; read from a diffusers config when omitted.
+            sample_shape: ``(C, H, W)`` of one input, for a bare module without a diffusers config; checked
+                against the adapter's otherwise.
         """
-        unet = getattr(model, "unet", model)
-        if not isinstance(unet, nn.Module):
-            raise TypeError(f"expected a DiffusionModel or an nn.Module, got {type(model).__name__}")
-        if _already_wrapped(unet):
+        adapter = as_adapter(model, sample_shape)
+        if sample_shape is not None and tuple(int(s) for s in sample_shape) != tuple(adapter.sample_shape):
+            raise CalibrationError(
+                f"sample shape {tuple(sample_shape)} does not match the model's {tuple(adapter.sample_shape)}"
+            )
+        denoiser = adapter.denoiser
+        if _already_wrapped(denoiser):
             raise CalibrationError("this model is already wrapped by a supernet (detach() it first)")
         options = tuple(sorted({int(b) for b in bit_options}))
         if not options or not set(options) <= set(QUANT_BITS):
-            raise ConfigError("bit_options", f"must be a non-empty set of widths in 2..8, got {list(options)} "
-                                             "(16/32 mean FP and are always accepted)")
+            raise ConfigError(
+                "bit_options",
+                f"must be a non-empty set of widths in 2..8, got {list(options)} "
+                "(16/32 mean FP and are always accepted)",
+            )
         settings = settings or SupernetSettings()
-        identity = model_hash or getattr(model, "model_hash", None) or module_hash(unet)
-        shape = tuple(sample_shape) if sample_shape is not None else sample_shape_of(unet)
+        identity = model_hash or adapter.identity()
         ctx = TimestepContext()
-        installation = install_sites(unet, ctx, attention=settings.attention_matmuls, exclude=settings.exclude)
-        hooks = ctx.install(unet)
+        installation = install_sites(denoiser, ctx, attention=settings.attention_matmuls, exclude=settings.exclude)
+        hooks = ctx.install(denoiser)
         try:
             if not installation.sites:
                 raise CalibrationError("the model has no quantizable layer")
-            return cls(unet, options, settings, calib_settings or CalibrationSettings(), identity, ctx,
-                       installation, hooks, shape)
+            return cls(
+                adapter, options, settings, calib_settings or CalibrationSettings(), identity, ctx, installation, hooks
+            )
         except BaseException:
             for h in hooks:
                 h.remove()
@@ -168,6 +163,11 @@ class QuantSupernet:
         self._sites, self._names = {}, ()
 
     # --- introspection --------------------------------------------------------------------------------------
+    @property
+    def denoiser(self) -> nn.Module:
+        """The wrapped module tree (``model.denoiser``)."""
+        return self.model.denoiser
+
     @property
     def sites(self) -> tuple[str, ...]:
         """Site names, sorted (the order of ``Candidate.sites``)."""
@@ -212,8 +212,10 @@ class QuantSupernet:
         for genes, what in ((candidate.weight_bits, "weight"), (candidate.act_bits, "activation")):
             for name, bits in genes:
                 if bits not in allowed:
-                    raise InvalidCandidate(f"site {name!r}: {what} bit-width {bits} is not among the supernet's "
-                                           f"options {sorted(self.bit_options)} (or FP {FP_BITS})")
+                    raise InvalidCandidate(
+                        f"site {name!r}: {what} bit-width {bits} is not among the supernet's "
+                        f"options {sorted(self.bit_options)} (or FP {FP_BITS})"
+                    )
 
     def _apply(self, state: Iterable[tuple[str, int, int]]) -> None:
         before = self.state()
@@ -258,15 +260,18 @@ class QuantSupernet:
     # --- calibration ----------------------------------------------------------------------------------------
     def _check_data(self, data: CalibrationData) -> None:
         if tuple(data.inputs.shape[2:]) != tuple(self.sample_shape):
-            raise CalibrationError(f"calibration inputs of shape {tuple(data.inputs.shape[2:])} do not match the "
-                                   f"model's {self.sample_shape}")
+            raise CalibrationError(
+                f"calibration inputs of shape {tuple(data.inputs.shape[2:])} do not match the "
+                f"model's {self.sample_shape}"
+            )
 
     def _fp_state(self) -> BitState:
         return tuple((n, 32, 32) for n in self._names)
 
     def _session(self, data: CalibrationData, w_bits: dict[str, int], a_bits: dict[str, int]) -> CalibrationSession:
-        return CalibrationSession(self.unet, self._sites, self._ctx, data, self.calib_settings, self.settings,
-                                  w_bits, a_bits)
+        return CalibrationSession(
+            self.model, self._sites, self._ctx, data, self.calib_settings, self.settings, w_bits, a_bits
+        )
 
     def reparameterize(self, factors: Mapping[str, torch.Tensor]) -> Reparameterization:
         """Multiply the FP weights' input columns by per-channel ``factors`` (``{site: r}``) and divide the
@@ -274,7 +279,7 @@ class QuantSupernet:
         any previous reparameterization. In FP the model computes the same function (to float rounding).
         Calibrations fitted before this call no longer match the weights."""
         self._drop_reparameterization()
-        self.reparam = apply_reparameterization(self.unet, self._sites, factors)
+        self.reparam = apply_reparameterization(self.denoiser, self._sites, factors)
         return self.reparam
 
     def _drop_reparameterization(self) -> None:
@@ -282,10 +287,16 @@ class QuantSupernet:
             self.reparam.undo()
             self.reparam = None
 
-    def calibrate(self, data: CalibrationData) -> None:
+    def calibrate(self, data: CalibrationData, progress: ProgressCallback | ProgressTracker | None = None) -> None:
         """Fit every bit option: the whole network at WbAb, one strategy session per b. Replaces any previous
-        calibration (and reparameterization); the supernet is left in FP."""
+        calibration (and reparameterization); the supernet is left in FP.
+
+        ``progress`` is called at every phase and block boundary (:mod:`supernet.progress`; a running tracker is
+        used as is). An exception it raises propagates: the supernet is then left uncalibrated (``calibrated`` is
+        false, every site in FP) and can be calibrated again.
+        """
         self._check_data(data)
+        tracker = ProgressTracker.of(progress, self.bit_options)
         strategy = make_strategy(self.calib_settings)
         self._apply(self._fp_state())
         self.calibrated = False
@@ -298,26 +309,41 @@ class QuantSupernet:
                 q.tables.clear()
         self._ctx.set_grid(data.timesteps)
         start = time.perf_counter()
+        tracker.report("prepare", 0, 1)
         strategy.prepare(self, data)
+        tracker.report("prepare", 1, 1)
         prepare_s = time.perf_counter() - start
         seconds: dict[int, float] = {}
-        for bits in self.bit_options:
+        for index, bits in enumerate(self.bit_options):
             uniform = dict.fromkeys(self._names, bits)
             start = time.perf_counter()
+            tracker.begin_bits(index, bits)
+            session = self._session(data, uniform, uniform)
+            session.progress = tracker
             try:
-                strategy.calibrate(self._session(data, uniform, uniform))
+                strategy.calibrate(session)
             finally:
                 self._apply(self._fp_state())
+            tracker.end_bits()
             seconds[bits] = time.perf_counter() - start
-            log.info("calibrated W%dA%d on %d timesteps x %d samples in %.1f s", bits, bits, len(data.timesteps),
-                     data.samples, seconds[bits])
+            log.info(
+                "calibrated W%dA%d on %d timesteps x %d samples in %.1f s",
+                bits,
+                bits,
+                len(data.timesteps),
+                data.samples,
+                seconds[bits],
+            )
         self.calibration_source = dict(data.source)
         self.calibration_seconds = seconds
         self.calibration_metadata = {
-            "strategy": self.calib_settings.strategy, **strategy.report(),
+            "strategy": self.calib_settings.strategy,
+            **strategy.report(),
             "reparameterization": self.reparam.report() if self.reparam is not None else None,
-            "seconds": {"prepare": round(prepare_s, 3), **{str(b): round(v, 3) for b, v in seconds.items()}}}
+            "seconds": {"prepare": round(prepare_s, 3), **{str(b): round(v, 3) for b, v in seconds.items()}},
+        }
         self.calibrated = True
+        tracker.done()
 
     def calibrate_config(self, candidate: Candidate, data: CalibrationData) -> None:
         """Per-configuration PTQ (the baseline the supernet amortizes): fit exactly ``candidate``'s mix, with

@@ -5,6 +5,8 @@ Torch-only and fast; nothing here is used by the library itself.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -43,8 +45,9 @@ def toy_net(seed: int = 0) -> ToyNet:
     return ToyNet().eval()
 
 
-def random_data(shape: tuple[int, ...], grid: tuple[int, ...] = (900, 500, 100), n: int = 4,
-                seed: int = 1) -> CalibrationData:
+def random_data(
+    shape: tuple[int, ...], grid: tuple[int, ...] = (900, 500, 100), n: int = 4, seed: int = 1
+) -> CalibrationData:
     """Gaussian calibration inputs of ``shape`` on ``grid`` (no trajectories: for wiring tests)."""
     gen = torch.Generator().manual_seed(seed)
     return CalibrationData(grid, torch.randn((len(grid), n, *shape), generator=gen))
@@ -62,3 +65,17 @@ def calibrated_testbed(bits: tuple[int, ...] = (4, 8), seed: int = 0) -> QuantSu
     sn = QuantSupernet.build(testbed_unet(seed).eval(), bits, calib_settings=TINY_CALIB)
     sn.calibrate(random_data(TESTBED_SHAPE, grid=(999, 500, 0)))
     return sn
+
+
+def write_feature_program(
+    path: str | Path, channels: int, *, batch: int = 4, dynamic: bool = True, seed: int = 0
+) -> Path:
+    """Save a small random conv feature network (``channels`` → 16 features) as a ``torch.export`` program file, the
+    format of a job's ``evaluation.features``; with ``dynamic=False`` its batch size is fixed at ``batch``."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(channels, 4, 3, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten()).eval()
+    example = (torch.zeros(batch, channels, 8, 8),)
+    shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic else None
+    program = torch.export.export(net, example, dynamic_shapes=shapes)
+    torch.export.save(program, str(path))
+    return Path(path)

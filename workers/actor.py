@@ -17,6 +17,7 @@ import resource
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from search.candidate import Candidate
@@ -69,10 +70,15 @@ class InProcessFactory:
     config: Any  # workers.evaluator.EvaluatorConfig (not imported here: it pulls in torch)
 
     def payload(self) -> Payload:
-        """The model directory and the supernet artifact directory, as ``{name: {relative path: bytes}}``."""
+        """The model directory, the supernet artifact directory and the job's feature program file (when it has
+        one), as ``{name: {relative path: bytes}}``."""
         from workers.evaluator import pack_dir
 
-        return {"model": pack_dir(self.config.model_path), "supernet": pack_dir(self.config.supernet_path)}
+        payload = {"model": pack_dir(self.config.model_path), "supernet": pack_dir(self.config.supernet_path)}
+        program = getattr(self.config, "feature_program", None)
+        if program:
+            payload["features"] = {Path(program).name: Path(program).read_bytes()}
+        return payload
 
     def build(self, context: WorkerContext, payload: Payload | None) -> Evaluator:
         """Load the model and supernet from the config's paths, or from the shipped bytes."""
@@ -143,7 +149,11 @@ class EvaluationActor:
     """
 
     def __init__(
-        self, factory: EvaluatorFactory, slot: int, threads: int, num_gpus: float = 0.0,
+        self,
+        factory: EvaluatorFactory,
+        slot: int,
+        threads: int,
+        num_gpus: float = 0.0,
         payload: Payload | None = None,
     ) -> None:
         start = time.perf_counter()
@@ -201,4 +211,3 @@ def _payload_size(payload: Any) -> int:
     if isinstance(payload, Mapping):
         return sum(_payload_size(v) for v in payload.values())
     return 0
-

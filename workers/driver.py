@@ -1,8 +1,10 @@
 """The job driver: ties a job's spec, the supernet, the search and an evaluator together.
 
 ``run_job(spec, sink, resume)`` is what the server's runner calls (``workers.protocol`` documents the contract)
-and what ``tmpq search`` runs locally. Each generation is handed to the sink (which stores it) before anything
-reports it; a sink that raises ``JobInterrupted`` stops the job after that generation was stored.
+and what ``tmpq search`` runs locally, with a :class:`~workers.jobspec.JobSpec` already validated against its model
+(:func:`workers.jobspec.validate_job`). Each generation is handed to the sink (which stores it) before anything
+reports it; a sink that raises ``JobInterrupted`` stops the job after that generation was stored. While the job
+loads, calibrates, searches and re-scores, what it is doing goes to the sink's optional ``on_progress``.
 """
 
 from __future__ import annotations
@@ -19,44 +21,110 @@ from search.checkpoint import Checkpoint
 from search.cost import CostModel
 from search.errors import ConfigError
 from search.evaluator import Evaluation, Evaluator
-from search.runner import GenerationResult, SearchResult, SearchRunner
+from search.runner import GenerationResult, SearchResult, SearchRunner, resolve_budget
 from search.space import SearchSpace
-from search.spec import SearchSpec
+from workers.jobspec import JobSpec
 
 log = logging.getLogger(__name__)
 
 EVALUATORS = ("inprocess", "ray")
 
 
+#: At most one progress report per this many seconds (the last one of a stage always goes out).
+PROGRESS_INTERVAL_S = 1.0
+
+
 @dataclass(frozen=True)
 class DriverOptions:
-    """How a job is executed (not what it searches: that is the spec).
+    """How a job is executed on this installation: the operator's choices, not the job's (that is the spec).
 
     Attributes:
-        evaluator: ``inprocess`` or ``ray``; ``None`` picks Ray when the spec has a ``ray`` section.
+        evaluator: ``inprocess`` or ``ray``; ``None`` picks Ray when the spec's ``execution.ray`` names resources.
         cache_dir: where supernet artifacts and calibration data are cached (default ``$TMPQ_DATA_DIR``).
-        device: torch device for in-process evaluation.
-        batch_size: images per forward.
+        ray_address: the Ray cluster to join (``None``: ``$TMPQ_RAY_ADDRESS``, else a local Ray).
     """
 
     evaluator: str | None = None
     cache_dir: str | None = None
-    device: str = "cpu"
-    batch_size: int = 64
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         if self.evaluator is not None and self.evaluator not in EVALUATORS:
             raise ConfigError("evaluator", f"must be one of {EVALUATORS}, got {self.evaluator!r}")
 
-    def evaluator_for(self, spec: SearchSpec) -> str:
-        return self.evaluator or ("ray" if spec.ray else "inprocess")
+    def evaluator_for(self, spec: JobSpec) -> str:
+        return self.evaluator or ("ray" if spec.execution.ray else "inprocess")
+
+
+def resolve_device(device: str) -> str:
+    """A job's ``model.device`` for this process: ``auto`` is CUDA when torch sees a GPU, else the CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class ProgressReporter:
+    """Sends what a job is doing to its sink's optional ``on_progress`` (see :mod:`workers.protocol`), at most
+    once per :data:`PROGRESS_INTERVAL_S` within a stage; a new stage always goes out."""
+
+    def __init__(self, sink: Any, interval_s: float = PROGRESS_INTERVAL_S) -> None:
+        self._sink = sink
+        self._send = getattr(sink, "on_progress", None)
+        self._interval = interval_s
+        self._last = (None, -float("inf"))
+
+    def __call__(
+        self, stage: str, message: str, calibration: dict[str, Any] | None = None, *, force: bool = False
+    ) -> None:
+        """Report ``message`` in ``stage``; a report within the interval of the last one in the same stage is
+        dropped unless it is final (calibration done) or ``force`` (a one-off line that must be seen)."""
+        if self._send is None:
+            return
+        now = time.monotonic()
+        last_stage, last_at = self._last
+        if stage == last_stage and now - last_at < self._interval and not (force or _final(calibration)):
+            return
+        self._last = (stage, now)
+        self._send({"stage": stage, "message": message, "calibration": calibration})
+
+    def warning(self, stage: str, message: str) -> None:
+        """A warning the job goes on after: kept with the job (``on_warning``) and shown as activity."""
+        from workers.protocol import report_warning
+
+        report_warning(self._sink, message)
+        self(stage, f"warning: {message}", force=True)
+
+    def calibration(self, progress: Any) -> None:
+        """A ``supernet.progress.CalibrationProgress`` as a ``calibrating`` report."""
+        info = progress.to_dict()
+        self("calibrating", describe_calibration(info), info)
+
+
+def _final(calibration: dict[str, Any] | None) -> bool:
+    return bool(calibration) and calibration.get("phase") == "done"
+
+
+def describe_calibration(info: dict[str, Any]) -> str:
+    """One line for a calibration progress report, e.g. ``W6 (2/3): reconstruction 7/12, round 1``."""
+    if info.get("source") in ("cache", "shipped"):
+        return f"supernet loaded ({info['source']})"
+    bits = info.get("bits")
+    head = f"W{bits} ({info.get('bit_index', 0) + 1}/{info.get('bit_count', '?')})" if bits else "FP"
+    text = f"{head}: {info.get('phase', '?')}"
+    if info.get("total"):
+        text += f" {info.get('step', 0)}/{info['total']}"
+    if info.get("round"):
+        text += f", round {info['round']}"
+    return text
 
 
 @dataclass
 class PreparedJob:
     """A job's model, calibrated supernet and search space, ready to search."""
 
-    spec: SearchSpec
+    spec: JobSpec
     model: Any
     supernet: Any
     supernet_path: Path
@@ -64,71 +132,142 @@ class PreparedJob:
     cost_model: CostModel
     features_path: str | None
     timings: dict[str, float] = field(default_factory=dict)
+    conditioning: Any = None
 
     def baselines(self) -> list[Candidate]:
         """The uniform baselines: the DDIM schedule of each K at each uniform precision."""
         return list(self.space.seed_candidates())
 
 
-def prepare_job(spec: SearchSpec, options: DriverOptions = DriverOptions()) -> PreparedJob:
-    """Load the model, get (or calibrate and cache) its supernet, and build the search space."""
-    from supernet.artifact import get_or_build_supernet
-    from supernet.calibration.settings import CalibrationSettings
-    from supernet.zoo.loader import load_model
-    from workers.evaluator import EvaluatorConfig
+def prepare_job(
+    spec: JobSpec, options: DriverOptions = DriverOptions(), report: ProgressReporter | None = None
+) -> PreparedJob:
+    """Load the model, get (or calibrate and cache) its supernet, and build the search space.
 
+    ``spec`` is checked against the loaded model again (cheap) so that a spec built in code, not through
+    :func:`~workers.jobspec.validate_job`, cannot run what the model cannot.
+    """
+    from supernet.artifact import default_cache_dir, get_or_build_supernet
+    from supernet.identity import supernet_artifact_name
+    from supernet.models import features_for, load_model
+
+    report = report or ProgressReporter(None)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    model = load_model(spec.model, device=options.device)
-    spec.validate_for_model(model.num_train_timesteps)
-    calib = CalibrationSettings.from_dict(spec.calibration)
-    quant_bits = sorted(b for b in spec.bit_options if 2 <= b <= 8)
-    if not quant_bits:
-        raise ConfigError("bit_options", "needs at least one width in 2..8")
+    report("loading", f"loading {Path(spec.model.path).name}")
+    conditioning = spec.model.conditioning(spec.model.path)
+    model = load_model(spec.model.path, device=resolve_device(spec.model.device), conditioning=conditioning)
+    for warning in getattr(model, "warnings", ()):
+        report.warning("loading", warning)
+    features = features_for(model.path)
+    try:
+        evaluation = spec.evaluation.resolved_for_model(model.num_train_timesteps, features is not None)
+    except ConfigError as exc:
+        raise ConfigError(f"evaluation.{exc.field}", exc.reason) from None
+    spec = spec.replace(evaluation=evaluation)
+    bits = spec.search.quantized_bits
+    _check_space(spec, model, bits)
+    if evaluation.features is not None:
+        _check_feature_program(evaluation.features, model, report)
     timings["load_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    supernet = get_or_build_supernet(model, quant_bits, calib_settings=calib, cache_dir=options.cache_dir,
-                                     batch_size=options.batch_size)
+    report("calibrating", "getting the calibrated supernet")
+    supernet = get_or_build_supernet(
+        model,
+        bits,
+        calib_settings=spec.calibration,
+        cache_dir=options.cache_dir,
+        batch_size=spec.evaluation.batch_size,
+        progress=report.calibration,
+    )
     timings["supernet_s"] = time.perf_counter() - start
-    path = _artifact_path(model, quant_bits, supernet.settings, calib, options.cache_dir)
-    space = SearchSpace.from_spec(spec, supernet.sites, model.num_train_timesteps, supernet.site_blocks)
-    probe = EvaluatorConfig(model_path=str(model.path), supernet_path=str(path), objective=spec.objective)
-    features = probe.resolved_features_path()
-    if spec.objective == "fdd" and features is None:
-        raise ConfigError("objective", "fdd needs a feature extractor; only the shipped testbed has one")
-    if spec.rescore_samples and features is None:
-        raise ConfigError("rescore_samples", "re-scoring with FDD needs a feature extractor; only the shipped "
-                          "testbed has one (set rescore_samples: 0 for other models)")
-    return PreparedJob(spec, model, supernet, path, space, supernet.cost_model, features, timings)
+    root = Path(options.cache_dir) if options.cache_dir is not None else default_cache_dir()
+    path = root / supernet_artifact_name(
+        model.path, bits, spec.calibration, known_hash=model.model_hash, condition_key=model.condition_key
+    )
+    space = _search_space(spec, supernet)
+    features_path = str(features) if features is not None else None
+    return PreparedJob(spec, model, supernet, path, space, supernet.cost_model, features_path, timings, conditioning)
 
 
-def _artifact_path(model: Any, bits: Sequence[int], settings: Any, calib: Any, cache_dir: str | None) -> Path:
-    """Where ``get_or_build_supernet`` caches the artifact for these inputs (Ray actors load it from there)."""
-    from supernet.artifact import artifact_name, default_cache_dir, model_identity
+def _check_feature_program(path: str, model: Any, report: ProgressReporter) -> None:
+    """Load the job's feature program and run it on two blank images of the model's output shape, before any
+    calibration: an ``evaluation.features`` ConfigError when it is not a program that takes them."""
+    import torch
 
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return root / artifact_name(model_identity(model), bits, settings, calib)
+    from supernet.feature_space import FeatureSpace
+
+    with torch.no_grad():
+        shape = tuple(model.decode(torch.zeros(1, *model.sample_shape, device=model.device)).shape[1:])
+    dim = FeatureSpace.load(path).check(shape)
+    report("loading", f"feature program {Path(path).name}: {dim} features per image", force=True)
 
 
-def evaluator_config(job: PreparedJob, *, objective: str | None = None, samples: int | None = None,
-                     reference: bool = True, options: DriverOptions = DriverOptions(),
-                     threads: int | None = None) -> Any:
+def _search_space(spec: JobSpec, supernet: Any) -> SearchSpace:
+    """The job's search space over ``supernet``'s sites; a ``search.*`` ConfigError when the model cannot run it
+    (the budget included: an absolute BitOps budget below the cheapest candidate)."""
+    try:
+        space = SearchSpace.from_spec(
+            spec.search, supernet.sites, supernet.model.num_train_timesteps, supernet.site_blocks
+        )
+        resolve_budget(spec.search.budget, supernet.cost_model, space, spec.search.algorithm)
+    except ConfigError as exc:
+        raise ConfigError(f"search.{exc.field}", exc.reason) from None
+    return space
+
+
+def _check_space(spec: JobSpec, model: Any, bits: Sequence[int]) -> None:
+    """Check the search space and budget against the model's sites and costs *before* calibrating: the sites are
+    installed uncalibrated (cheap: one traced forward for the cost model), checked, and removed again."""
+    from supernet.supernet import QuantSupernet
+
+    probe = QuantSupernet.build(model, bits, calib_settings=spec.calibration, model_hash=model.model_hash)
+    try:
+        _search_space(spec, probe)
+    finally:
+        probe.detach()
+
+
+def evaluator_config(
+    job: PreparedJob,
+    *,
+    objective: str | None = None,
+    samples: int | None = None,
+    reference: bool = True,
+    options: DriverOptions = DriverOptions(),
+    threads: int | None = None,
+) -> Any:
     """The picklable :class:`~workers.evaluator.EvaluatorConfig` of a prepared job."""
+    from supernet.models import prompt_labels_for
     from workers.evaluator import EvaluatorConfig
 
-    return EvaluatorConfig(model_path=str(job.model.path), supernet_path=str(job.supernet_path),
-                           samples=samples or job.spec.samples, seed=job.spec.seed,
-                           reference_steps=job.spec.reference_steps, objective=objective or job.spec.objective,
-                           features_path=job.features_path, batch_size=options.batch_size, device=options.device,
-                           threads=threads, reference=reference)
+    return EvaluatorConfig(
+        model_path=str(job.model.path),
+        supernet_path=str(job.supernet_path),
+        samples=samples or job.spec.evaluation.samples,
+        seed=job.spec.search.seed,
+        reference_steps=job.spec.evaluation.reference_steps,
+        objective=objective or job.spec.evaluation.objective,
+        features_path=job.features_path,
+        batch_size=job.spec.evaluation.batch_size,
+        device=resolve_device(job.spec.model.device),  # Ray actors use their own (CUDA when they hold a GPU)
+        threads=threads,
+        reference=reference,
+        solver=job.spec.search.solver,
+        conditioning=job.conditioning.to_dict() if job.conditioning is not None else None,
+        prompt_labels=prompt_labels_for(job.model.path) if job.conditioning is not None else None,
+        feature_program=job.spec.evaluation.features,
+    )
 
 
-def make_evaluator(job: PreparedJob, config: Any, kind: str) -> Evaluator:
-    """An in-process evaluator sharing the job's loaded supernet, or a Ray pool built from ``config``."""
+def make_evaluator(job: PreparedJob, config: Any, kind: str, options: DriverOptions = DriverOptions()) -> Evaluator:
+    """An in-process evaluator sharing the job's loaded supernet, or a Ray pool built from ``config`` (on the
+    operator's cluster, ``options.ray_address``, with the job's ``execution.ray`` resources)."""
     if kind == "ray":
         from workers.pool import RayConfig, RayEvaluator
 
-        return RayEvaluator(config, RayConfig.from_spec(job.spec.ray))
+        operator = {"address": options.ray_address} if options.ray_address else {}
+        return RayEvaluator(config, RayConfig.for_job(job.spec.execution.ray, **operator))
     from supernet.metrics import FDDScorer
     from workers.evaluator import InProcessEvaluator
 
@@ -142,9 +281,11 @@ def _close(evaluator: Evaluator) -> None:
         close()
 
 
-def rescore_front(job: PreparedJob, front: Sequence[Evaluation], candidates: dict[str, Candidate],
-                  evaluator: Evaluator) -> list[Evaluation]:
-    """Re-score every front point with FDD at ``spec.rescore_samples`` (TMPQ-DM re-scores its top candidates)."""
+def rescore_front(
+    job: PreparedJob, front: Sequence[Evaluation], candidates: dict[str, Candidate], evaluator: Evaluator
+) -> list[Evaluation]:
+    """Re-score every front point with FDD at ``spec.rescore_samples`` (TMPQ-DM re-scores its top candidates); on
+    the digits-sd testbed the prompt accuracy of those samples comes along (``prompt_accuracy_rescored``)."""
     batch = [candidates[e.key] for e in front]
     rescored = {e.key: e for e in evaluator.evaluate(batch)}
     out = []
@@ -153,32 +294,46 @@ def rescore_front(job: PreparedJob, front: Sequence[Evaluation], candidates: dic
         extra = dict(e.extra)
         if r is not None and r.ok:
             extra["fdd_rescored"] = r.quality
-            extra["fdd_rescored_samples"] = job.spec.rescore_samples
+            extra["fdd_rescored_samples"] = job.spec.evaluation.rescore_samples
+            if "prompt_accuracy" in r.extra:  # the digits-sd testbed: on the re-scoring's many more samples
+                extra["prompt_accuracy_rescored"] = r.extra["prompt_accuracy"]
         else:
             extra["fdd_rescore_error"] = r.error if r is not None else "no result"
         out.append(replace(e, extra=extra))
     return out
 
 
-def run_job(spec: SearchSpec, sink: Any, resume: Any = None, *, options: DriverOptions = DriverOptions(),
-            on_prepared: Callable[[PreparedJob], None] | None = None) -> SearchResult:
+def run_job(
+    spec: JobSpec,
+    sink: Any,
+    resume: Any = None,
+    *,
+    options: DriverOptions = DriverOptions(),
+    on_prepared: Callable[[PreparedJob], None] | None = None,
+) -> SearchResult:
     """Run (or resume) one search job, reporting every generation to ``sink`` before anything else sees it.
 
-    ``sink`` follows ``workers.protocol.JobSink`` (``on_generation(record)``; optional ``on_rescored(evals)``);
-    ``resume`` is a ``workers.protocol.ResumeState`` or ``None``.
+    ``sink`` follows ``workers.protocol.JobSink`` (``on_generation(record)``; optional ``on_rescored(evals)`` and
+    ``on_progress(activity)``); ``resume`` is a ``workers.protocol.ResumeState`` or ``None``.
     """
-    from workers.protocol import GenerationRecord
+    from workers.protocol import GenerationRecord, report_samples, wants_samples
+    from workers.samples import sample_grids
 
-    job = prepare_job(spec, options)
+    report = ProgressReporter(sink)
+    job = prepare_job(spec, options, report)
+    spec = job.spec
     if on_prepared is not None:
         on_prepared(job)
     kind = options.evaluator_for(spec)
-    evaluator = make_evaluator(job, evaluator_config(job, options=options), kind)
+    report("searching", f"starting the search ({kind} evaluator)")
+    evaluator = make_evaluator(job, evaluator_config(job, options=options), kind, options)
     try:
-        runner = SearchRunner(spec, job.space, evaluator, job.cost_model)
+        runner = SearchRunner(spec.search, job.space, evaluator, job.cost_model)
 
         def on_generation(result: GenerationResult) -> None:
             sink.on_generation(GenerationRecord.from_result(result, runner.checkpoint().to_bytes()))
+            done = result.generation + 1
+            report("searching", f"generation {done}/{spec.search.generations} stored")
 
         known = tuple(resume.known) if resume is not None else ()
         if resume is not None and resume.checkpoint is not None:
@@ -188,13 +343,18 @@ def run_job(spec: SearchSpec, sink: Any, resume: Any = None, *, options: DriverO
             result = runner.run(on_generation, known=known)
     finally:
         _close(evaluator)
-    if spec.rescore_samples and result.front:
-        rescorer = make_evaluator(job, evaluator_config(job, objective="fdd", samples=spec.rescore_samples,
-                                                        reference=False, options=options), kind)
+    samples = spec.evaluation.rescore_samples
+    if samples and result.front:
+        report("rescoring", f"re-scoring {len(result.front)} front points with FDD on {samples} samples")
+        config = evaluator_config(job, objective="fdd", samples=samples, reference=False, options=options)
+        rescorer = make_evaluator(job, config, kind, options)
         try:
             rescored = rescore_front(job, result.front, dict(result.candidates), rescorer)
         finally:
             _close(rescorer)
         sink.on_rescored(rescored)
         result = replace(result, front=tuple(rescored))
+    if wants_samples(sink) and result.front:
+        report("sampling", "drawing the FP and knee sample grids")
+        report_samples(sink, sample_grids(job, result.front, dict(result.candidates)))
     return result

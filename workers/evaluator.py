@@ -3,7 +3,9 @@
 Every candidate is sampled from the same noise (``seed``) on its own schedule and compared with the FP model's
 samples from that noise at the long reference schedule: MSE is the default search objective (cheap, low
 variance, any model); PSNR is reported beside it; FDD (testbed only: it needs the digits feature extractor) is
-selectable and is what the final front is re-scored with. The Ray actors run exactly this class.
+selectable and is what the final front is re-scored with. With a feature program the job supplies
+(:mod:`supernet.feature_space`) every candidate also gets ``fd``, the Fréchet distance to the FP reference's samples
+in that space. The Ray actors run exactly this class.
 """
 
 from __future__ import annotations
@@ -22,15 +24,14 @@ import torch
 from search.candidate import Candidate
 from search.errors import ConfigError
 from search.evaluator import Evaluation
-from supernet.metrics import FDDScorer, mse, psnr
+from supernet.feature_space import FeatureSpace
+from supernet.metrics import FDDScorer, frechet_distance, mse, psnr
+from supernet.models import features_for, load_model
+from supernet.models.base import DiffusionAdapter
 from supernet.sampling import uniform_schedule
-from supernet.zoo.features import FEATURES_DIR
-from supernet.zoo.loader import DiffusionModel, load_model
-from supernet.zoo.testbed import TESTBED_DIR
+from workers.evaluation_settings import OBJECTIVES
 
 log = logging.getLogger(__name__)
-
-OBJECTIVES = ("mse", "fdd")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,15 @@ class EvaluatorConfig:
         device: ``cpu`` or ``cuda[:i]``.
         threads: torch intra-op threads (``None``: leave as is).
         reference: compute the FP reference (needed for MSE/PSNR; FDD re-scoring turns it off).
+        solver: what samples the candidates and the FP reference (``ddim`` or ``dpmsolver++``).
+        conditioning: a conditional model's :class:`~supernet.conditioning.Conditioning` as a dict (``None`` for an
+            unconditional model).
+        prompt_labels: ``{prompt: class}`` when each prompt names a class the feature extractor predicts (the
+            digits-sd testbed): every evaluation then records ``prompt_accuracy``, the share of samples whose class
+            is the one their prompt names.
+        feature_program: a ``torch.export`` feature program file (the job's ``evaluation.features``): every
+            evaluation with the FP reference then records ``fd``, the Fréchet distance to the reference's samples in
+            that space.
     """
 
     model_path: str
@@ -62,6 +72,10 @@ class EvaluatorConfig:
     device: str = "cpu"
     threads: int | None = None
     reference: bool = True
+    solver: str = "ddim"
+    conditioning: dict[str, Any] | None = None
+    prompt_labels: dict[str, int] | None = None
+    feature_program: str | None = None
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -70,37 +84,47 @@ class EvaluatorConfig:
             raise ConfigError("samples", f"must be at least 2, got {self.samples}")
         if self.reference_steps < 1:
             raise ConfigError("reference_steps", f"must be at least 1, got {self.reference_steps}")
-        if self.objective == "mse" and not self.reference:
-            raise ConfigError("reference", "the mse objective needs the FP reference")
+        if self.objective != "fdd" and not self.reference:
+            raise ConfigError("reference", f"the {self.objective} objective needs the FP reference")
         if self.batch_size < 1:
             raise ConfigError("batch_size", f"must be at least 1, got {self.batch_size}")
+        if self.objective == "fd" and not self.feature_program:
+            raise ConfigError("objective", "fd needs a feature program (feature_program)")
 
     def resolved_features_path(self) -> str | None:
         """The feature extractor to use: the configured one, or the shipped one for the shipped testbed."""
         if self.features_path:
             return self.features_path
-        if Path(self.model_path).resolve() == TESTBED_DIR.resolve():
-            return str(FEATURES_DIR)
-        return None
+        found = features_for(self.model_path)
+        return str(found) if found is not None else None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 class InProcessEvaluator:
-    """Evaluates candidates with a calibrated supernet in this process (implements ``search.Evaluator``)."""
+    """Evaluates candidates with a calibrated supernet in this process (implements ``search.Evaluator``).
 
-    def __init__(self, model: DiffusionModel, supernet: Any, config: EvaluatorConfig,
-                 scorer: FDDScorer | None = None) -> None:
+    ``model`` is the adapter the supernet wraps: its sampler runs the quantized denoiser as assembled.
+    """
+
+    def __init__(
+        self, model: DiffusionAdapter, supernet: Any, config: EvaluatorConfig, scorer: FDDScorer | None = None
+    ) -> None:
         self.model = model
         self.supernet = supernet
         self.config = config
         self.scorer = scorer
         if config.objective == "fdd" and scorer is None:
-            raise ConfigError("objective", "fdd needs a feature extractor (features_path); only the shipped testbed "
-                              "has one built in")
-        self.sampler = model.sampler(batch_size=config.batch_size)
+            raise ConfigError(
+                "objective", "fdd needs a feature extractor (features_path); only the shipped testbed has one built in"
+            )
+        self.sampler = model.sampler(batch_size=config.batch_size, solver=config.solver)
+        #: ``latent_mse`` compares samples before the decoder (cheaper on a latent model).
+        self._decode = config.objective != "latent_mse"
         self._reference: torch.Tensor | None = None
+        self.space = FeatureSpace.load(config.feature_program) if config.feature_program else None
+        self._reference_features: Any = None
 
     @property
     def reference(self) -> torch.Tensor:
@@ -109,10 +133,25 @@ class InProcessEvaluator:
             start = time.perf_counter()
             schedule = uniform_schedule(self.config.reference_steps, self.model.num_train_timesteps)
             with self.supernet.assembled(self.supernet.uniform(32, 32, schedule)):
-                self._reference = self.sampler.sample(schedule, self.config.samples, self.config.seed)
-            log.info("FP reference: %d samples at %d steps in %.1f s", self.config.samples,
-                     self.config.reference_steps, time.perf_counter() - start)
+                self._reference = self.sampler.sample(
+                    schedule, self.config.samples, self.config.seed, decode=self._decode
+                )
+            log.info(
+                "FP reference: %d samples at %d steps in %.1f s",
+                self.config.samples,
+                self.config.reference_steps,
+                time.perf_counter() - start,
+            )
         return self._reference
+
+    @property
+    def reference_features(self) -> Any:
+        """The FP reference's samples in the job's feature space, ``(N, D)`` (computed once)."""
+        if self._reference_features is None:
+            if self.space is None:
+                raise ConfigError("feature_program", "no feature program was given")
+            self._reference_features = self.space.features(self.reference)
+        return self._reference_features
 
     @classmethod
     def from_config(cls, config: EvaluatorConfig) -> InProcessEvaluator:
@@ -121,7 +160,7 @@ class InProcessEvaluator:
 
         if config.threads:
             torch.set_num_threads(config.threads)
-        model = load_model(config.model_path, device=config.device)
+        model = load_model(config.model_path, device=config.device, conditioning=config.conditioning)
         supernet = load_supernet(config.supernet_path, model)
         features = config.resolved_features_path()
         scorer = FDDScorer.for_testbed(features) if features else None
@@ -131,14 +170,25 @@ class InProcessEvaluator:
     def from_payload(cls, config: EvaluatorConfig, payload: Mapping[str, Mapping[str, bytes]]) -> InProcessEvaluator:
         """Build from file contents shipped through Ray's object store (no shared filesystem needed).
 
-        ``payload`` maps ``"model"`` and ``"supernet"`` to ``{relative path: bytes}`` (see :func:`pack_dir`).
+        ``payload`` maps ``"model"`` and ``"supernet"`` to ``{relative path: bytes}`` (see :func:`pack_dir`), and
+        ``"features"`` to ``{file name: bytes}`` of the feature program when the job has one.
         """
         root = Path(tempfile.mkdtemp(prefix="tmpq-payload-"))
         model_dir = unpack_dir(payload["model"], root / "model")
         supernet_dir = unpack_dir(payload["supernet"], root / "supernet")
-        local = EvaluatorConfig(**{**config.to_dict(), "model_path": str(model_dir),
-                                   "supernet_path": str(supernet_dir),
-                                   "features_path": config.resolved_features_path()})
+        program = None
+        if "features" in payload:
+            (name,) = payload["features"]
+            program = str(unpack_dir(payload["features"], root / "features") / name)
+        local = EvaluatorConfig(
+            **{
+                **config.to_dict(),
+                "model_path": str(model_dir),
+                "supernet_path": str(supernet_dir),
+                "features_path": config.resolved_features_path(),
+                "feature_program": program,
+            }
+        )
         return cls.from_config(local)
 
     def evaluate(self, candidates: Sequence[Candidate]) -> list[Evaluation]:
@@ -151,22 +201,44 @@ class InProcessEvaluator:
             cost = self.supernet.cost(candidate)
             start = time.perf_counter()
             with self.supernet.assembled(candidate):
-                images = self.sampler.sample(candidate.timesteps, self.config.samples, self.config.seed)
+                images = self.sampler.sample(
+                    candidate.timesteps, self.config.samples, self.config.seed, decode=self._decode
+                )
             seconds = time.perf_counter() - start
             extra: dict[str, Any] = {"samples": self.config.samples, "seconds": round(seconds, 4)}
-            if self.config.reference:
+            if self.config.reference and not self._decode:
+                extra["latent_mse"] = mse(images, self.reference)
+            elif self.config.reference:
                 extra["mse"] = mse(images, self.reference)
                 extra["psnr"] = _finite_or_none(psnr(images, self.reference))
+                if self.space is not None:
+                    extra["fd"] = frechet_distance(self.space.features(images), self.reference_features)
             if self.scorer is not None and self.config.objective == "fdd":
                 extra["fdd"] = self.scorer.score(images)
-            quality = extra["fdd"] if self.config.objective == "fdd" else extra["mse"]
+            accuracy = self._prompt_accuracy(images) if self._decode else None
+            if accuracy is not None:
+                extra["prompt_accuracy"] = accuracy
+            quality = extra[self.config.objective]
             if not math.isfinite(quality):
-                return Evaluation.failure(key, f"quality is not finite ({quality})", cost.bitops,
-                                          cost.weight_bytes, extra)
+                return Evaluation.failure(
+                    key, f"quality is not finite ({quality})", cost.bitops, cost.weight_bytes, extra
+                )
             return Evaluation(key, float(quality), cost.bitops, cost.weight_bytes, extra)
         except Exception as exc:  # a candidate's failure is data, not a crash of the search
             log.warning("candidate %s failed: %s", key, exc)
             return Evaluation.failure(key, f"{type(exc).__name__}: {exc}")
+
+    def _prompt_accuracy(self, images: torch.Tensor) -> float | None:
+        """The share of ``images`` whose predicted class is the one their prompt names (``None`` without labels)."""
+        labels, conditioning = self.config.prompt_labels, getattr(self.model, "conditioning", None)
+        if not labels or self.scorer is None or conditioning is None:
+            return None
+        prompts = [conditioning.prompts[i] for i in conditioning.prompt_index(int(images.shape[0]))]
+        keep = [i for i, p in enumerate(prompts) if p in labels]
+        if not keep:
+            return None
+        target = torch.tensor([labels[prompts[i]] for i in keep])
+        return float((self.scorer.classes(images[keep]) == target).float().mean())
 
 
 def _finite_or_none(value: float) -> float | None:

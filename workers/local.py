@@ -24,6 +24,7 @@ CANDIDATES_FILE = "candidates.jsonl"
 CHECKPOINT_FILE = "checkpoint.bin"
 FRONT_FILE = "front.json"
 PLOT_FILE = "pareto.png"
+WARNINGS_FILE = "warnings.txt"
 
 
 class DirectorySink:
@@ -31,10 +32,18 @@ class DirectorySink:
 
     job_id = 0
 
-    def __init__(self, out_dir: str | Path, on_progress: Callable[[Any], None] | None = None) -> None:
+    def __init__(
+        self,
+        out_dir: str | Path,
+        on_stored: Callable[[Any], None] | None = None,
+        on_activity: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        """``on_stored(record)`` is called after each generation was written; ``on_activity(activity)`` with what
+        the job is doing (the driver's progress reports, see ``workers.protocol``)."""
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.on_progress = on_progress
+        self.on_stored = on_stored
+        self.on_activity = on_activity
         self.evaluations: dict[str, Evaluation] = {}
         self.candidates: dict[str, Candidate] = {}
         self.hypervolumes: list[float] = []
@@ -43,13 +52,33 @@ class DirectorySink:
             self.candidates[evaluation.key] = candidate
             self.evaluations[evaluation.key] = evaluation
 
+    def on_samples(self, samples: dict[str, Any]) -> None:
+        """Write the job's sample grids as ``samples_<name>.png`` (``workers.samples``) and their description."""
+        for name, png in samples.get("images", {}).items():
+            (self.out_dir / f"samples_{name}.png").write_bytes(png)
+        meta = {k: v for k, v in samples.items() if k != "images"}
+        (self.out_dir / "samples.json").write_text(json.dumps(meta, indent=2))
+
+    def on_warning(self, message: str) -> None:
+        """Append a line the job warned about (and went on after) to ``warnings.txt``."""
+        with (self.out_dir / WARNINGS_FILE).open("a") as fh:
+            fh.write(message + "\n")
+
+    def on_progress(self, activity: dict[str, Any]) -> None:
+        """What the job is doing (loading, calibrating, searching, re-scoring), passed to ``on_activity``."""
+        if self.on_activity is not None:
+            self.on_activity(activity)
+
     def on_generation(self, record: Any) -> None:
         """Append the generation's new evaluations, then replace the checkpoint; then report progress."""
         new = [e for e in record.evaluations if e.key not in self.evaluations]
         with (self.out_dir / CANDIDATES_FILE).open("a") as fh:
             for e in new:
-                row = {"generation": record.generation, "candidate": record.candidates[e.key].to_dict(),
-                       "evaluation": e.to_dict()}
+                row = {
+                    "generation": record.generation,
+                    "candidate": record.candidates[e.key].to_dict(),
+                    "evaluation": e.to_dict(),
+                }
                 fh.write(json.dumps(row) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -59,8 +88,8 @@ class DirectorySink:
         if record.checkpoint is not None:
             write_atomic(self.out_dir / CHECKPOINT_FILE, record.checkpoint)
         self.hypervolumes.append(record.hypervolume)
-        if self.on_progress is not None:
-            self.on_progress(record)
+        if self.on_stored is not None:
+            self.on_stored(record)
 
     def on_rescored(self, evaluations: Sequence[Evaluation]) -> None:
         """Keep the front's FDD re-scores (written with the front)."""
@@ -78,8 +107,12 @@ class DirectorySink:
             return None
         rows = read_candidates(self.out_dir)
         last = max((g for _, _, g in rows), default=-1)
-        return ResumeState(last_generation=last, checkpoint=path.read_bytes(), checkpoint_generation=last,
-                           known=tuple((c, e) for c, e, _ in rows))
+        return ResumeState(
+            last_generation=last,
+            checkpoint=path.read_bytes(),
+            checkpoint_generation=last,
+            known=tuple((c, e) for c, e, _ in rows),
+        )
 
 
 def read_candidates(out_dir: str | Path) -> list[tuple[Candidate, Evaluation, int]]:
@@ -94,6 +127,7 @@ def read_candidates(out_dir: str | Path) -> list[tuple[Candidate, Evaluation, in
         except json.JSONDecodeError:
             log.warning("ignoring a torn line in %s", path)
             continue
-        rows.append((Candidate.from_dict(row["candidate"]), Evaluation.from_dict(row["evaluation"]),
-                     int(row["generation"])))
+        rows.append(
+            (Candidate.from_dict(row["candidate"]), Evaluation.from_dict(row["evaluation"]), int(row["generation"]))
+        )
     return rows

@@ -17,7 +17,9 @@ from typing import Any, BinaryIO, overload
 
 QUALITY_LABELS = {
     "mse": "MSE vs FP reference (same noise, lower is better)",
+    "latent_mse": "latent MSE vs FP reference (same noise, lower is better)",
     "fdd": "FDD, Fréchet distance to real digits (lower is better)",
+    "fd": "Fréchet distance to FP samples in the job's feature space (lower is better)",
 }
 
 #: Text drawn on a plot that has no point to show.

@@ -191,7 +191,10 @@ class RayEvaluator:
             raise
         logger.info(
             "Ray pool: %d actors (%g CPU, %g GPU, %d threads each), payload by %s",
-            len(self._slots), self.config.num_cpus, self.config.num_gpus, self.config.threads,
+            len(self._slots),
+            self.config.num_cpus,
+            self.config.num_gpus,
+            self.config.threads,
             self.config.payload_mode,
         )
 
@@ -382,8 +385,14 @@ class RayEvaluator:
         with self._lock:
             slot.info = info
             slot.ready_ref = None
-        logger.info("slot %d ready: pid %s on node %s, %s, %.1f s to build", slot.index, info.get("pid"),
-                    str(info.get("node_id"))[:12], info.get("device"), info.get("setup_s", math.nan))
+        logger.info(
+            "slot %d ready: pid %s on node %s, %s, %.1f s to build",
+            slot.index,
+            info.get("pid"),
+            str(info.get("node_id"))[:12],
+            info.get("device"),
+            info.get("setup_s", math.nan),
+        )
 
     # -- scheduling -------------------------------------------------------------------------------------
 
@@ -393,7 +402,7 @@ class RayEvaluator:
             unique.setdefault(c.key(), c)
         keys = list(unique)
         size = self.config.candidates_per_task
-        queue = deque(tuple(keys[i:i + size]) for i in range(0, len(keys), size))
+        queue = deque(tuple(keys[i : i + size]) for i in range(0, len(keys), size))
         return _Batch(unique, queue, set(keys))
 
     def _load(self) -> Counter[tuple[int, int]]:
@@ -449,8 +458,14 @@ class RayEvaluator:
             return
         now = time.monotonic()
         for slot in list(self._slots):
-            mine = sorted(((ref, f) for ref, f in self._inflight.items()
-                           if (f.slot, f.generation) == (slot.index, slot.generation)), key=lambda rf: rf[1].dispatched)
+            mine = sorted(
+                (
+                    (ref, f)
+                    for ref, f in self._inflight.items()
+                    if (f.slot, f.generation) == (slot.index, slot.generation)
+                ),
+                key=lambda rf: rf[1].dispatched,
+            )
             if not mine or now - max(mine[0][1].dispatched, slot.last_done) <= timeout:
                 continue
             reason = f"its evaluation ran past task_timeout_s={timeout:g} s"

@@ -10,7 +10,11 @@ The runner calls ``workers.driver.run_job(spec, sink, resume)`` (through :func:`
   the driver must let it propagate (clean up in ``finally``, never swallow it; a swallowed one is re-raised by the
   runner when ``run_job`` returns). The driver may also call ``sink.raise_if_interrupted()`` at any other point
   (e.g. between evaluation batches), and ``sink.on_rescored(evaluations)`` after the search to add metrics of
-  already reported candidates (the final front's FDD at ``rescore_samples``).
+  already reported candidates (the final front's FDD at ``rescore_samples``). While it works (loading the model,
+  calibrating, searching, re-scoring) it may report what it is doing with ``sink.on_progress(activity)`` (optional:
+  :func:`report_progress` skips a sink without it; at most about once a second), an :class:`Activity` dict. At the
+  end it may hand over sample grids of the FP model and the front's knee with ``sink.on_samples(samples)``
+  (optional, :func:`report_samples`; see :mod:`workers.samples`).
 - ``resume``: ``None`` for a fresh job, else a :class:`ResumeState`: the job ran before (its runner died or was
   stopped) and ``resume.last_generation`` was the last generation stored. The driver continues from
   ``resume.checkpoint`` (bytes it produced itself) with ``resume.known`` as already-evaluated candidates, so
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypedDict, runtime_checkable
 
 from search.candidate import Candidate
 from search.errors import TmpqError
@@ -114,6 +118,59 @@ class ResumeState:
         return self.last_generation + 1
 
 
+#: The ``stage`` of an activity: what the job is doing now.
+ActivityStage = Literal["loading", "calibrating", "searching", "rescoring", "sampling"]
+
+
+class CalibrationActivity(TypedDict):
+    """Where the calibration of the job's supernet is (the ``calibration`` entry of an :class:`Activity`).
+
+    Keys:
+        source: ``"cache"`` (a calibrated supernet found in the cache), ``"shipped"`` (the one shipped with the
+            model) or ``"calibrating"`` (being calibrated now; the other keys say where it is).
+        bits: the bit-width being calibrated (e.g. 6 for W6), or None when not per bit-width.
+        bit_index: 0-based position of ``bits`` among the widths this calibration does (``0..bit_count-1``;
+            shown as ``bit_index + 1``: "W6 (2/3)").
+        bit_count: how many bit-widths this calibration does.
+        phase: what is being done, a word that reads before the step count (``supernet.progress.PHASES``:
+            ``trajectories``, ``prepare``, ``ranges``, ``par-trajectories``, ``reconstruction``, ``temporal``;
+            ``done`` when finished).
+        round: the round of the phase (1-based, e.g. of block reconstruction), or None when it has none.
+        step: steps of the phase done (``0..total``).
+        total: steps of the phase.
+        elapsed_s: seconds since the calibration started.
+        eta_s: estimated seconds left, or None when unknown.
+    """
+
+    source: Literal["cache", "shipped", "calibrating"]
+    bits: int | None
+    bit_index: int
+    bit_count: int
+    phase: str
+    round: int | None
+    step: int
+    total: int
+    elapsed_s: float
+    eta_s: float | None
+
+
+class Activity(TypedDict):
+    """What a running job is doing, as the driver reports it to :meth:`JobSink.on_progress`.
+
+    Keys:
+        stage: ``"loading"``, ``"calibrating"``, ``"searching"``, ``"rescoring"`` or ``"sampling"``.
+        message: one line for people (shown when there is no calibration entry to show).
+        calibration: a :class:`CalibrationActivity` while the stage is about the calibrated supernet, else None.
+
+    Extra keys are allowed and kept as they are (opaque); the stored JSON is bounded (about 4 KiB: the store drops
+    the extra keys, then shortens the message, of a larger one).
+    """
+
+    stage: ActivityStage
+    message: str
+    calibration: CalibrationActivity | None
+
+
 @runtime_checkable
 class JobSink(Protocol):
     """Where the driver reports a job's generations (implemented by :class:`server.runner.StoreJobSink`)."""
@@ -135,3 +192,43 @@ class JobSink(Protocol):
     def raise_if_interrupted(self) -> None:
         """Raise a :class:`JobInterrupted` if the job was cancelled, lost or its runner is stopping."""
         ...
+
+    def on_progress(self, activity: Mapping[str, Any]) -> None:
+        """Optional: report what the job is doing now, an :class:`Activity` (stage, message, calibration progress),
+        at most about once a second. A sink may leave this method out; drivers call it through
+        :func:`report_progress`, which skips a sink without it.
+
+        The server's sink stores it (``GET /jobs/{id}`` shows the last report as ``progress.activity`` until the
+        next one, or until the job leaves RUNNING). Best effort: a storage hiccup is logged, never raised. Raises
+        only a :class:`JobInterrupted` (the job was cancelled, lost its lease, or the runner is stopping), which the
+        driver lets propagate as for ``on_generation``.
+        """
+        ...
+
+
+def wants_samples(sink: Any) -> bool:
+    """Whether ``sink`` stores sample grids (has the optional ``on_samples``): drawing them costs sampling time."""
+    return callable(getattr(sink, "on_samples", None))
+
+
+def report_samples(sink: Any, samples: Mapping[str, Any]) -> None:
+    """``sink.on_samples(samples)`` when the sink has that optional method: ``samples["images"]`` maps a grid's
+    name (``fp``, ``knee``) to PNG bytes; the other keys describe them (JSON-ready)."""
+    if wants_samples(sink):
+        sink.on_samples(samples)
+
+
+def report_warning(sink: Any, message: str) -> None:
+    """``sink.on_warning(message)`` when the sink has that optional method: one line the job warns about and goes
+    on anyway (a prompt truncated to the text encoder's length). Unlike an activity report it is kept: the server
+    stores it with the job (``GET /jobs/{id}``: ``warnings``), ``tmpq search`` writes it to ``warnings.txt``."""
+    on_warning = getattr(sink, "on_warning", None)
+    if on_warning is not None:
+        on_warning(message)
+
+
+def report_progress(sink: Any, activity: Mapping[str, Any]) -> None:
+    """``sink.on_progress(activity)`` when the sink has that optional method; nothing otherwise."""
+    on_progress = getattr(sink, "on_progress", None)
+    if on_progress is not None:
+        on_progress(activity)

@@ -9,10 +9,11 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from search.errors import ConfigError
+from search.fields import shown
 
 #: Environment variable holding the default cluster address.
 ADDRESS_ENV = "TMPQ_RAY_ADDRESS"
@@ -22,6 +23,27 @@ PAYLOAD_MODES = ("path", "object_store")
 
 #: Ray refuses a smaller object store.
 MIN_OBJECT_STORE_BYTES = 75 * 2**20
+
+#: The fields of :class:`RayConfig` a job's ``execution.ray`` section may set; the rest (the cluster address, the
+#: object store, the dashboard, timeouts of the connection) belong to the operator.
+JOB_FIELDS = (
+    "num_actors",
+    "num_cpus",
+    "num_gpus",
+    "threads_per_actor",
+    "task_timeout_s",
+    "max_retries",
+    "candidates_per_task",
+)
+
+#: Upper bounds of the resource fields (inclusive).
+MAX_ACTORS = 1024
+MAX_CPUS = 1024.0
+MAX_GPUS = 64.0
+MAX_THREADS = 256
+MAX_TASK_TIMEOUT_S = 7 * 24 * 3600.0
+MAX_RETRIES = 100
+MAX_CANDIDATES_PER_TASK = 1024
 
 _ADDRESS = re.compile(r"^(ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
@@ -80,46 +102,39 @@ class RayConfig:
     def __post_init__(self) -> None:
         if self.address is not None:
             object.__setattr__(self, "address", _check_address(self.address))
-        _check_int("num_actors", self.num_actors, 1, optional=True)
-        _check_number("num_cpus", self.num_cpus, 0.0)
-        _check_number("num_gpus", self.num_gpus, 0.0)
+        _check_int("num_actors", self.num_actors, 1, optional=True, high=MAX_ACTORS)
+        _check_number("num_cpus", self.num_cpus, 0.0, high=MAX_CPUS)
+        _check_number("num_gpus", self.num_gpus, 0.0, high=MAX_GPUS)
         if self.num_gpus > 1 and not float(self.num_gpus).is_integer():
-            raise ConfigError("num_gpus", f"fractions are only allowed below 1, got {self.num_gpus!r}")
+            raise ConfigError("num_gpus", f"fractions are only allowed below 1, got {shown(self.num_gpus)}")
         if self.num_cpus == 0 and self.num_gpus == 0:
             raise ConfigError("num_cpus", "an actor must reserve some CPU or GPU")
-        _check_int("threads_per_actor", self.threads_per_actor, 1, optional=True)
+        _check_int("threads_per_actor", self.threads_per_actor, 1, optional=True, high=MAX_THREADS)
         _check_int("object_store_bytes", self.object_store_bytes, MIN_OBJECT_STORE_BYTES)
         _check_int("local_num_cpus", self.local_num_cpus, 1, optional=True)
         _check_int("max_in_flight_per_actor", self.max_in_flight_per_actor, 1)
-        _check_int("max_retries", self.max_retries, 0)
-        _check_int("candidates_per_task", self.candidates_per_task, 1)
+        _check_int("max_retries", self.max_retries, 0, high=MAX_RETRIES)
+        _check_int("candidates_per_task", self.candidates_per_task, 1, high=MAX_CANDIDATES_PER_TASK)
         if self.payload_mode not in PAYLOAD_MODES:
-            raise ConfigError("payload_mode", f"must be one of {list(PAYLOAD_MODES)}, got {self.payload_mode!r}")
+            raise ConfigError("payload_mode", f"must be one of {list(PAYLOAD_MODES)}, got {shown(self.payload_mode)}")
         _check_number("start_timeout_s", self.start_timeout_s, 0.0, strict=True)
         if self.task_timeout_s is not None:
-            _check_number("task_timeout_s", self.task_timeout_s, 0.0, strict=True)
+            _check_number("task_timeout_s", self.task_timeout_s, 0.0, strict=True, high=MAX_TASK_TIMEOUT_S)
         _check_number("connect_timeout_s", self.connect_timeout_s, 0.0, strict=True)
         if isinstance(self.py_modules, str) or not all(isinstance(p, str) and p for p in self.py_modules):
             raise ConfigError("py_modules", "must be a sequence of package directories")
         object.__setattr__(self, "py_modules", tuple(self.py_modules))
         if not isinstance(self.include_dashboard, bool):
-            raise ConfigError("include_dashboard", f"must be a bool, got {self.include_dashboard!r}")
+            raise ConfigError("include_dashboard", f"must be a bool, got {shown(self.include_dashboard)}")
 
     @classmethod
-    def from_spec(cls, settings: Mapping[str, Any] | None = None, **overrides: Any) -> RayConfig:
-        """From a job spec's ``ray`` section (any of this class's fields) plus ``overrides``.
+    def for_job(cls, job: Mapping[str, Any] | None = None, **operator: Any) -> RayConfig:
+        """A job's ``execution.ray`` fields (only :data:`JOB_FIELDS`) on top of the operator's settings.
 
-        An absent ``address`` defaults to ``$TMPQ_RAY_ADDRESS``; errors name the field as ``ray.<field>``.
+        ``operator`` holds the fields only the operator sets (``address`` — absent: ``$TMPQ_RAY_ADDRESS`` —,
+        ``object_store_bytes``, ...). The job's fields are validated by :func:`check_job_fields`.
         """
-        values = {**(settings or {}), **overrides}
-        names = {f.name for f in fields(cls)}
-        for key in values:
-            if key not in names:
-                raise ConfigError(f"ray.{key}", f"unknown field (expected one of {sorted(names)})")
-        try:
-            return cls(**values)
-        except ConfigError as exc:
-            raise ConfigError(f"ray.{exc.field}", exc.reason) from None
+        return cls(**{**operator, **check_job_fields(job or {})})
 
     @property
     def threads(self) -> int:
@@ -142,25 +157,80 @@ class RayConfig:
 
 def _check_address(address: object) -> str:
     if not isinstance(address, str) or not address.strip():
-        raise ConfigError("address", f"must be 'host:port', 'ray://host:port' or 'auto', got {address!r}")
+        raise ConfigError("address", f"must be 'host:port', 'ray://host:port' or 'auto', got {shown(address)}")
     address = address.strip()
     if address == "auto":
         return address
     match = _ADDRESS.match(address)
     if match is None or not 0 < int(match.group(3)) < 65536:
-        raise ConfigError("address", f"must be 'host:port', 'ray://host:port' or 'auto', got {address!r}")
+        raise ConfigError("address", f"must be 'host:port', 'ray://host:port' or 'auto', got {shown(address)}")
     return address
 
 
-def _check_int(name: str, value: object, low: int, *, optional: bool = False) -> None:
+def _check_int(name: str, value: object, low: int, *, optional: bool = False, high: int | None = None) -> None:
     if value is None and optional:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(name, f"must be an integer >= {low}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ConfigError(name, f"must be an integer {bound}, got {shown(value)}")
 
 
-def _check_number(name: str, value: object, low: float, *, strict: bool = False) -> None:
+def _check_number(name: str, value: object, low: float, *, strict: bool = False, high: float | None = None) -> None:
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < low or (strict and value == low):
+    if not ok or value < low or (strict and value == low) or (high is not None and value > high):
         relation = ">" if strict else ">="
-        raise ConfigError(name, f"must be a finite number {relation} {low:g}, got {value!r}")
+        bound = f" and <= {high:g}" if high is not None else ""
+        raise ConfigError(name, f"must be a finite number {relation} {low:g}{bound}, got {shown(value)}")
+
+
+def check_job_fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a job's ``ray`` fields with :class:`RayConfig`'s own rules; returns them as given.
+
+    A key outside :data:`JOB_FIELDS` (``address`` included: the cluster is the operator's) is refused, naming it.
+    """
+    if not isinstance(values, Mapping) or not all(isinstance(k, str) for k in values):
+        raise ConfigError("", f"expected a mapping with string keys, got {type(values).__name__}")
+    for key in values:
+        if key not in JOB_FIELDS:
+            why = "the Ray cluster is the operator's (TMPQ_RAY_ADDRESS), not a job's" if key == "address" else ""
+            raise ConfigError(key, why or f"unknown field (expected one of {list(JOB_FIELDS)})")
+    RayConfig(address=None, **values)
+    return dict(values)
+
+
+@dataclass(frozen=True)
+class ExecutionSettings:
+    """Where a job's evaluations run (the ``execution`` section of a job spec).
+
+    Attributes:
+        ray: the job's Ray resources, any of :data:`JOB_FIELDS` (validated by :class:`RayConfig`'s rules); empty:
+            the defaults. The cluster address is the operator's (``TMPQ_RAY_ADDRESS``), never a job's.
+        version: format version of this section.
+    """
+
+    ray: Mapping[str, Any] = field(default_factory=dict)
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        if self.version != 1:
+            raise ConfigError("version", f"{shown(self.version)} is not supported (expected 1)")
+        try:
+            checked = check_job_fields(self.ray)
+        except ConfigError as exc:
+            raise ConfigError(f"ray.{exc.field}" if exc.field else "ray", exc.reason) from None
+        object.__setattr__(self, "ray", checked)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExecutionSettings:
+        """From a plain mapping; unknown keys, wrong types and bad values raise ConfigError naming the field."""
+        if not isinstance(data, Mapping):
+            raise ConfigError("", f"expected a mapping, got {type(data).__name__}")
+        for key in data:
+            if key not in ("ray", "version"):
+                raise ConfigError(str(key), "unknown field (expected one of ['ray'])")
+        ray = data.get("ray")
+        return cls(ray={} if ray is None else ray, version=data.get("version", 1))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-ready form."""
+        return {"ray": dict(self.ray), "version": self.version}

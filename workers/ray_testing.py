@@ -117,8 +117,7 @@ class ProbeFactory:
         """The cost model of ``site_costs`` (None when empty)."""
         if not self.site_costs:
             return None
-        return CostModel({s: m for s, m, _ in self.site_costs}, {s: p for s, _, p in self.site_costs},
-                         self.fp_params)
+        return CostModel({s: m for s, m, _ in self.site_costs}, {s: p for s, _, p in self.site_costs}, self.fp_params)
 
     def payload(self) -> Payload:
         """Deterministic bytes (their digest ends up in every evaluation's ``extra``)."""
@@ -228,28 +227,37 @@ class SamplingFactory:
         return SamplingEvaluator(self, context)
 
 
-def build_unet(model: str, seed: int) -> Any:
-    """A ``UNet2DModel`` of the named architecture with weights initialised from ``seed``."""
+#: The training scheduler of both architectures (diffusers' DDPM, linear betas, x0 clipped).
+SCHEDULER_CONFIG: dict[str, Any] = {
+    "_class_name": "DDPMScheduler",
+    "num_train_timesteps": 1000,
+    "beta_schedule": "linear",
+    "clip_sample": True,
+}
+
+
+def build_model(model: str, seed: int) -> Any:
+    """A model adapter (:class:`supernet.models.UNet2DAdapter`) of the named architecture with weights initialised
+    from ``seed`` and the DDPM training schedule."""
     import torch
-    from diffusers import UNet2DModel
+
+    from supernet.models import UNet2DAdapter
 
     torch.manual_seed(seed)
-    return UNet2DModel(**UNET_CONFIGS[model]).eval()
+    return UNet2DAdapter.from_config(UNET_CONFIGS[model], SCHEDULER_CONFIG)
 
 
 class SamplingEvaluator:
     """Quality = MSE between the candidate's samples and the reference's, from the same noise."""
 
     def __init__(self, spec: SamplingFactory, context: WorkerContext) -> None:
-        from diffusers import DDPMScheduler
-
-        from supernet.sampling import DDIMSampler, uniform_schedule
+        from supernet.sampling import uniform_schedule
 
         self.spec = spec
-        unet = build_unet(spec.model, spec.seed).to(context.device)
-        self.params = sum(p.numel() for p in unet.parameters())
-        scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True)
-        self.sampler = DDIMSampler(unet, scheduler.alphas_cumprod, True, spec.batch_size)
+        model = build_model(spec.model, spec.seed)
+        model.denoiser.to(context.device)
+        self.params = sum(p.numel() for p in model.denoiser.parameters())
+        self.sampler = model.sampler(spec.batch_size)
         self.reference = self.sampler.sample(uniform_schedule(spec.reference_steps, 1000), spec.samples, spec.seed)
 
     def evaluate(self, candidates: Sequence[Candidate]) -> list[Evaluation]:
@@ -279,4 +287,3 @@ def candidates_for(n: int, sites: Sequence[str] = ("a", "b", "c"), seed: int = 0
         c = Candidate.from_maps(timesteps, w, a)
         out.setdefault(c.key(), c)
     return list(out.values())
-

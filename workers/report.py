@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from search.baselines import is_uniform_baseline, uniform_bits
 from search.candidate import Candidate
 from search.evaluator import Evaluation
 from search.pareto import knee_point
@@ -28,9 +29,17 @@ class FrontRow:
     extra: Mapping[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "steps": len(self.timesteps), "timesteps": list(self.timesteps),
-                "bits": self.bits, "quality": self.quality, "bitops": self.bitops,
-                "weight_bytes": self.weight_bytes, "relative_cost": self.relative_cost, **dict(self.extra)}
+        return {
+            "key": self.key,
+            "steps": len(self.timesteps),
+            "timesteps": list(self.timesteps),
+            "bits": self.bits,
+            "quality": self.quality,
+            "bitops": self.bitops,
+            "weight_bytes": self.weight_bytes,
+            "relative_cost": self.relative_cost,
+            **dict(self.extra),
+        }
 
 
 def front_rows(front: Sequence[Evaluation], candidates: Mapping[str, Candidate], fp_bitops: float) -> list[FrontRow]:
@@ -38,8 +47,18 @@ def front_rows(front: Sequence[Evaluation], candidates: Mapping[str, Candidate],
     rows = []
     for e in sorted(front, key=lambda x: x.bitops):
         c = candidates[e.key]
-        rows.append(FrontRow(e.key, c.timesteps, c.bits_summary(), e.quality, e.bitops, e.weight_bytes,
-                             e.bitops / fp_bitops if fp_bitops > 0 else float("nan"), dict(e.extra)))
+        rows.append(
+            FrontRow(
+                e.key,
+                c.timesteps,
+                c.bits_summary(),
+                e.quality,
+                e.bitops,
+                e.weight_bytes,
+                e.bitops / fp_bitops if fp_bitops > 0 else float("nan"),
+                dict(e.extra),
+            )
+        )
     return rows
 
 
@@ -47,12 +66,14 @@ def is_baseline(candidate: Candidate, baselines: Sequence[Candidate]) -> bool:
     return candidate.key() in {b.key() for b in baselines}
 
 
-def write_front_json(path: str | Path, rows: Sequence[FrontRow], *, knee_key: str | None,
-                     meta: Mapping[str, Any]) -> Path:
+def write_front_json(
+    path: str | Path, rows: Sequence[FrontRow], *, knee_key: str | None, meta: Mapping[str, Any]
+) -> Path:
     """The front as JSON: ``{"meta": ..., "knee": key, "front": [rows]}``."""
     out = Path(path)
-    out.write_text(json.dumps({"meta": dict(meta), "knee": knee_key, "front": [r.to_dict() for r in rows]},
-                              indent=2) + "\n")
+    out.write_text(
+        json.dumps({"meta": dict(meta), "knee": knee_key, "front": [r.to_dict() for r in rows]}, indent=2) + "\n"
+    )
     return out
 
 
@@ -60,17 +81,52 @@ def knee_key(front: Sequence[Evaluation]) -> str | None:
     return knee_point(list(front)).key if front else None
 
 
-def plot_search(path: str | Path, evaluations: Sequence[Evaluation], front: Sequence[Evaluation],
-                candidates: Mapping[str, Candidate], baselines: Sequence[Candidate], *, quality: str,
-                budget: float | None = None, title: str = "") -> Path:
-    """The Pareto plot of a search: every evaluation, the front and the uniform baselines."""
+def baseline_keys(
+    candidates: Mapping[str, Candidate],
+    num_train_timesteps: int | None = None,
+    seeds: Sequence[Candidate] = (),
+) -> set[str]:
+    """Keys of the uniform baselines among ``candidates``: :func:`search.baselines.is_uniform_baseline` with the
+    model's T, the rule the server marks them by too.
+
+    Without T (a caller that does not pass it yet), the schedules of the search's seed baselines (``seeds``:
+    ``PreparedJob.baselines()``) stand in for the baseline schedules of T: every candidate with uniform bits on one
+    of them is a baseline, which is the same set for the candidates of the job's space.
+    """
+    if num_train_timesteps is not None:
+        return {k for k, c in candidates.items() if is_uniform_baseline(c, num_train_timesteps)}
+    schedules = {s.timesteps for s in seeds}
+    return {k for k, c in candidates.items() if c.timesteps in schedules and uniform_bits(c) is not None}
+
+
+def plot_search(
+    path: str | Path,
+    evaluations: Sequence[Evaluation],
+    front: Sequence[Evaluation],
+    candidates: Mapping[str, Candidate],
+    baselines: Sequence[Candidate] = (),
+    *,
+    quality: str,
+    budget: float | None = None,
+    title: str = "",
+    num_train_timesteps: int | None = None,
+) -> Path:
+    """The Pareto plot of a search: every evaluation, the front and the uniform baselines (every evaluated candidate
+    :func:`baseline_keys` names: pass the model's ``num_train_timesteps``; ``baselines``, the seeds, are only used
+    without it)."""
     front_keys = {e.key for e in front}
-    base_keys = {b.key(): b for b in baselines}
+    base_keys = baseline_keys(candidates, num_train_timesteps, baselines)
     ok = [e for e in evaluations if e.ok]
     return plot_front(
         path,
         [PlotPoint(e.bitops, e.quality) for e in front],
-        others=[PlotPoint(e.bitops, e.quality) for e in ok if e.key not in front_keys],
-        baselines=[PlotPoint(e.bitops, e.quality, f"{base_keys[e.key].bits_summary()} K={base_keys[e.key].steps}")
-                   for e in ok if e.key in base_keys],
-        quality=quality, budget=budget, title=title)
+        others=[PlotPoint(e.bitops, e.quality) for e in ok if e.key not in front_keys and e.key not in base_keys],
+        baselines=[
+            PlotPoint(e.bitops, e.quality, f"{candidates[e.key].bits_summary()} K={candidates[e.key].steps}")
+            for e in ok
+            if e.key in base_keys
+        ],
+        quality=quality,
+        budget=budget,
+        title=title,
+    )

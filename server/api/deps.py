@@ -13,6 +13,17 @@ from server.store import Store
 
 _bearer = HTTPBearer(auto_error=False, description="The service token (TMPQ_API_TOKEN).")
 
+#: Every integer path and query parameter has an upper bound, so that a larger value is FastAPI's 422 instead of a
+#: database overflow (500 on SQLite, 503 on PostgreSQL). A value compared with one of the store's INTEGER columns
+#: (job ids, candidate sequence numbers, generations, step counts) is at most MAX_ID: the columns are 32-bit on
+#: PostgreSQL, which casts a bound parameter to the column's type. Any other is at most MAX_INT64, the largest
+#: integer both databases take.
+MAX_INT64 = 2**63 - 1
+MAX_ID = 2**31 - 1
+#: Bound (in absolute value) of every float query parameter; they must be finite too. Far above any BitOps count,
+#: byte count or quality a job produces.
+MAX_QUERY_FLOAT = 1e30
+
 
 async def get_settings(request: Request) -> Settings:
     """The app's :class:`Settings`."""
@@ -27,8 +38,8 @@ async def get_store(request: Request) -> Store:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[Store, Depends(get_store)]
 CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-#: A job id in a path: a positive 64-bit integer (larger ones cannot exist in either database: 422, not 500).
-JobId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The job's id.")]
+#: A job id in a path: a positive integer of the ids' column (larger ones cannot exist: 422, not 500 or 503).
+JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="The job's id.")]
 
 
 def _check_token(settings: Settings, credentials: HTTPAuthorizationCredentials | None) -> None:

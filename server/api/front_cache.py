@@ -33,22 +33,31 @@ class CachedFront:
     results_version: int
     points: tuple[CandidateRecord, ...]
     fragments: dict[str, bytes]
+    fp_components: tuple[str, ...] = ()
 
     @classmethod
-    def build(cls, front: FrontRecord, *, num_train_timesteps: int = DEFAULT_NUM_TRAIN_TIMESTEPS) -> CachedFront:
-        """The entry of a stored front; ``num_train_timesteps`` is the T of the job's model (``is_baseline``)."""
+    def build(
+        cls,
+        front: FrontRecord,
+        *,
+        num_train_timesteps: int = DEFAULT_NUM_TRAIN_TIMESTEPS,
+        fp_components: tuple[str, ...] = (),
+    ) -> CachedFront:
+        """The entry of a stored front; ``num_train_timesteps`` is the T of the job's model (``is_baseline``),
+        ``fp_components`` the model's components kept in floating point."""
         fragments = {
             p.key: CandidateOut.from_record(p, num_train_timesteps=num_train_timesteps).model_dump_json().encode()
             for p in front.points
         }
-        return cls(front.job_id, front.generation, front.results_version, front.points, fragments)
+        return cls(front.job_id, front.generation, front.results_version, front.points, fragments, fp_components)
 
     def render(self, points: Sequence[CandidateRecord], knee: CandidateRecord | None) -> bytes:
         """The ``FrontOut`` JSON of ``points`` (byte-identical to ``FrontOut(...).model_dump_json()``)."""
         items = b",".join(self.fragments[p.key] for p in points)
         knee_json = self.fragments[knee.key] if knee is not None else b"null"
         head = f'{{"job_id":{self.job_id},"generation":{json.dumps(self.generation)},"count":{len(points)},"items":['
-        return head.encode() + items + b'],"knee":' + knee_json + b"}"
+        tail = b',"fp_components":' + json.dumps(list(self.fp_components), separators=(",", ":")).encode()
+        return head.encode() + items + b'],"knee":' + knee_json + tail + b"}"
 
 
 class FrontCache:
@@ -119,7 +128,8 @@ class FrontCache:
         # The store reads the version before the points, so the entry's label is never newer than its content.
         front = self.store.front(job_id)
         steps = self.train_timesteps(job_id) if self.train_timesteps is not None else DEFAULT_NUM_TRAIN_TIMESTEPS
-        entry = CachedFront.build(front, num_train_timesteps=steps)
+        fp = getattr(self.train_timesteps, "fp_components", None)
+        entry = CachedFront.build(front, num_train_timesteps=steps, fp_components=fp(job_id) if fp else ())
         if len(entry.points) <= self.max_points:
             with self._lock:
                 current = self._entries.get(job_id)

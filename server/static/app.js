@@ -1,6 +1,8 @@
 // tmpq web page: the job list (/) and a job's page (/jobs/{id}).
 // Reads only the public REST API under /api/v1; draws with Chart.js (vendored, global `Chart`).
 
+import { jobActivity } from "./activity.js";
+
 const API = "/api/v1";
 const TOKEN_KEY = "tmpq.token";
 const REFRESH_MS = 3000;
@@ -8,7 +10,9 @@ const TERMINAL = new Set(["SUCCEEDED", "FAILED", "CANCELLED"]);
 const PAGE_ROWS = 200;
 const QUALITY_LABELS = {
   mse: "MSE vs FP reference (lower is better)",
+  latent_mse: "latent MSE vs FP reference (lower is better)",
   fdd: "FDD to real data (lower is better)",
+  fd: "Fréchet distance to FP samples, job's feature space (lower is better)",
 };
 const COLORS = {
   front: "#2563eb",
@@ -28,12 +32,15 @@ class ApiError extends Error {
   }
 }
 
-/** GET `url` with the stored bearer token, if any; the response when it is OK, else an ApiError with the detail. */
-async function authorizedGet(url, accept) {
+/**
+ * Send `method url` with the stored bearer token, if any (the same token for reads and for mutating calls); the
+ * response when it is OK, else an ApiError with the detail (401/403 also open the token bar).
+ */
+async function authorizedFetch(method, url, accept) {
   const headers = { Accept: accept };
   const token = localStorage.getItem(TOKEN_KEY);
   if (token) headers.Authorization = `Bearer ${token}`;
-  const response = await fetch(url, { headers });
+  const response = await fetch(url, { method, headers });
   if (response.status === 401 || response.status === 403) {
     showAuth();
     throw new ApiError(response.status, "a valid token is required");
@@ -49,6 +56,11 @@ async function authorizedGet(url, accept) {
     throw new ApiError(response.status, detail);
   }
   return response;
+}
+
+/** GET `url` with the stored bearer token, if any (see authorizedFetch). */
+async function authorizedGet(url, accept) {
+  return authorizedFetch("GET", url, accept);
 }
 
 /** GET a JSON document from the API (with the stored bearer token, if any). */
@@ -123,7 +135,24 @@ function fmtDuration(fromIso, toIso) {
   return `${Math.floor(seconds / 3600)} h ${Math.round((seconds % 3600) / 60)} min`;
 }
 
-const modelName = (spec) => String(spec.model || "").split("/").filter(Boolean).pop() || "—";
+/**
+ * A field of a job's spec by its dotted name ("search.algorithm"): the API answers specs in sections (version 2);
+ * a flat version-1 one is read by the field's own name, and a bare model path string is its "model.path".
+ */
+function specField(spec, dotted, fallback = null) {
+  if (!spec || typeof spec !== "object") return fallback;
+  if (dotted === "model.path" && typeof spec.model === "string") return spec.model;
+  let value = spec;
+  for (const part of dotted.split(".")) {
+    value = value !== null && typeof value === "object" && part in value ? value[part] : undefined;
+    if (value === undefined) break;
+  }
+  if (value === undefined && spec.version === 1) value = spec[dotted.split(".").pop()];
+  return value === undefined || value === null ? fallback : value;
+}
+
+const modelName = (spec) => String(specField(spec, "model.path", "")).split("/").filter(Boolean).pop() || "—";
+const objectiveOf = (spec, fallback = "mse") => specField(spec, "evaluation.objective", fallback);
 
 function badge(state) {
   return h("span", { class: `badge ${String(state).toLowerCase()}` }, state);
@@ -215,14 +244,26 @@ async function jobListView() {
     const rows = page.items.map((job) => {
       const link = `/jobs/${job.id}`;
       const [, progressText] = progressOf(job);
+      const activity = jobActivity(job);
       const row = h(
         "tr",
         { class: "clickable", dataset: { jobId: job.id, state: job.state } },
         h("td", {}, h("a", { href: link }, `#${job.id}`)),
-        h("td", { title: job.spec.model || "" }, modelName(job.spec)),
-        h("td", {}, job.spec.algorithm || "—", h("span", { class: "muted small" }, ` · ${job.spec.objective || ""}`)),
+        h("td", { title: specField(job.spec, "model.path", "") }, modelName(job.spec)),
+        h(
+          "td",
+          {},
+          specField(job.spec, "search.algorithm", "—"),
+          h("span", { class: "muted small" }, ` · ${objectiveOf(job.spec, "")}`),
+        ),
         h("td", {}, badge(job.state), job.cancel_requested && !TERMINAL.has(job.state) ? " cancelling" : ""),
-        h("td", { class: "progress-col" }, progressBar(job), h("span", { class: "muted small" }, progressText)),
+        h(
+          "td",
+          { class: "progress-col" },
+          progressBar(job),
+          h("span", { class: "muted small" }, progressText),
+          activity ? h("div", { class: "activity small" }, activity) : "",
+        ),
         h(
           "td",
           { class: "num" },
@@ -257,7 +298,7 @@ async function jobListView() {
 
 /** The budget in BitOps of a job spec, given its candidates ("WxAy@K" is the BitOps of that baseline). */
 function specBudget(spec, candidates) {
-  const budget = spec.budget;
+  const budget = specField(spec, "search.budget");
   if (isNum(budget)) return budget;
   if (typeof budget !== "string") return null;
   const match = /^\s*W(\d+)\s*A(\d+)\s*@\s*(\d+)\s*$/i.exec(budget);
@@ -278,7 +319,10 @@ function exportUrl(jobId, key) {
   return `${API}/jobs/${jobId}/candidates/${encodeURIComponent(key)}/export`;
 }
 
-/** Download a candidate's export (a zip the server builds) with the stored token; reports in #export-status. */
+/**
+ * Build and download a candidate's export: POST (building it is a mutating call: the server wants its write token,
+ * the stored one is sent) answers the zip; reports in #export-status.
+ */
 async function downloadExport(jobId, key, button) {
   const status = $("export-status");
   const say = (text) => {
@@ -287,7 +331,7 @@ async function downloadExport(jobId, key, button) {
   if (button) button.disabled = true;
   say(`Building the export of ${key.slice(0, 12)}… (a few seconds the first time)`);
   try {
-    const response = await authorizedGet(exportUrl(jobId, key), "application/zip");
+    const response = await authorizedFetch("POST", exportUrl(jobId, key), "application/zip");
     const blob = await response.blob();
     const url = URL.createObjectURL(blob);
     const link = h("a", { href: url, download: `tmpq-job${jobId}-${key}.zip`, hidden: true });
@@ -382,7 +426,8 @@ async function jobView(jobId) {
     renderHypervolume(state, hvChart);
     renderSelection(state);
     renderTable(state);
-    if (!TERMINAL.has(state.job.state)) state.timer = setTimeout(load, REFRESH_MS);
+    if (TERMINAL.has(state.job.state)) await renderSamples(state);
+    else state.timer = setTimeout(load, REFRESH_MS);
   }
 
   state.rerender = () => {
@@ -393,6 +438,32 @@ async function jobView(jobId) {
     renderTable(state);
   };
   await load();
+}
+
+/**
+ * The finished job's sample grids (the FP model and the front's knee from the same noise, one row per prompt),
+ * fetched with the token like every read; the card stays hidden when the job has none.
+ */
+async function renderSamples(state) {
+  if (state.samplesShown) return;
+  let meta;
+  try {
+    meta = await api(`/jobs/${state.job.id}/samples`);
+  } catch (_) {
+    return; // 409: no grids (a failed or cancelled job, or one run before grids existed)
+  }
+  state.samplesShown = true;
+  for (const name of ["fp", "knee"]) {
+    if (!meta.grids.includes(name)) continue;
+    const response = await authorizedGet(`${API}/jobs/${state.job.id}/samples/${name}.png`, "image/png");
+    $(`samples-${name}`).src = URL.createObjectURL(await response.blob());
+  }
+  $("samples-fp-caption").textContent = `FP, ${meta.fp_steps} steps (${meta.solver})`;
+  $("samples-knee-caption").textContent = `knee ${meta.knee_bits}, K=${meta.knee_steps} (${meta.knee})`;
+  $("samples-note").textContent = `same noise (seed ${meta.seed}), ${meta.columns} per row`;
+  const prompts = meta.rows.filter((r) => r);
+  $("samples-rows").replaceChildren(...prompts.map((p) => h("li", {}, p)));
+  $("samples").hidden = false;
 }
 
 /** Best quality within the budget, else the knee of the front, else the first candidate. */
@@ -424,10 +495,12 @@ function renderHeader(state) {
   const spec = job.spec;
   $("crumb-job").textContent = `Job #${job.id}`;
   $("job-title").textContent = `Job #${job.id} · ${modelName(spec)}`;
+  const steps = [].concat(specField(spec, "search.steps", [])).join(", ");
+  const bits = [].concat(specField(spec, "search.bit_options", [])).join(", ");
   $("job-subtitle").textContent =
-    `${spec.algorithm || "search"} over K ∈ {${[].concat(spec.steps).join(", ")}} × bits {${[]
-      .concat(spec.bit_options)
-      .join(", ")}}, ${spec.objective || "mse"} objective` + (job.submission_id ? ` · ${job.submission_id}` : "");
+    `${specField(spec, "search.algorithm", "search")} over K ∈ {${steps}} × bits {${bits}}, ` +
+    `${objectiveOf(spec)} objective` +
+    (job.submission_id ? ` · ${job.submission_id}` : "");
   const stateBadge = $("job-state");
   stateBadge.className = `badge ${job.state.toLowerCase()}`;
   stateBadge.textContent = job.cancel_requested && !TERMINAL.has(job.state) ? `${job.state} · cancelling` : job.state;
@@ -436,9 +509,15 @@ function renderHeader(state) {
   progress.className = `progress wide ${job.state.toLowerCase()}`;
   progress.firstElementChild.style.width = `${(fraction * 100).toFixed(1)}%`;
   $("job-progress-text").textContent = text;
+  const activity = jobActivity(job);
+  $("job-activity").hidden = !activity;
+  $("job-activity").textContent = activity || "";
   const error = $("job-error");
   error.hidden = !job.error;
   error.textContent = job.error ? `Failed: ${job.error}` : "";
+  const warnings = job.warnings || [];
+  $("job-warnings").hidden = warnings.length === 0;
+  $("job-warnings").replaceChildren(...warnings.map((w) => h("div", {}, `Warning: ${w}`)));
 
   const p = job.progress;
   const stat = (label, value, note = "") =>
@@ -453,13 +532,14 @@ function renderHeader(state) {
     stat("Run time", fmtDuration(job.started_at, job.finished_at), job.attempts > 1 ? `${job.attempts} attempts` : ""),
   );
   $("job-spec").textContent = JSON.stringify(spec, null, 2);
-  $("quality-head").textContent = spec.objective ? spec.objective.toUpperCase() : "Quality";
+  $("quality-head").textContent = objectiveOf(spec, "quality").toUpperCase();
 }
 
 /** The budget card: its BitOps when known; a "WxAy@K" budget costs what that baseline costs once evaluated. */
 function budgetStat(stat, spec, bitops) {
-  if (isNum(bitops)) return stat("Budget", fmtBitOps(bitops), typeof spec.budget === "string" ? spec.budget : "");
-  if (typeof spec.budget === "string" && spec.budget) return stat("Budget", spec.budget, "cost known once evaluated");
+  const budget = specField(spec, "search.budget");
+  if (isNum(bitops)) return stat("Budget", fmtBitOps(bitops), typeof budget === "string" ? budget : "");
+  if (typeof budget === "string" && budget) return stat("Budget", budget, "cost known once evaluated");
   return stat("Budget", "none");
 }
 
@@ -704,7 +784,7 @@ function makeParetoChart(state) {
               const c = state.candidates.get(item.raw.key);
               if (!c) return "";
               return [
-                `${state.job.spec.objective || "quality"}: ${fmtNumber(c.quality)}`,
+                `${objectiveOf(state.job.spec, "quality")}: ${fmtNumber(c.quality)}`,
                 `cost: ${fmtBitOps(c.bitops)}`,
                 `weights: ${fmtBytes(c.weight_bytes)}`,
               ];
@@ -740,7 +820,7 @@ function makeParetoChart(state) {
     selSet.data = selected && plottable(selected) ? [point(selected)] : [];
     const positive = all.every((c) => c.quality > 0);
     chart.options.scales.y.type = positive ? "logarithmic" : "linear";
-    const objective = state.job.spec.objective || "mse";
+    const objective = objectiveOf(state.job.spec);
     chart.options.scales.y.title.text = `${QUALITY_LABELS[objective] || objective}${positive ? ", log scale" : ""}`;
     chart.options.plugins.budgetLine.value = state.budget;
     chart.options.scales.x.display = all.length > 0;
@@ -840,7 +920,7 @@ function renderSelection(state) {
   if (!c) return;
   $("sel-key").textContent = c.key;
   $("sel-tags").replaceChildren(...tagsOf(state, c));
-  const objective = state.job.spec.objective || "mse";
+  const objective = objectiveOf(state.job.spec);
   const rows = [
     ["Bits", c.bits],
     ["Steps (K)", String(c.steps)],

@@ -1,6 +1,6 @@
 """Calibration data: the FP model's denoising inputs ``x_t`` on a grid of timesteps covering ``[0, T)``.
 
-Collected once with :class:`~supernet.sampling.DDIMSampler`'s ``hook`` and reusable (saved as safetensors with
+Collected once with :class:`~supernet.sampling.Sampler`'s ``hook`` and reusable (saved as safetensors with
 a JSON description in the metadata); a strategy may collect again on a quantized model (PAR).
 """
 
@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from search.errors import VersionMismatchError
 from supernet.calibration.settings import CalibrationSettings
 from supernet.errors import CalibrationError
-from supernet.sampling import DDIMSampler
+from supernet.models.base import DiffusionAdapter, NoiseSchedule
+from supernet.sampling import Sampler
 
 DATA_FORMAT_VERSION = 1
 
@@ -69,22 +69,38 @@ class CalibrationData:
     def samples(self) -> int:
         return int(self.inputs.shape[1])
 
+    @property
+    def schedule(self) -> NoiseSchedule | None:
+        """The noise schedule the trajectories were run with (``None`` when the data carries none)."""
+        if self.alphas_cumprod is None:
+            return None
+        return NoiseSchedule(self.alphas_cumprod, self.clip_sample)
+
     def items(self) -> list[tuple[int, int, torch.Tensor]]:
         """``(grid index, timestep, x_t batch)`` in grid order."""
         return [(i, t, self.inputs[i]) for i, t in enumerate(self.timesteps)]
 
     def subset(self, n: int) -> CalibrationData:
         """The first ``n`` samples of every timestep."""
-        return CalibrationData(self.timesteps, self.inputs[:, :n], self.alphas_cumprod, self.clip_sample,
-                               {**self.source, "samples": min(n, self.samples)})
+        return CalibrationData(
+            self.timesteps,
+            self.inputs[:, :n],
+            self.alphas_cumprod,
+            self.clip_sample,
+            {**self.source, "samples": min(n, self.samples)},
+        )
 
     def save(self, path: str | Path) -> None:
         """Write a safetensors file (tensors) with the description in its metadata."""
         tensors = {"inputs": self.inputs.contiguous()}
         if self.alphas_cumprod is not None:
             tensors["alphas_cumprod"] = self.alphas_cumprod.to(torch.float32).contiguous()
-        meta = {"format_version": DATA_FORMAT_VERSION, "timesteps": list(self.timesteps),
-                "clip_sample": self.clip_sample, "source": self.source}
+        meta = {
+            "format_version": DATA_FORMAT_VERSION,
+            "timesteps": list(self.timesteps),
+            "clip_sample": self.clip_sample,
+            "source": self.source,
+        }
         save_file(tensors, str(path), metadata={"tmpq": json.dumps(meta, sort_keys=True)})
 
     @classmethod
@@ -95,17 +111,24 @@ class CalibrationData:
         with safe_open(str(path), framework="pt") as fh:
             meta = json.loads((fh.metadata() or {}).get("tmpq", "{}"))
         if meta.get("format_version") != DATA_FORMAT_VERSION:
-            raise VersionMismatchError(f"{path}: calibration data format {meta.get('format_version')!r} "
-                                       f"is not supported (expected {DATA_FORMAT_VERSION})")
+            raise VersionMismatchError(
+                f"{path}: calibration data format {meta.get('format_version')!r} "
+                f"is not supported (expected {DATA_FORMAT_VERSION})"
+            )
         tensors = load_file(str(path))
-        return cls(tuple(meta["timesteps"]), tensors["inputs"], tensors.get("alphas_cumprod"),
-                   bool(meta["clip_sample"]), meta.get("source", {}))
+        return cls(
+            tuple(meta["timesteps"]),
+            tensors["inputs"],
+            tensors.get("alphas_cumprod"),
+            bool(meta["clip_sample"]),
+            meta.get("source", {}),
+        )
 
 
-def collect_inputs(sampler: DDIMSampler, timesteps: Sequence[int], n: int, seed: int) -> torch.Tensor:
+def collect_inputs(sampler: Sampler, timesteps: Sequence[int], n: int, seed: int) -> torch.Tensor:
     """Run ``sampler`` over ``timesteps`` from the noise of ``seed`` and return every step's input ``x_t``.
 
-    Returns ``(len(timesteps), n, C, H, W)``. Works on any UNet, FP or quantized (PAR re-collects this way).
+    Returns ``(len(timesteps), n, C, H, W)``. Works on any model, FP or quantized (PAR re-collects this way).
     """
     seen: dict[int, list[torch.Tensor]] = {int(t): [] for t in timesteps}
 
@@ -116,12 +139,22 @@ def collect_inputs(sampler: DDIMSampler, timesteps: Sequence[int], n: int, seed:
     return torch.stack([torch.cat(seen[int(t)]) for t in timesteps])
 
 
-def collect_calibration_data(unet: nn.Module, alphas_cumprod: torch.Tensor, clip_sample: bool,
-                             settings: CalibrationSettings, batch_size: int = 64,
-                             source: Mapping[str, Any] | None = None) -> CalibrationData:
-    """The FP trajectories of ``unet`` on the calibration grid of ``settings`` (``samples`` from ``seed``)."""
-    grid = calibration_grid(settings.grid_steps, int(alphas_cumprod.shape[0]), settings.grid_spacing)
-    sampler = DDIMSampler(unet, alphas_cumprod, clip_sample, batch_size)
+def collect_calibration_data(
+    model: DiffusionAdapter,
+    settings: CalibrationSettings,
+    batch_size: int = 64,
+    source: Mapping[str, Any] | None = None,
+) -> CalibrationData:
+    """The trajectories of ``model`` (as it is: normally FP) on the calibration grid of ``settings`` (``samples``
+    from ``seed``), with the model's noise schedule."""
+    schedule = model.schedule
+    grid = calibration_grid(settings.grid_steps, schedule.num_train_timesteps, settings.grid_spacing)
+    sampler = Sampler(model, batch_size)
     inputs = collect_inputs(sampler, grid, settings.samples, settings.seed)
-    return CalibrationData(tuple(grid), inputs, alphas_cumprod.detach().clone(), clip_sample,
-                           {**settings.data_dict(), **dict(source or {})})
+    return CalibrationData(
+        tuple(grid),
+        inputs,
+        schedule.alphas_cumprod.detach().clone(),
+        schedule.clip_sample,
+        {**settings.data_dict(), **dict(source or {})},
+    )

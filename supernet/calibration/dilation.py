@@ -31,8 +31,9 @@ def dilation_factors(weight: torch.Tensor, max_factor: float = 100.0) -> torch.T
     return s.clamp(1.0, max_factor).to(torch.float32)
 
 
-def compute_dilation(sites: Mapping[str, Site], groups: list[ReparamGroup], prior: Mapping[str, torch.Tensor],
-                     max_factor: float = 100.0) -> dict[str, torch.Tensor]:
+def compute_dilation(
+    sites: Mapping[str, Site], groups: list[ReparamGroup], prior: Mapping[str, torch.Tensor], max_factor: float = 100.0
+) -> dict[str, torch.Tensor]:
     """Dilation factors of every weight site of ``groups``, computed on ``W·diag(prior)`` (e.g. after TCR);
     returns the combined factors ``prior · s``."""
     out: dict[str, torch.Tensor] = {}

@@ -51,8 +51,15 @@ class TimestepActQuant(nn.Module):
             raise CalibrationError("only uniform and log2 parameters can be learned")
         self.register_buffer("is_log", torch.tensor(is_log))
         self.register_buffer("scale0", torch.tensor([float(p.scale) for p in table]))
-        self.register_buffer("zero", torch.tensor([0.0 if lg else float(p.zero_point)  # type: ignore[union-attr]
-                                                   for p, lg in zip(table, is_log, strict=True)]))
+        self.register_buffer(
+            "zero",
+            torch.tensor(
+                [
+                    0.0 if lg else float(p.zero_point)  # type: ignore[union-attr]
+                    for p, lg in zip(table, is_log, strict=True)
+                ]
+            ),
+        )
         self.log_mult = nn.Parameter(torch.zeros(len(table)), requires_grad=learn)
         self.any_log, self.any_uniform = any(is_log), not all(is_log)
 

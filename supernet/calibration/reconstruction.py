@@ -1,7 +1,7 @@
 """Block reconstruction (BRECQ, Li et al. 2021) of one calibration session's configuration.
 
-Blocks are the model's top-level units (``conv_in``, ``time_embedding``, ``down_blocks.i``, ``mid_block``,
-``up_blocks.i``, ``conv_out``: :func:`supernet.supernet.block_of`), taken in the order the forward pass runs them.
+Blocks are the model adapter's (``block_of``: for a UNet the top-level units ``conv_in``, ``time_embedding``,
+``down_blocks.i``, ``mid_block``, ``up_blocks.i``, ``conv_out``), taken in the order the forward pass runs them.
 For each block:
 
 1. the FP model's block **outputs** are captured on the calibration inputs (the targets), and the block's
@@ -21,9 +21,10 @@ previous quantizers (reported as ``reverted``); iterations are capped at ``recon
 calibration pool; the attention matmuls are run through a differentiable copy of the processor's arithmetic while
 training (the supernet's fast path writes into preallocated outputs, which autograd cannot follow).
 
-With ``tib`` (TFMQ-DM's temporal information block), the time-embedding MLP and every ResBlock's embedding
-projection are first reconstructed jointly against the FP projections ``g_i(h(t))`` on the grid timesteps (they do
-not depend on ``x_t``), then kept fixed while the other blocks are reconstructed. Its pool is complete (one input
+With ``tib`` (TFMQ-DM's temporal information block), the time-embedding block and every embedding projection into
+a block (the adapter's time-embedding pieces) are first reconstructed jointly against the FP projections
+``g_i(h(t))`` on the grid timesteps (they do not depend on ``x_t``), then kept fixed while the other blocks are
+reconstructed. Its pool is complete (one input
 per grid timestep), so it is trained for the full ``recon_iters`` without the epoch cap.
 """
 
@@ -46,7 +47,6 @@ from supernet.calibration.data import CalibrationData
 from supernet.calibration.lsq import TimestepActQuant
 from supernet.calibration.session import CalibrationSession
 from supernet.calibration.settings import CalibrationSettings
-from supernet.calibration.temporal import project
 from supernet.errors import CalibrationError
 from supernet.qlayers.act import ActQuantizer
 from supernet.qlayers.attention import QuantAttnProcessor
@@ -158,8 +158,17 @@ class ReconOptions:
     def from_settings(cls, s: CalibrationSettings, round_index: int = 0) -> ReconOptions:
         """Round ``round_index`` (0-based) of ``s``: iterations decay by ``par_decay`` per later round."""
         iters = max(1, round(s.recon_iters * s.par_decay**round_index)) if s.recon_iters else 0
-        return cls(iters, s.recon_batch, s.recon_samples, s.recon_epochs, s.recon_lr_round, s.recon_lr_act,
-                   s.recon_round_weight, s.recon_warmup, s.seed + 1000 * round_index)
+        return cls(
+            iters,
+            s.recon_batch,
+            s.recon_samples,
+            s.recon_epochs,
+            s.recon_lr_round,
+            s.recon_lr_act,
+            s.recon_round_weight,
+            s.recon_warmup,
+            s.seed + 1000 * round_index,
+        )
 
     def steps_for(self, pool_size: int) -> int:
         """Iterations for a pool of ``pool_size`` samples (capped at ``epochs`` passes)."""
@@ -185,8 +194,14 @@ class Block:
         return self.module(*args, **kwargs)
 
 
-def _attend_autograd(self: QuantAttnProcessor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                     scale: float, mask: torch.Tensor | None) -> torch.Tensor:
+def _attend_autograd(
+    self: QuantAttnProcessor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scale: float,
+    mask: torch.Tensor | None,
+) -> torch.Tensor:
     """The arithmetic of :meth:`QuantAttnProcessor._attend` without in-place or ``out=`` operations."""
     qq, sq = self.qk.a.split(query)
     kk, sk = self.qk.b.split(key)
@@ -223,8 +238,10 @@ class BlockReport:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: ((None if v != v else round(v, 6)) if isinstance(v, float) else v)  # NaN (not measured): None
-                for k, v in vars(self).items()}
+        return {
+            k: ((None if v != v else round(v, 6)) if isinstance(v, float) else v)  # NaN (not measured): None
+            for k, v in vars(self).items()
+        }
 
 
 class BlockReconstructor:
@@ -281,10 +298,14 @@ class BlockReconstructor:
 
     @contextmanager
     def _training(self, block: Block) -> Iterator[None]:
-        modules = [block.module] if block.module is not None else [self.session.unet]
-        procs = {id(m.processor): m.processor for mod in modules for m in mod.modules()
-                 if isinstance(getattr(m, "processor", None), QuantAttnProcessor)}
-        params = [p for p in self.session.unet.parameters() if p.requires_grad]
+        modules = [block.module] if block.module is not None else [self.session.denoiser]
+        procs = {
+            id(m.processor): m.processor
+            for mod in modules
+            for m in mod.modules()
+            if isinstance(getattr(m, "processor", None), QuantAttnProcessor)
+        }
+        params = [p for p in self.session.denoiser.parameters() if p.requires_grad]
         for p in params:
             p.requires_grad_(False)
         for proc in procs.values():
@@ -312,21 +333,24 @@ class BlockReconstructor:
         return self._blocks
 
     def _find_blocks(self) -> list[Block]:
-        from supernet.supernet import block_of
-
-        unet = self.session.unet
+        model = self.session.model
+        denoiser = model.denoiser
         quantized = {s.name for s in self.session.weight_sites()} | {q.site for q in self.session.act_quantizers()}
         members: dict[str, list[str]] = {}
         for name in self.session.sites:
             if name in quantized:
-                members.setdefault(block_of(unet, name), []).append(name)
+                members.setdefault(model.block_of(name), []).append(name)
         order: list[str] = []
-        handles = [unet.get_submodule(b).register_forward_pre_hook(
-            lambda _m, _a, b=b: order.append(b) if b not in order else None) for b in members]
+        handles = [
+            denoiser.get_submodule(b).register_forward_pre_hook(
+                lambda _m, _a, b=b: order.append(b) if b not in order else None
+            )
+            for b in members
+        ]
         try:
             _, t, x = self.session.data.items()[0]
             with torch.no_grad(), self.full_precision():
-                unet(x[:1], t)
+                model.predict_noise(x[:1], t, model.condition_for(1))
         finally:
             for h in handles:
                 h.remove()
@@ -338,34 +362,45 @@ class BlockReconstructor:
             sites = tuple(s for s in members[b] if s not in temporal)
             frozen = tuple(s for s in members[b] if s in temporal)
             if sites:
-                blocks.append(Block(b, sites, unet.get_submodule(b), frozen))
+                blocks.append(Block(b, sites, denoiser.get_submodule(b), frozen))
         return blocks
 
     def _temporal_sites(self, members: dict[str, list[str]]) -> tuple[str, ...]:
+        block = self.session.model.time_embedding_block
         projs = [n for n, _ in self._projections()]
-        if "time_embedding" not in members or not projs:
+        if block is None or block not in members or not projs:
             log.warning("no time-embedding block with embedding projections: the temporal block is skipped")
             return ()
-        return tuple(members["time_embedding"]) + tuple(f"{n}.time_emb_proj" for n in projs)
+        return tuple(members[block]) + tuple(projs)
 
     def _projections(self) -> list[tuple[str, nn.Module]]:
+        """``(projection site, owning block)`` of every quantized time-embedding projection, in model order."""
         quantized = {s.name for s in self.session.weight_sites()}
-        return [(n, m) for n, m in self.session.unet.named_modules()
-                if isinstance(getattr(m, "time_emb_proj", None), QuantWeightLayer)
-                and f"{n}.time_emb_proj" in quantized]
+        denoiser = self.session.denoiser
+        return [
+            (site, owner)
+            for site, owner in self.session.model.temporal_projections().items()
+            if site in quantized and isinstance(denoiser.get_submodule(site), QuantWeightLayer)
+        ]
+
+    def _time_embedding(self) -> nn.Module:
+        block = self.session.model.time_embedding_block
+        assert block is not None  # the temporal block exists only when the model has one
+        return self.session.denoiser.get_submodule(block)
 
     def _tib_forward(self, inputs: Any) -> list[torch.Tensor]:
-        emb = self.session.unet.time_embedding(inputs)
-        return [project(res, emb) for _, res in self._projections()]
+        model = self.session.model
+        emb = self._time_embedding()(inputs)
+        return [model.project_temporal(owner, emb) for _, owner in self._projections()]
 
     # --- capturing ------------------------------------------------------------------------------------------
     def _run_data(self, data: CalibrationData) -> None:
         """One pass over ``data`` (grid index set for the hooks); a hook may end a forward early with ``_Stop``."""
         for i, t, x in data.items():
             self._current = i
-            for chunk in x.split(CAPTURE_BATCH):
+            for chunk, cond in self.session.model.batches(x, CAPTURE_BATCH):
                 with suppress(_Stop):
-                    self.session.unet(chunk, t)
+                    self.session.model.predict_noise(chunk, t, cond)
 
     def _capture_outputs(self, modules: dict[str, nn.Module], data: CalibrationData) -> dict[str, Pool]:
         """The FP outputs of every module of ``modules`` on ``data``, in one pass."""
@@ -374,6 +409,7 @@ class BlockReconstructor:
         def post_for(name: str) -> Callable[..., None]:
             def post(_m: nn.Module, _args: tuple, output: Any) -> None:
                 builders[name].add(output, self._current)
+
             return post
 
         handles = [m.register_forward_hook(post_for(name)) for name, m in modules.items()]
@@ -403,14 +439,13 @@ class BlockReconstructor:
         return builder.build()
 
     def _tib_pools(self) -> tuple[Pool, Pool]:
-        unet = self.session.unet
         builder = _PoolBuilder()
 
         def pre(_m: nn.Module, args: tuple) -> None:
             builder.add(args[0], self._current)
             raise _Stop
 
-        handle = unet.time_embedding.register_forward_pre_hook(pre, prepend=True)
+        handle = self._time_embedding().register_forward_pre_hook(pre, prepend=True)
         try:
             with torch.no_grad(), self.full_precision():
                 self._run_data(self.session.data.subset(1))
@@ -424,13 +459,18 @@ class BlockReconstructor:
         return inputs, targets.build()
 
     # --- training ----------------------------------------------------------------------------------------
-    def run(self, opts: ReconOptions, targets_cache: dict[int, dict[str, Pool]] | None = None
-            ) -> dict[str, dict[str, Any]]:
+    def run(
+        self,
+        opts: ReconOptions,
+        targets_cache: dict[int, dict[str, Pool]] | None = None,
+        on_block: Callable[[int, int], None] | None = None,
+    ) -> dict[str, dict[str, Any]]:
         """Reconstruct every block once with ``opts`` on the session's data (its first ``opts.samples`` per
         timestep); returns a report per block.
 
         ``targets_cache`` keeps the FP block outputs per data set (by identity) for other sessions on the same
-        data (the FP targets do not depend on the configuration).
+        data (the FP targets do not depend on the configuration). ``on_block(done, total)`` is called after each
+        block.
         """
         data = self.session.data
         if opts.samples < data.samples:
@@ -456,6 +496,8 @@ class BlockReconstructor:
             rep.seconds = round(time.perf_counter() - start, 3)
             report[block.name] = rep.to_dict()
             log.debug("block %s: %s", block.name, report[block.name])
+            if on_block is not None:
+                on_block(k + 1, len(blocks))
         return report
 
     def _weight_params(self, name: str, layer: QuantWeightLayer) -> UniformParams:
@@ -467,16 +509,21 @@ class BlockReconstructor:
     def _train(self, block: Block, inputs: Pool, targets: Pool, opts: ReconOptions, seed: int) -> BlockReport:
         session = self.session
         layers = self._layers
-        ada = {s: AdaRoundWeight(layers[s].weight, self._weight_params(s, layers[s]), self._rounding.get(s))
-               for s in block.sites if s in layers}
+        ada = {
+            s: AdaRoundWeight(layers[s].weight, self._weight_params(s, layers[s]), self._rounding.get(s))
+            for s in block.sites
+            if s in layers
+        }
         tables = set(session.act_quantizers())
         grid = len(session.ctx.grid)
         learners: dict[ActQuantizer, TimestepActQuant] = {}
         for s in block.sites + block.frozen:
             for q in session.sites[s].act_quantizers():
                 if q in tables:
-                    learners[q] = TimestepActQuant([session.act_params(q, i) for i in range(grid)],  # type: ignore
-                                                   learn=s in block.sites)
+                    learners[q] = TimestepActQuant(
+                        [session.act_params(q, i) for i in range(grid)],  # type: ignore
+                        learn=s in block.sites,
+                    )
         self._learners = learners
         saved_w = {s: layers[s]._w for s in ada}
         n = len(inputs)
@@ -492,8 +539,11 @@ class BlockReconstructor:
         with self._training(block):
             rep.loss_before = self._loss(block, inputs, targets, eval_sel)
             if steps:
-                groups = [g for g in ({"params": round_params, "lr": opts.lr_round},
-                                      {"params": act_params, "lr": opts.lr_act}) if g["params"]]
+                groups = [
+                    g
+                    for g in ({"params": round_params, "lr": opts.lr_round}, {"params": act_params, "lr": opts.lr_act})
+                    if g["params"]
+                ]
                 opt = torch.optim.Adam(groups)
                 n_weights = max(1, sum(p.numel() for p in round_params))
                 for step in range(steps):

@@ -74,8 +74,13 @@ def plan_groups(unet: nn.Module, sites: Mapping[str, Site]) -> list[ReparamGroup
     for name, attn in sorted(_attention_modules(unet).items()):
         qkv = tuple(f"{name}.{p}" for p in ("to_q", "to_k", "to_v"))
         gn = getattr(attn, "group_norm", None)
-        if (all(s in layers for s in qkv) and isinstance(gn, nn.GroupNorm) and gn.affine
-                and getattr(attn, "spatial_norm", None) is None and not getattr(attn, "is_cross_attention", False)):
+        if (
+            all(s in layers for s in qkv)
+            and isinstance(gn, nn.GroupNorm)
+            and gn.affine
+            and getattr(attn, "spatial_norm", None) is None
+            and not getattr(attn, "is_cross_attention", False)
+        ):
             groups.append(ReparamGroup(qkv, NORM, f"{name}.group_norm"))
             taken.update(qkv)
         out, v = f"{name}.to_out.0", f"{name}.to_v"
@@ -109,9 +114,12 @@ class Reparameterization:
     def report(self) -> dict[str, Any]:
         """JSON-ready summary: which layers are folded (and into what) and which are explicit."""
         top = max((float(r.max()) for r in self.factors.values() if r.numel()), default=1.0)
-        return {"folded": dict(sorted(self.folded.items())), "explicit": sorted(self.explicit),
-                "identity": sorted(s for s in self.factors if s not in self.folded and s not in self.explicit),
-                "max_factor": round(top, 4)}
+        return {
+            "folded": dict(sorted(self.folded.items())),
+            "explicit": sorted(self.explicit),
+            "identity": sorted(s for s in self.factors if s not in self.folded and s not in self.explicit),
+            "max_factor": round(top, 4),
+        }
 
     def undo(self) -> None:
         """Remove the pre-scales and restore every modified parameter bit for bit."""
@@ -128,8 +136,9 @@ class Reparameterization:
             self._originals.append((t, t.detach().clone()))
 
 
-def apply_reparameterization(unet: nn.Module, sites: Mapping[str, Site],
-                             factors: Mapping[str, torch.Tensor]) -> Reparameterization:
+def apply_reparameterization(
+    unet: nn.Module, sites: Mapping[str, Site], factors: Mapping[str, torch.Tensor]
+) -> Reparameterization:
     """Multiply each site's input columns by ``factors[site]`` and put ``1/r`` where :func:`plan_groups` says.
 
     Sites of one group must have equal factors (they share one fold). Raises :class:`CalibrationError` on a
@@ -149,8 +158,10 @@ def apply_reparameterization(unet: nn.Module, sites: Mapping[str, Site],
                     assert isinstance(layer, QuantWeightLayer)
                     f = rep.factors.get(s)
                     if f is None or f.shape != (in_channels(layer),) or not bool((f > 0).all()):
-                        raise CalibrationError(f"{s}: needs {in_channels(layer)} positive factors "
-                                               f"(every site of {list(group.sites)} alike)")
+                        raise CalibrationError(
+                            f"{s}: needs {in_channels(layer)} positive factors "
+                            f"(every site of {list(group.sites)} alike)"
+                        )
                     if not torch.equal(f, r):
                         raise CalibrationError(f"{s}: factors differ within the group {list(group.sites)}")
                 if bool((r == 1).all()):
@@ -163,13 +174,22 @@ def apply_reparameterization(unet: nn.Module, sites: Mapping[str, Site],
     except BaseException:
         rep.undo()
         raise
-    log.info("reparameterized %d sites (%d folded, %d explicit)", len(rep.folded) + len(rep.explicit),
-             len(rep.folded), len(rep.explicit))
+    log.info(
+        "reparameterized %d sites (%d folded, %d explicit)",
+        len(rep.folded) + len(rep.explicit),
+        len(rep.folded),
+        len(rep.explicit),
+    )
     return rep
 
 
-def _fold_or_hook(rep: Reparameterization, group: ReparamGroup, r: torch.Tensor, sites: Mapping[str, Site],
-                  modules: Mapping[str, nn.Module]) -> None:
+def _fold_or_hook(
+    rep: Reparameterization,
+    group: ReparamGroup,
+    r: torch.Tensor,
+    sites: Mapping[str, Site],
+    modules: Mapping[str, nn.Module],
+) -> None:
     if group.kind == NORM:
         gn = modules[group.target]
         for p in (gn.weight, gn.bias):

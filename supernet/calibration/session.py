@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -29,6 +29,10 @@ from supernet.quant.qtensor import QuantizedTensor
 from supernet.quant.uniform import UniformQuantizer
 from supernet.settings import SupernetSettings
 
+if TYPE_CHECKING:
+    from supernet.models.base import DiffusionAdapter
+    from supernet.progress import ProgressTracker
+
 #: ``fit(quantizer, x, bits) -> params``: how an observing pass turns one operand's input into parameters.
 FitFn = Callable[[ActQuantizer, torch.Tensor, int], QParams]
 
@@ -37,7 +41,7 @@ class CalibrationSession:
     """One configuration being calibrated.
 
     Args:
-        unet: the wrapped model.
+        model: the model adapter whose denoiser the sites are installed in.
         sites: every site, by name.
         ctx: the timestep context (its grid is ``data.timesteps``).
         data: the calibration inputs.
@@ -45,10 +49,18 @@ class CalibrationSession:
         w_bits / a_bits: the configuration, ``{site: bits}`` (2..8 or 16/32).
     """
 
-    def __init__(self, unet: nn.Module, sites: Mapping[str, Site], ctx: TimestepContext, data: CalibrationData,
-                 settings: CalibrationSettings, supernet_settings: SupernetSettings,
-                 w_bits: Mapping[str, int], a_bits: Mapping[str, int]) -> None:
-        self.unet = unet
+    def __init__(
+        self,
+        model: DiffusionAdapter,
+        sites: Mapping[str, Site],
+        ctx: TimestepContext,
+        data: CalibrationData,
+        settings: CalibrationSettings,
+        supernet_settings: SupernetSettings,
+        w_bits: Mapping[str, int],
+        a_bits: Mapping[str, int],
+    ) -> None:
+        self.model = model
         self.sites = dict(sites)
         self.ctx = ctx
         self.data = data
@@ -59,14 +71,34 @@ class CalibrationSession:
         self._weights: dict[str, QuantizedTensor] = {}
         self._temporal: dict[str, TemporalTable | None] = {}
         self._tables: dict[ActQuantizer, list[QParams | None]] = {
-            q: [None] * len(data.timesteps) for q in self.act_quantizers()}
+            q: [None] * len(data.timesteps) for q in self.act_quantizers()
+        }
         self._kinds: dict[ActQuantizer, str] = {q: self._default_kind(q) for q in self._tables}
+        #: Where the strategy's phase and block boundaries are reported (set by ``QuantSupernet.calibrate``).
+        self.progress: ProgressTracker | None = None
+
+    @property
+    def denoiser(self) -> nn.Module:
+        """The wrapped module tree (``model.denoiser``)."""
+        return self.model.denoiser
+
+    # --- progress ---------------------------------------------------------------------------------------------
+    def plan(self, units: int) -> None:
+        """Declare this configuration's units of work (blocks per reconstruction round, other phase steps), for
+        the progress estimate (:mod:`supernet.progress`)."""
+        if self.progress is not None:
+            self.progress.plan(units)
+
+    def report(self, phase: str, step: int, total: int, round: int | None = None) -> None:
+        """A phase or block boundary: ``step`` of ``total`` units of ``phase`` done (a report with ``step >= 1``
+        completes one unit). An exception of the progress callback propagates."""
+        if self.progress is not None:
+            self.progress.report(phase, step, total, round)
 
     # --- what is being calibrated -------------------------------------------------------------------------
     def weight_sites(self) -> list[QuantWeightLayer]:
         """Sites with a weight that this configuration quantizes."""
-        return [s for s in self.sites.values()
-                if isinstance(s, QuantWeightLayer) and not is_fp(self.w_bits[s.name])]
+        return [s for s in self.sites.values() if isinstance(s, QuantWeightLayer) and not is_fp(self.w_bits[s.name])]
 
     def act_quantizers(self) -> list[ActQuantizer]:
         """Activation operands this configuration quantizes."""
@@ -101,18 +133,35 @@ class CalibrationSession:
         ranges, min-max below ``weight_minmax_below`` bits."""
         s = self.settings
         method = "minmax" if bits < s.weight_minmax_below else s.weight_method
-        return UniformQuantizer(symmetric=self.supernet_settings.weight_symmetric, axis=0, method=method,
-                                grid=s.mse_grid, min_ratio=s.mse_min_ratio, norm=s.mse_norm)
+        return UniformQuantizer(
+            symmetric=self.supernet_settings.weight_symmetric,
+            axis=0,
+            method=method,
+            grid=s.mse_grid,
+            min_ratio=s.mse_min_ratio,
+            norm=s.mse_norm,
+        )
 
     def act_quantizer(self, q: ActQuantizer) -> Quantizer:
         """The per-tensor quantizer of these settings for operand ``q`` (its current kind)."""
         s = self.settings
         if self._kinds[q] == "log2":
-            return Log2Quantizer(method=s.act_method, grid=s.mse_grid, min_ratio=max(s.mse_min_ratio, 0.5),
-                                 norm=s.mse_norm, max_elems=s.act_max_elems)
-        return UniformQuantizer(symmetric=self.supernet_settings.act_symmetric, axis=None, method=s.act_method,
-                                grid=s.mse_grid, min_ratio=s.mse_min_ratio, norm=s.mse_norm,
-                                max_elems=s.act_max_elems)
+            return Log2Quantizer(
+                method=s.act_method,
+                grid=s.mse_grid,
+                min_ratio=max(s.mse_min_ratio, 0.5),
+                norm=s.mse_norm,
+                max_elems=s.act_max_elems,
+            )
+        return UniformQuantizer(
+            symmetric=self.supernet_settings.act_symmetric,
+            axis=None,
+            method=s.act_method,
+            grid=s.mse_grid,
+            min_ratio=s.mse_min_ratio,
+            norm=s.mse_norm,
+            max_elems=s.act_max_elems,
+        )
 
     # --- writing results --------------------------------------------------------------------------------------
     def set_weight(self, site: str, weight: QuantizedTensor) -> None:
@@ -148,15 +197,16 @@ class CalibrationSession:
         return self._tables[q][index]
 
     # --- running the model -------------------------------------------------------------------------------
-    def run(self, t: int, x: torch.Tensor) -> Any:
-        """One forward pass at timestep ``t`` (no gradients)."""
+    def run(self, t: int, x: torch.Tensor) -> torch.Tensor:
+        """One forward pass at timestep ``t`` (no gradients): the predicted noise."""
         with torch.no_grad():
-            return self.unet(x, t)
+            return self.model.predict_noise(x, t, self.model.condition_for(int(x.shape[0])))
 
     @contextmanager
     def observe(self, fit: FitFn) -> Iterator[None]:
         """While open, every quantized operand fits its parameters on the input it sees (``fit``), records
         them for the current grid timestep and uses them at once, so later layers see quantized inputs."""
+
         def observer(q: ActQuantizer, x: torch.Tensor) -> QParams | None:
             index = self.ctx.index
             if q not in self._tables or index is None:
@@ -210,17 +260,23 @@ class CalibrationSession:
         Call :meth:`apply` first to sample with the configuration fitted so far.
         """
         from supernet.calibration.data import collect_inputs
-        from supernet.sampling import DDIMSampler
+        from supernet.sampling import Sampler
 
-        if self.data.alphas_cumprod is None:
+        schedule = self.data.schedule
+        if schedule is None:
             raise CalibrationError("the calibration data carries no alphas_cumprod: trajectories cannot be re-run")
-        sampler = DDIMSampler(self.unet, self.data.alphas_cumprod, self.data.clip_sample, batch_size)
+        sampler = Sampler(self.model, batch_size, schedule=schedule)
         n = self.data.samples if n is None else n
         if seed is None:  # the noise of the data being replaced (its x_T), else the settings' seed
             seed = int(self.data.source.get("seed", self.settings.seed))
         inputs = collect_inputs(sampler, self.data.timesteps, n, seed)
-        return CalibrationData(self.data.timesteps, inputs, self.data.alphas_cumprod, self.data.clip_sample,
-                               {**self.data.source, "resampled": True})
+        return CalibrationData(
+            self.data.timesteps,
+            inputs,
+            self.data.alphas_cumprod,
+            self.data.clip_sample,
+            {**self.data.source, "resampled": True},
+        )
 
     def use_data(self, data: CalibrationData) -> None:
         """Calibrate on ``data`` from now on (same grid required)."""

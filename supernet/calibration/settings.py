@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from search.errors import ConfigError, VersionMismatchError
-from supernet.quant.protocol import QUANT_KINDS, RANGE_METHODS
-from supernet.settings import canonical_key
+from search.fields import shown
+from supernet.settings import QUANT_KINDS, RANGE_METHODS, canonical_key
 
 CALIBRATION_SETTINGS_VERSION = 1
 GRID_SPACINGS = ("linear", "quadratic")
@@ -24,8 +24,57 @@ SWITCHES = ("reconstruction", "tcr", "daq", "par", "tib", "dilation", "temporal_
 #: effect before: :meth:`CalibrationSettings.to_dict` leaves them out while they hold it, so the cache keys of
 #: existing artifacts stay valid; any other value is part of the key as usual.
 KEY_STABLE_DEFAULTS: dict[str, Any] = {"temporal_cache": False, "tcr_alpha": 1.0}
-FLOAT_FIELDS = ("par_decay", "recon_epochs", "recon_lr_round", "recon_lr_act", "recon_round_weight", "recon_warmup",
-                "tcr_max", "tcr_alpha")
+#: Strategies every installation has; :func:`declare_strategy` adds a plug-in's name (``register_strategy`` calls it).
+BUILTIN_STRATEGIES = ("tcaq", "range")
+_KNOWN_STRATEGIES: set[str] = set(BUILTIN_STRATEGIES)
+
+#: Inclusive bounds of the integer fields: a job cannot ask for unbounded work (the README lists them).
+INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "grid_steps": (1, 1000),
+    "samples": (1, 4096),
+    "seed": (0, 2**63 - 1),
+    "mse_grid": (1, 1000),
+    "act_max_elems": (1, 2**24),
+    "weight_minmax_below": (0, 9),
+    "par_rounds": (1, 10),
+    "recon_iters": (0, 100_000),
+    "recon_batch": (1, 4096),
+    "recon_samples": (1, 4096),
+    "daq_groups": (1, 1000),
+}
+#: Inclusive bounds of the float fields that have them besides their own rules below.
+FLOAT_BOUNDS: dict[str, tuple[float, float]] = {
+    "recon_epochs": (0.0, 1000.0),
+    "recon_lr_round": (0.0, 10.0),
+    "recon_lr_act": (0.0, 10.0),
+    "recon_round_weight": (0.0, 1e6),
+    "tcr_max": (1.0, 1e6),
+}
+#: Limits of ``strategy_params``: how many, and how long a name or string value may be.
+MAX_STRATEGY_PARAMS = 32
+MAX_PARAM_CHARS = 256
+
+
+def declare_strategy(name: str) -> None:
+    """Make ``name`` a valid ``strategy`` (a plug-in strategy's registration calls this)."""
+    _KNOWN_STRATEGIES.add(name)
+
+
+def known_strategies() -> tuple[str, ...]:
+    """The strategy names settings accept, sorted."""
+    return tuple(sorted(_KNOWN_STRATEGIES))
+
+
+FLOAT_FIELDS = (
+    "par_decay",
+    "recon_epochs",
+    "recon_lr_round",
+    "recon_lr_act",
+    "recon_round_weight",
+    "recon_warmup",
+    "tcr_max",
+    "tcr_alpha",
+)
 
 
 @dataclass(frozen=True)
@@ -121,28 +170,35 @@ class CalibrationSettings:
 
     def __post_init__(self) -> None:
         if self.version != CALIBRATION_SETTINGS_VERSION:
-            raise VersionMismatchError(f"calibration settings version {self.version} is not supported "
-                                       f"(expected {CALIBRATION_SETTINGS_VERSION})")
-        _check(bool(self.strategy) and isinstance(self.strategy, str), "strategy", "must be a non-empty name")
+            raise VersionMismatchError(
+                f"calibration settings version {self.version} is not supported "
+                f"(expected {CALIBRATION_SETTINGS_VERSION})"
+            )
+        _check(
+            isinstance(self.strategy, str) and self.strategy in _KNOWN_STRATEGIES,
+            "strategy",
+            f"unknown calibration strategy {shown(self.strategy)} (available: {', '.join(known_strategies())})",
+        )
         for name in SWITCHES:
             _check(isinstance(getattr(self, name), bool), name, "must be a boolean")
-        for name, low in (("grid_steps", 1), ("samples", 1), ("mse_grid", 1), ("act_max_elems", 1), ("seed", 0),
-                          ("par_rounds", 1), ("recon_iters", 0), ("recon_batch", 1), ("recon_samples", 1),
-                          ("daq_groups", 1), ("weight_minmax_below", 0)):
+        for name, (low, high) in INT_BOUNDS.items():
             value = getattr(self, name)
-            _check(isinstance(value, int) and not isinstance(value, bool) and value >= low, name,
-                   f"must be an integer >= {low}")
+            _check(
+                isinstance(value, int) and not isinstance(value, bool) and low <= value <= high,
+                name,
+                f"must be an integer in [{low}, {high}], got {shown(value)}",
+            )
+        for name, (low, high) in FLOAT_BOUNDS.items():
+            value = getattr(self, name)
+            _check(_finite(value) and low <= value <= high, name, f"must be a number in [{low:g}, {high:g}]")
         _check(self.grid_spacing in GRID_SPACINGS, "grid_spacing", f"must be one of {GRID_SPACINGS}")
         _check(self.weight_method in RANGE_METHODS, "weight_method", f"must be one of {RANGE_METHODS}")
         _check(self.act_method in RANGE_METHODS, "act_method", f"must be one of {RANGE_METHODS}")
         _check(self.pv_quantizer in QUANT_KINDS, "pv_quantizer", f"must be one of {QUANT_KINDS}")
         _check(_finite(self.mse_min_ratio) and 0.0 < self.mse_min_ratio <= 1.0, "mse_min_ratio", "must be in (0, 1]")
         _check(_finite(self.mse_norm) and self.mse_norm > 0, "mse_norm", "must be > 0")
-        for name in ("recon_epochs", "recon_lr_round", "recon_lr_act", "recon_round_weight"):
-            _check(_finite(getattr(self, name)) and getattr(self, name) >= 0, name, "must be >= 0")
         _check(_finite(self.par_decay) and 0.0 < self.par_decay <= 1.0, "par_decay", "must be in (0, 1]")
         _check(_finite(self.recon_warmup) and 0.0 <= self.recon_warmup < 1.0, "recon_warmup", "must be in [0, 1)")
-        _check(_finite(self.tcr_max) and self.tcr_max >= 1.0, "tcr_max", "must be >= 1")
         _check(_finite(self.tcr_alpha) and 0.0 <= self.tcr_alpha <= 1.0, "tcr_alpha", "must be in [0, 1]")
         for name in ("mse_min_ratio", "mse_norm", *FLOAT_FIELDS):
             object.__setattr__(self, name, float(getattr(self, name)))
@@ -172,10 +228,15 @@ class CalibrationSettings:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CalibrationSettings:
-        """Inverse of :meth:`to_dict`; refuses another version or unknown fields."""
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError("calibration settings", f"unknown fields {sorted(unknown)}")
+        """Inverse of :meth:`to_dict`; refuses another version or unknown fields (a ConfigError naming the first)."""
+        for key in data:
+            if key not in cls.__dataclass_fields__:
+                raise ConfigError(
+                    str(key)[:64], f"unknown field (see {cls.__name__}: strategy, samples, recon_iters, ...)"
+                )
+        version = data.get("version", CALIBRATION_SETTINGS_VERSION)
+        if version != CALIBRATION_SETTINGS_VERSION:
+            raise ConfigError("version", f"{shown(version)} is not supported (expected {CALIBRATION_SETTINGS_VERSION})")
         return cls(**dict(data))
 
 
@@ -194,6 +255,13 @@ def _normalise_params(params: Any) -> tuple[tuple[str, Any], ...]:
         pairs = tuple(sorted((str(k), v) for k, v in items))
     except (TypeError, ValueError):
         raise ConfigError("strategy_params", "must be a mapping or (name, value) pairs") from None
+    if len(pairs) > MAX_STRATEGY_PARAMS:
+        raise ConfigError("strategy_params", f"at most {MAX_STRATEGY_PARAMS} parameters, got {len(pairs)}")
+    for k, v in pairs:
+        if len(k) > MAX_PARAM_CHARS or (isinstance(v, str) and len(v) > MAX_PARAM_CHARS):
+            raise ConfigError(
+                f"strategy_params.{k[:64]}", f"names and string values are at most {MAX_PARAM_CHARS} chars"
+            )
     if len({k for k, _ in pairs}) != len(pairs):
         raise ConfigError("strategy_params", "a parameter is named twice")
     for k, v in pairs:

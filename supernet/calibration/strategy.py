@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from search.errors import ConfigError
 from supernet.calibration.data import CalibrationData
 from supernet.calibration.session import CalibrationSession
-from supernet.calibration.settings import CalibrationSettings
+from supernet.calibration.settings import CalibrationSettings, declare_strategy
 
 if TYPE_CHECKING:
     from supernet.supernet import QuantSupernet
@@ -43,8 +43,13 @@ class CalibrationStrategy(abc.ABC):
         return None
 
     def calibrate(self, session: CalibrationSession) -> None:
-        """Fit ``session``'s configuration and commit it."""
+        """Fit ``session``'s configuration and commit it.
+
+        The configuration is planned as one unit of work; a strategy with more (blocks, rounds) declares them with
+        ``session.plan`` and reports its phase boundaries with ``session.report``.
+        """
         start = time.perf_counter()
+        session.plan(1)
         self._calibrate(session)
         session.commit()
         log.info("%s calibration of %d sites in %.2f s", self.name, len(session.sites), time.perf_counter() - start)
@@ -66,24 +71,34 @@ _STRATEGIES: dict[str, type[CalibrationStrategy]] = {}
 
 
 def register_strategy(cls: type[CalibrationStrategy]) -> type[CalibrationStrategy]:
-    """Class decorator: make ``cls`` selectable by ``CalibrationSettings(strategy=cls.name)``."""
+    """Class decorator: make ``cls`` selectable by ``CalibrationSettings(strategy=cls.name)`` (the name is also
+    declared to the torch-free settings, which validate it)."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
     _STRATEGIES[cls.name] = cls
+    declare_strategy(cls.name)
     return cls
+
+
+def _load_builtins() -> None:
+    import supernet.calibration.tcaq  # noqa: F401  (registers "tcaq")
 
 
 def available_strategies() -> tuple[str, ...]:
     """Names of the registered strategies."""
+    _load_builtins()
     return tuple(sorted(_STRATEGIES))
 
 
 def make_strategy(settings: CalibrationSettings) -> CalibrationStrategy:
     """The strategy ``settings`` names, constructed with ``settings``."""
+    _load_builtins()
     cls = _STRATEGIES.get(settings.strategy)
     if cls is None:
-        raise ConfigError("strategy", f"unknown calibration strategy {settings.strategy!r} "
-                                      f"(available: {', '.join(available_strategies())})")
+        raise ConfigError(
+            "strategy",
+            f"unknown calibration strategy {settings.strategy!r} (available: {', '.join(available_strategies())})",
+        )
     return cls(settings)
 
 
@@ -96,5 +111,7 @@ class RangeCalibrator(CalibrationStrategy):
     name = "range"
 
     def _calibrate(self, session: CalibrationSession) -> None:
+        session.report("ranges", 0, 1)
         session.fit_weights()
         session.fit_activations()
+        session.report("ranges", 1, 1)

@@ -87,12 +87,10 @@ class TCAQCalibrator(CalibrationStrategy):
             return
         start = time.perf_counter()
         sites = {n: supernet.site(n) for n in supernet.sites}
-        groups = plan_groups(supernet.unet, sites)
+        groups = plan_groups(supernet.denoiser, sites)
         factors: dict[str, torch.Tensor] = {}
         if s.tcr:
-            factors = compute_tcr(
-                supernet.unet, sites, groups, data.subset(s.recon_samples), s.tcr_max, s.tcr_alpha
-            )
+            factors = compute_tcr(supernet.model, sites, groups, data.subset(s.recon_samples), s.tcr_max, s.tcr_alpha)
         if s.dilation:
             factors = compute_dilation(sites, groups, factors, DILATION_MAX)
         rep = supernet.reparameterize(factors)
@@ -103,6 +101,11 @@ class TCAQCalibrator(CalibrationStrategy):
     def _calibrate(self, session: CalibrationSession) -> None:
         s = self.settings
         label = config_label(session)
+        recon = BlockReconstructor(session, tib=s.tib)
+        rounds = s.par_rounds if s.par else 1
+        blocks = len(recon.blocks()) if s.reconstruction else 0
+        session.plan(1 + rounds * blocks + (rounds - 1) + (1 if s.temporal_cache else 0))
+        session.report("ranges", 0, 1)
         kinds = self._kinds(session) if s.daq else None
         check: dict[str, list[list[float]]] = {}
         fit = self._fit(session, kinds, check)
@@ -110,34 +113,45 @@ class TCAQCalibrator(CalibrationStrategy):
         session.fit_activations(fit)
         if kinds:
             self._record_check(label, check)
-        recon = BlockReconstructor(session, tib=s.tib)
-        rounds = s.par_rounds if s.par else 1
+        session.report("ranges", 1, 1)
         reports: dict[str, Any] = {}
         for r in range(rounds):
             if r > 0:
                 if session.data.alphas_cumprod is None:
                     log.warning("PAR needs trajectories (alphas_cumprod): stopping after round %d", r)
                     break
+                session.report("par-trajectories", 0, 1, round=r + 1)
                 start = time.perf_counter()
                 with recon.quantized():
                     session.use_data(session.resample())
                 reports[f"resample_{r + 1}_s"] = round(time.perf_counter() - start, 3)
                 if not s.reconstruction:
                     session.fit_activations(fit)
+                session.report("par-trajectories", 1, 1, round=r + 1)
+                if not s.reconstruction:
                     continue
             if s.reconstruction:
                 cache = self._targets if r == 0 else None
-                reports[f"round_{r + 1}"] = recon.run(ReconOptions.from_settings(s, r), cache)
+                session.report("reconstruction", 0, blocks, round=r + 1)
+
+                def on_block(done: int, total: int, r: int = r) -> None:
+                    session.report("reconstruction", done, total, round=r + 1)
+
+                reports[f"round_{r + 1}"] = recon.run(ReconOptions.from_settings(s, r), cache, on_block)
         self._report.setdefault("reconstruction", {})[label] = reports
         if s.temporal_cache:
+            session.report("temporal", 0, 1)
             self._temporal_cache(session, recon, label)
+            session.report("temporal", 1, 1)
 
     def report(self) -> dict[str, Any]:
         """Switches, DAQ decisions (site → groups with choice, R, fit) and checks, reconstruction per block."""
         out = dict(self._report)
         if self._decisions is not None:
-            out["daq"] = {site: [{"timesteps": ts, **test.to_dict()} for ts, test in groups]
-                          for site, groups in sorted(self._decisions.items())}
+            out["daq"] = {
+                site: [{"timesteps": ts, **test.to_dict()} for ts, test in groups]
+                for site, groups in sorted(self._decisions.items())
+            }
         return out
 
     # --- temporal cache ---------------------------------------------------------------------------------------
@@ -145,10 +159,13 @@ class TCAQCalibrator(CalibrationStrategy):
         """Per projection: the cached (FP, quantized per timestep) or the computed temporal features, whichever
         is closer to FP on the grid; recorded under ``temporal_cache`` → configuration → site."""
         start = time.perf_counter()
-        unet = session.unet
-        reason = temporal.unsupported(unet)
-        owners = {} if reason else {n: b for n, b in temporal.projections(unet, session.sites).items()
-                                    if not is_fp(session.a_bits[n])}
+        model = session.model
+        reason = model.temporal_support()
+        owners = (
+            {}
+            if reason
+            else {n: b for n, b in temporal.projections(model, session.sites).items() if not is_fp(session.a_bits[n])}
+        )
         out: dict[str, Any] = {"sites": {}}
         self._report.setdefault("temporal_cache", {})[label] = out
         if not owners:
@@ -156,14 +173,14 @@ class TCAQCalibrator(CalibrationStrategy):
             log.warning("temporal cache: %s", out["skipped"])
             return
         T = temporal.num_timesteps(session.data)
-        fp = temporal.fp_features(unet, owners, T)
+        fp = temporal.fp_features(model, owners, T)
         grid = list(session.data.timesteps)
         computed: dict[str, list[torch.Tensor]] = {n: [] for n in owners}
         with recon.quantized():
             try:
                 for t in grid:  # one grid timestep at a time: activation parameters are per grid timestep
                     session.ctx.select(t)
-                    for n, f in temporal.features(unet, owners, [t]).items():
+                    for n, f in temporal.features(model, owners, [t]).items():
                         computed[n].append(f[0])
             finally:
                 session.ctx.select(None)
@@ -177,12 +194,20 @@ class TCAQCalibrator(CalibrationStrategy):
             mse_computed = float((torch.stack(computed[name]) - target).square().mean())
             use = mse_cache < mse_computed
             session.set_temporal(name, table if use else None)
-            out["sites"][name] = {"bits": bits, "choice": "cache" if use else "computed", "mse_cache": mse_cache,
-                                  "mse_computed": mse_computed}
+            out["sites"][name] = {
+                "bits": bits,
+                "choice": "cache" if use else "computed",
+                "mse_cache": mse_cache,
+                "mse_computed": mse_computed,
+            }
         out["num_train_timesteps"] = T
         out["seconds"] = round(time.perf_counter() - start, 3)
-        log.info("temporal cache %s: %d of %d projections cached", label,
-                 sum(r["choice"] == "cache" for r in out["sites"].values()), len(owners))
+        log.info(
+            "temporal cache %s: %d of %d projections cached",
+            label,
+            sum(r["choice"] == "cache" for r in out["sites"].values()),
+            len(owners),
+        )
 
     # --- DAQ ------------------------------------------------------------------------------------------------
     def _kinds(self, session: CalibrationSession) -> dict[str, list[str]]:
@@ -219,8 +244,8 @@ class TCAQCalibrator(CalibrationStrategy):
         try:
             with torch.no_grad(), recon.full_precision():
                 for _, t, x in session.data.subset(self.settings.recon_samples).items():
-                    for chunk in x.split(64):
-                        session.unet(chunk, t)
+                    for chunk, cond in session.model.batches(x, 64):
+                        session.model.predict_noise(chunk, t, cond)
         finally:
             for site in pvs.values():
                 site.a.set_observer(None)
@@ -235,8 +260,9 @@ class TCAQCalibrator(CalibrationStrategy):
         log.info("DAQ: %s", {n: [t.choice for _, t in g] for n, g in decisions.items()})
         return decisions
 
-    def _fit(self, session: CalibrationSession, kinds: dict[str, list[str]] | None,
-             check: dict[str, list[list[float]]]) -> FitFn:
+    def _fit(
+        self, session: CalibrationSession, kinds: dict[str, list[str]] | None, check: dict[str, list[list[float]]]
+    ) -> FitFn:
         """The range fit, with DAQ's kind for post-softmax operands (both kinds fitted, errors recorded)."""
         max_elems = self.settings.act_max_elems
 
@@ -270,14 +296,21 @@ class TCAQCalibrator(CalibrationStrategy):
                 continue
             rows, first = [], 0
             for ts, test in groups:  # groups are contiguous runs of grid indices, in order
-                errs = [e for e in per_t[first:first + len(ts)] if e]
+                errs = [e for e in per_t[first : first + len(ts)] if e]
                 first += len(ts)
                 if not errs:
                     continue
                 log2_mse = sum(e[0] for e in errs) / len(errs)
                 uni_mse = sum(e[1] for e in errs) / len(errs)
                 better = "log2" if log2_mse < uni_mse else "uniform"
-                rows.append({"timesteps": ts, "choice": test.choice, "mse_log2": log2_mse, "mse_uniform": uni_mse,
-                             "agrees": better == test.choice})
+                rows.append(
+                    {
+                        "timesteps": ts,
+                        "choice": test.choice,
+                        "mse_log2": log2_mse,
+                        "mse_uniform": uni_mse,
+                        "agrees": better == test.choice,
+                    }
+                )
             out[site] = rows
         self._report.setdefault("daq_check", {})[label] = out

@@ -24,6 +24,7 @@ from torch import nn
 
 from supernet.calibration.data import CalibrationData
 from supernet.calibration.reparam import ReparamGroup, channel_dim
+from supernet.models.base import DiffusionAdapter
 from supernet.qlayers.registry import Site
 from supernet.qlayers.weighted import QuantWeightLayer
 
@@ -41,8 +42,9 @@ def tcr_factors(maxima: torch.Tensor, max_factor: float = 100.0, alpha: float = 
     return r.pow(alpha).clamp(1.0, max_factor).to(torch.float32)
 
 
-def collect_input_maxima(unet: nn.Module, layers: Mapping[str, QuantWeightLayer], data: CalibrationData,
-                         batch_size: int = 64) -> dict[str, torch.Tensor]:
+def collect_input_maxima(
+    model: DiffusionAdapter, layers: Mapping[str, QuantWeightLayer], data: CalibrationData, batch_size: int = 64
+) -> dict[str, torch.Tensor]:
     """``{site: m}`` with ``m[t, j]`` the largest |input| of channel ``j`` at grid timestep ``t`` (the model as it
     is, normally FP)."""
     out = {n: torch.zeros(len(data.timesteps), layer.weight.shape[1]) for n, layer in layers.items()}
@@ -54,6 +56,7 @@ def collect_input_maxima(unet: nn.Module, layers: Mapping[str, QuantWeightLayer]
             dims = [d for d in range(x.dim()) if d != (dim % x.dim())]
             row = out[name][current[0]]
             torch.maximum(row, x.abs().amax(dim=dims).to(row), out=row)
+
         return hook
 
     handles = [layer.register_forward_pre_hook(hook_for(n, channel_dim(layer))) for n, layer in layers.items()]
@@ -61,20 +64,26 @@ def collect_input_maxima(unet: nn.Module, layers: Mapping[str, QuantWeightLayer]
         with torch.no_grad():
             for i, t, x in data.items():
                 current[0] = i
-                for chunk in x.split(batch_size):
-                    unet(chunk, t)
+                for chunk, cond in model.batches(x, batch_size):
+                    model.predict_noise(chunk, t, cond)
     finally:
         for h in handles:
             h.remove()
     return out
 
 
-def compute_tcr(unet: nn.Module, sites: Mapping[str, Site], groups: list[ReparamGroup], data: CalibrationData,
-                max_factor: float, alpha: float = 1.0) -> dict[str, torch.Tensor]:
+def compute_tcr(
+    model: DiffusionAdapter,
+    sites: Mapping[str, Site],
+    groups: list[ReparamGroup],
+    data: CalibrationData,
+    max_factor: float,
+    alpha: float = 1.0,
+) -> dict[str, torch.Tensor]:
     """TCR factors of every weight site of ``groups`` (one vector per group, shared by its sites)."""
     layers = {n: s for n, s in sites.items() if isinstance(s, QuantWeightLayer)}
     firsts = {g.sites[0]: layers[g.sites[0]] for g in groups}
-    maxima = collect_input_maxima(unet, firsts, data)
+    maxima = collect_input_maxima(model, firsts, data)
     factors: dict[str, torch.Tensor] = {}
     for g in groups:
         r = tcr_factors(maxima[g.sites[0]], max_factor, alpha)

@@ -1,7 +1,8 @@
 """TFMQ-DM's cache of quantized temporal features (journal version): the ``temporal_cache`` switch of ``"tcaq"``.
 
-A ResBlock's *temporal feature* is the output of its time-embedding projection ``time_emb_proj(act(h(t)))``, with
-``h`` the time-embedding MLP (``time_embedding.linear_1/linear_2``) over the sinusoidal projection of ``t``; it
+A block's *temporal feature* is the output of its time-embedding projection, e.g. a UNet ResBlock's
+``time_emb_proj(act(h(t)))`` with ``h`` the time-embedding MLP over the sinusoidal projection of ``t`` (the model
+adapter's time-embedding pieces: ``timestep_embedding``, ``temporal_projections``, ``project_temporal``); it
 does not depend on ``x_t``. Since ``t`` comes from the finite set ``[0, T)``, the feature is computed here for every
 training timestep from the FP weights (after any TCR/dilation reparameterization of them: exactly what the FP
 model computes), and quantized **per timestep**: each row (one ``t``) gets its own uniform scale and zero-point at
@@ -42,6 +43,7 @@ from torch import nn
 from supernet.calibration.data import CalibrationData
 from supernet.calibration.settings import CalibrationSettings
 from supernet.errors import CalibrationError
+from supernet.models.base import DiffusionAdapter
 from supernet.qlayers.act import ActQuantizer
 from supernet.qlayers.registry import Site
 from supernet.qlayers.temporal import TemporalTable
@@ -56,26 +58,14 @@ log = logging.getLogger(__name__)
 DEFAULT_NUM_TIMESTEPS = 1000
 
 
-def unsupported(unet: nn.Module) -> str | None:
-    """Why the temporal features of ``unet`` cannot be cached, or ``None`` when they depend on ``t`` only."""
-    if not isinstance(getattr(unet, "time_embedding", None), nn.Module) or getattr(unet, "time_proj", None) is None:
-        return "the model has no time_proj/time_embedding"
-    for extra in ("class_embedding", "add_embedding", "encoder_hid_proj"):
-        if getattr(unet, extra, None) is not None:
-            return f"the model's time embedding also depends on its {extra}"
-    if getattr(unet.time_embedding, "cond_proj", None) is not None:
-        return "the model's time embedding takes a condition"
-    return None
-
-
-def projections(unet: nn.Module, sites: Mapping[str, Site]) -> dict[str, nn.Module]:
-    """``{projection site: its ResBlock}`` for every block whose ``time_emb_proj`` is a linear site, in model order."""
+def projections(model: DiffusionAdapter, sites: Mapping[str, Site]) -> dict[str, nn.Module]:
+    """``{projection site: the block that owns it}`` for every time-embedding projection of ``model`` that is a
+    linear site, in model order."""
     out = {}
-    for name, module in unet.named_modules():
-        proj = getattr(module, "time_emb_proj", None)
-        site = f"{name}.time_emb_proj"
+    for site, owner in model.temporal_projections().items():
+        proj = model.denoiser.get_submodule(site)
         if isinstance(proj, QLinear) and sites.get(site) is proj:
-            out[site] = module
+            out[site] = owner
     return out
 
 
@@ -87,24 +77,13 @@ def num_timesteps(data: CalibrationData) -> int:
     return T
 
 
-def embedding(unet: nn.Module, timesteps: torch.Tensor) -> torch.Tensor:
-    """``h(t)`` per timestep, as ``UNet2DModel.forward`` computes it (sinusoidal projection, then the MLP)."""
-    dtype = next(unet.time_embedding.parameters()).dtype
-    return unet.time_embedding(unet.time_proj(timesteps).to(dtype))
-
-
-def project(block: nn.Module, emb: torch.Tensor) -> torch.Tensor:
-    """A ResBlock's temporal feature from the time embedding, as ``ResnetBlock2D.forward`` computes it."""
-    e = emb if getattr(block, "skip_time_act", False) else block.nonlinearity(emb)
-    return block.time_emb_proj(e)
-
-
-def features(unet: nn.Module, owners: Mapping[str, nn.Module], timesteps: Sequence[int]) -> dict[str, torch.Tensor]:
+def features(
+    model: DiffusionAdapter, owners: Mapping[str, nn.Module], timesteps: Sequence[int]
+) -> dict[str, torch.Tensor]:
     """``{projection site: (len(timesteps), features)}`` with the model's layers as they are set now."""
-    device = next(unet.time_embedding.parameters()).device
     with torch.no_grad():
-        emb = embedding(unet, torch.tensor(list(timesteps), dtype=torch.long, device=device))
-        return {name: project(block, emb) for name, block in owners.items()}
+        emb = model.timestep_embedding(torch.tensor(list(timesteps), dtype=torch.long, device=model.device))
+        return {name: model.project_temporal(block, emb) for name, block in owners.items()}
 
 
 def _passthrough(_q: ActQuantizer, _x: torch.Tensor) -> None:
@@ -129,22 +108,33 @@ def floating_point(layers: Iterable[QuantWeightLayer]) -> Iterator[None]:
             layer.act.set_observer(None)
 
 
-def temporal_layers(unet: nn.Module, owners: Mapping[str, nn.Module]) -> list[QuantWeightLayer]:
-    """The sites temporal features pass through: the time-embedding MLP's and the projections."""
-    mlp = [m for m in unet.time_embedding.modules() if isinstance(m, QuantWeightLayer)]
-    return mlp + [block.time_emb_proj for block in owners.values()]
+def temporal_layers(model: DiffusionAdapter, owners: Mapping[str, nn.Module]) -> list[QuantWeightLayer]:
+    """The sites temporal features pass through: the time-embedding block's and the projections."""
+    block = model.time_embedding_block
+    if block is None:
+        raise CalibrationError(model.temporal_support() or "the model has no time-embedding block")
+    denoiser = model.denoiser
+    mlp = [m for m in denoiser.get_submodule(block).modules() if isinstance(m, QuantWeightLayer)]
+    projs = [denoiser.get_submodule(site) for site in owners]
+    return mlp + [p for p in projs if isinstance(p, QuantWeightLayer)]
 
 
-def fp_features(unet: nn.Module, owners: Mapping[str, nn.Module], steps: int) -> dict[str, torch.Tensor]:
+def fp_features(model: DiffusionAdapter, owners: Mapping[str, nn.Module], steps: int) -> dict[str, torch.Tensor]:
     """The FP temporal feature of every projection of ``owners`` for every timestep of ``[0, steps)``."""
-    with floating_point(temporal_layers(unet, owners)):
-        return features(unet, owners, range(steps))
+    with floating_point(temporal_layers(model, owners)):
+        return features(model, owners, range(steps))
 
 
 def table_quantizer(settings: CalibrationSettings, supernet_settings: SupernetSettings) -> UniformQuantizer:
     """One scale and zero-point per row (timestep), fitted as the calibration fits activation ranges."""
-    return UniformQuantizer(symmetric=supernet_settings.act_symmetric, axis=0, method=settings.act_method,
-                            grid=settings.mse_grid, min_ratio=settings.mse_min_ratio, norm=settings.mse_norm)
+    return UniformQuantizer(
+        symmetric=supernet_settings.act_symmetric,
+        axis=0,
+        method=settings.act_method,
+        grid=settings.mse_grid,
+        min_ratio=settings.mse_min_ratio,
+        norm=settings.mse_norm,
+    )
 
 
 def build_table(feats: torch.Tensor, bits: int, quantizer: UniformQuantizer) -> TemporalTable:
@@ -178,16 +168,22 @@ def describe_tables(sites: Mapping[str, Site]) -> dict[str, Any] | None:
     return {"num_train_timesteps": lengths.pop(), "sites": out}
 
 
-def restore_tables(unet: nn.Module, sites: Mapping[str, Site], record: Mapping[str, Any],
-                   settings: CalibrationSettings, supernet_settings: SupernetSettings) -> None:
+def restore_tables(
+    model: DiffusionAdapter,
+    sites: Mapping[str, Site],
+    record: Mapping[str, Any],
+    settings: CalibrationSettings,
+    supernet_settings: SupernetSettings,
+) -> None:
     """Rebuild the tables :func:`describe_tables` recorded (sites in FP or not: they are computed in FP)."""
     T = int(record["num_train_timesteps"])
     wanted: Mapping[str, Mapping[str, str]] = record["sites"]
-    owners = {n: b for n, b in projections(unet, sites).items() if n in wanted}
+    owners = {n: b for n, b in projections(model, sites).items() if n in wanted}
     if set(owners) != set(wanted):
-        raise CalibrationError(f"cached temporal features recorded for sites that are not projections: "
-                               f"{sorted(set(wanted) - set(owners))}")
-    fp = fp_features(unet, owners, T)
+        raise CalibrationError(
+            f"cached temporal features recorded for sites that are not projections: {sorted(set(wanted) - set(owners))}"
+        )
+    fp = fp_features(model, owners, T)
     quantizer = table_quantizer(settings, supernet_settings)
     for name, widths in wanted.items():
         layer = sites[name]
@@ -195,6 +191,10 @@ def restore_tables(unet: nn.Module, sites: Mapping[str, Site], record: Mapping[s
         for bits, expected in widths.items():
             table = build_table(fp[name], int(bits), quantizer)
             if digest(table) != expected:
-                log.warning("%s: the rebuilt %s-bit temporal table differs from the calibrated one (another "
-                            "machine's float arithmetic?); using the rebuilt one", name, bits)
+                log.warning(
+                    "%s: the rebuilt %s-bit temporal table differs from the calibrated one (another "
+                    "machine's float arithmetic?); using the rebuilt one",
+                    name,
+                    bits,
+                )
             layer.temporal[int(bits)] = table

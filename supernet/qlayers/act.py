@@ -80,7 +80,7 @@ class ActQuantizer:
             return None
         index = self._ctx.index
         if index is None:
-            raise CalibrationError(f"{self.key}: no timestep selected (call the UNet as unet(x, t) with one t)")
+            raise CalibrationError(f"{self.key}: no timestep selected (run the denoiser at one t)")
         return active[index]
 
     def split(self, x: torch.Tensor, *, inplace: bool = False) -> tuple[torch.Tensor, float | None]:

@@ -72,16 +72,28 @@ class QuantAttnProcessor:
         self.qk = qk
         self.pv = pv
 
-    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor,
-                 encoder_hidden_states: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                 temb: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         if self.qk.passthrough and self.pv.passthrough:
-            return self.fp_processor(attn, hidden_states, encoder_hidden_states, attention_mask, temb,
-                                     *args, **kwargs)
+            return self.fp_processor(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         return self._explicit(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
-    def _explicit(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None,
-                  attention_mask: torch.Tensor | None, temb: torch.Tensor | None) -> torch.Tensor:
+    def _explicit(
+        self,
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        temb: torch.Tensor | None,
+    ) -> torch.Tensor:
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -110,8 +122,9 @@ class QuantAttnProcessor:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
 
-    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float,
-                mask: torch.Tensor | None) -> torch.Tensor:
+    def _attend(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         """``softmax(scale · Q̂ K̂ᵀ + mask)`` quantized, times V̂, on ``(batch·heads, tokens, head_dim)`` inputs.
 
         Q, K, V are quantized whole (they are fresh tensors of the caller: in place). The scores are computed
@@ -128,8 +141,13 @@ class QuantAttnProcessor:
         kt = kk.transpose(-1, -2)
         for i in range(0, n, step):
             j = min(i + step, n)
-            scores = torch.baddbmm(torch.empty((j - i, n_q, n_kv), dtype=qq.dtype, device=qq.device), qq[i:j],
-                                   kt[i:j], beta=0.0, alpha=alpha_qk)
+            scores = torch.baddbmm(
+                torch.empty((j - i, n_q, n_kv), dtype=qq.dtype, device=qq.device),
+                qq[i:j],
+                kt[i:j],
+                beta=0.0,
+                alpha=alpha_qk,
+            )
             if mask is not None:
                 scores += mask
             probs, sp = self.pv.a.split(scores.softmax(dim=-1), inplace=True)

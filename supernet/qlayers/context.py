@@ -1,9 +1,9 @@
 """Which timestep the current forward pass runs at, and which calibration-grid timestep it uses.
 
-The sampler calls ``unet(x, t)`` with a Python int; a forward pre-hook on the UNet records ``t`` and maps it to the
-nearest calibrated timestep, and a forward hook clears both again, so activation quantizers read their parameters
-for the right grid timestep (and cached temporal features their row for the exact ``t``) without anything being
-passed through diffusers' code. Quantizer state is never written here.
+The model adapter calls its denoiser as ``denoiser(x, t, ...)`` with a Python int; a forward pre-hook on the
+denoiser records ``t`` and maps it to the nearest calibrated timestep, and a forward hook clears both again, so
+activation quantizers read their parameters for the right grid timestep (and cached temporal features their row for
+the exact ``t``) without anything being passed through diffusers' code. Quantizer state is never written here.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch.utils.hooks import RemovableHandle
 
 
 def timestep_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
-    """The single integer timestep of a ``unet(sample, timestep)`` call, or ``None`` if there is none.
+    """The single integer timestep of a ``denoiser(sample, timestep, ...)`` call, or ``None`` if there is none.
 
     A tensor timestep counts when all its entries are equal (a batch at one timestep).
     """
@@ -74,8 +74,8 @@ class TimestepContext:
         self.index = None if t is None else self.nearest(t)
         self.timestep = t
 
-    def install(self, unet: nn.Module) -> list[RemovableHandle]:
-        """Hook ``unet`` so every call selects its timestep; returns the hook handles."""
+    def install(self, denoiser: nn.Module) -> list[RemovableHandle]:
+        """Hook ``denoiser`` so every call selects its timestep; returns the hook handles."""
 
         def pre(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             self.select(timestep_of(args, kwargs))
@@ -84,5 +84,7 @@ class TimestepContext:
             self.index = None
             self.timestep = None
 
-        return [unet.register_forward_pre_hook(pre, with_kwargs=True),
-                unet.register_forward_hook(post, always_call=True)]
+        return [
+            denoiser.register_forward_pre_hook(pre, with_kwargs=True),
+            denoiser.register_forward_hook(post, always_call=True),
+        ]

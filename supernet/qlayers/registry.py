@@ -135,8 +135,9 @@ def _excluded(name: str, exclude: Iterable[str]) -> bool:
     return any(name == e or name.startswith(e + ".") for e in exclude)
 
 
-def install_sites(root: nn.Module, ctx: TimestepContext, *, attention: bool = True,
-                  exclude: Iterable[str] = ()) -> Installation:
+def install_sites(
+    root: nn.Module, ctx: TimestepContext, *, attention: bool = True, exclude: Iterable[str] = ()
+) -> Installation:
     """Make every supported module of ``root`` a site, in place.
 
     Args:

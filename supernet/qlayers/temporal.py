@@ -31,8 +31,10 @@ class TemporalTable:
     def __init__(self, timesteps: Sequence[int], rows: QuantizedTensor) -> None:
         self.timesteps = tuple(int(t) for t in timesteps)
         if rows.codes.dim() != 2 or rows.codes.shape[0] != len(self.timesteps):
-            raise CalibrationError(f"a temporal table needs one row of codes per timestep, got "
-                                   f"{tuple(rows.codes.shape)} for {len(self.timesteps)} timesteps")
+            raise CalibrationError(
+                f"a temporal table needs one row of codes per timestep, got "
+                f"{tuple(rows.codes.shape)} for {len(self.timesteps)} timesteps"
+            )
         self._row = {t: i for i, t in enumerate(self.timesteps)}
         if len(self._row) != len(self.timesteps):
             raise CalibrationError("a temporal table's timesteps must be distinct")
@@ -54,8 +56,11 @@ class TemporalTable:
         """The features of timestep ``t``; :class:`CalibrationError` when ``t`` has no row."""
         i = self._row.get(t) if t is not None else None
         if i is None:
-            what = "no timestep selected (call the UNet as unet(x, t) with one t)" if t is None else (
-                f"no cached temporal feature for timestep {t}")
+            what = (
+                "no timestep selected (run the denoiser at one t)"
+                if t is None
+                else (f"no cached temporal feature for timestep {t}")
+            )
             raise CalibrationError(what)
         return self.rows.dequantized[i]
 
@@ -66,8 +71,7 @@ class TemporalTable:
 
     def subset(self, timesteps: Sequence[int]) -> TemporalTable:
         """The rows of ``timesteps`` only (same codes and parameters, so the same values)."""
-        idx = torch.tensor([self._row[int(t)] for t in timesteps], dtype=torch.long,
-                           device=self.rows.codes.device)
+        idx = torch.tensor([self._row[int(t)] for t in timesteps], dtype=torch.long, device=self.rows.codes.device)
         p = self.rows.params
         params = UniformParams(p.scale[idx], p.zero_point[idx], p.bits, p.symmetric)
         return TemporalTable(timesteps, QuantizedTensor(self.rows.codes[idx], params))

@@ -97,8 +97,18 @@ class QConv2d(QuantWeightLayer, nn.Conv2d):
     @classmethod
     def wrap(cls, conv: nn.Conv2d, site: str, ctx: TimestepContext) -> QConv2d:
         """A wrapper sharing ``conv``'s parameters."""
-        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                conv.groups, conv.bias is not None, conv.padding_mode, device="meta")
+        q = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            device="meta",
+        )
         q.weight, q.bias = conv.weight, conv.bias
         q.train(conv.training)
         q._init_site(site, ctx)

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from supernet.quant.protocol import RANGE_METHODS, RangeMethod, check_bits
+from supernet.quant.protocol import RangeMethod, check_bits
 from supernet.quant.uniform import lp_error
+from supernet.settings import RANGE_METHODS
 
 _TINY = 1e-12
 

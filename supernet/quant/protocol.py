@@ -17,8 +17,6 @@ QUANT_BITS = tuple(range(2, 9))
 
 RangeMethod = Literal["minmax", "mse"]
 QuantKind = Literal["uniform", "log2"]
-RANGE_METHODS: tuple[str, ...] = ("minmax", "mse")
-QUANT_KINDS: tuple[str, ...] = ("uniform", "log2")
 
 
 def is_fp(bits: int) -> bool:

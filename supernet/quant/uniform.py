@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from supernet.quant.protocol import RANGE_METHODS, RangeMethod, check_bits
+from supernet.quant.protocol import RangeMethod, check_bits
+from supernet.settings import RANGE_METHODS
 
 _EPS = 1e-8
 

@@ -17,11 +17,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from search.errors import ModelLoadError
+from supernet.zoo.determinism import deterministic_torch
 from supernet.zoo.digits import load_digits_tensor, split_indices
+from supernet.zoo.modeldir import FEATURES_DIR
 
 log = logging.getLogger(__name__)
 
-FEATURES_DIR = Path(__file__).resolve().parents[2] / "models" / "digits-features"
 FEATURE_DIM = 64
 
 
@@ -55,11 +56,16 @@ class FeatureTrainSettings:
     seed: int = 0
 
 
-def train_features(out_dir: str | Path = FEATURES_DIR,
-                   settings: FeatureTrainSettings = FeatureTrainSettings()) -> tuple[Path, float]:
+def train_features(
+    out_dir: str | Path = FEATURES_DIR, settings: FeatureTrainSettings = FeatureTrainSettings()
+) -> tuple[Path, float]:
     """Train the classifier on a fixed 80/20 split and save it; returns (directory, test accuracy)."""
+    with deterministic_torch():
+        return _train_features(Path(out_dir), settings)
+
+
+def _train_features(out: Path, settings: FeatureTrainSettings) -> tuple[Path, float]:
     torch.manual_seed(settings.seed)
-    torch.use_deterministic_algorithms(True)
     x, y = load_digits_tensor()
     train_idx, test_idx = split_indices(len(x), seed=settings.seed)
     net = DigitsClassifier()
@@ -76,11 +82,17 @@ def train_features(out_dir: str | Path = FEATURES_DIR,
     net.eval()
     with torch.no_grad():
         acc = float((net(x[test_idx]).argmax(1) == y[test_idx]).float().mean())
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / "model.safetensors"))
-    config = {"class": "DigitsClassifier", "feature_dim": FEATURE_DIM, "width": 32, "image_size": 16,
-              "test_accuracy": round(acc, 4), "train": asdict(settings), "split_seed": settings.seed}
+    config = {
+        "class": "DigitsClassifier",
+        "feature_dim": FEATURE_DIM,
+        "width": 32,
+        "image_size": 16,
+        "test_accuracy": round(acc, 4),
+        "train": asdict(settings),
+        "split_seed": settings.seed,
+    }
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     log.info("digits classifier: test accuracy %.4f, saved to %s", acc, out)
     return out, acc

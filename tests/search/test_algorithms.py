@@ -162,4 +162,4 @@ def test_initial_population_takes_the_other_uniform_precisions_while_it_has_room
         keys = [c.key() for _, c in population]
         assert keys[: len(expected_prefix)] == expected_prefix
         assert len(keys) == max(size, len(diagonal)) == len(set(keys))
-        assert not set(keys[len(expected_prefix):]) & set(diagonal + mixed)  # the rest is random
+        assert not set(keys[len(expected_prefix) :]) & set(diagonal + mixed)  # the rest is random

@@ -18,7 +18,7 @@ from search.exhaustive import exhaustive_front
 from search.pareto import ObjectiveScale
 from search.runner import GenerationResult, RunnerConfig, SearchResult, SearchRunner
 from search.space import SearchSpace, blocks_by_prefix
-from search.spec import SearchSpec
+from search.spec import SearchSettings
 from tests.search.synthetic import SyntheticEvaluator, make_cost_model
 
 SITES = ("down.0.conv", "down.0.attn.qk", "mid.0.conv", "up.0.conv", "up.0.attn.pv", "up.1.conv")
@@ -264,9 +264,8 @@ def test_tmpq_evolution_beats_random_at_equal_evaluations(space: SearchSpace, co
 
 
 def test_runner_accepts_a_spec_with_k_set_and_blocks(cost_model: CostModel) -> None:
-    spec = SearchSpec.from_dict(
+    spec = SearchSettings.from_dict(
         {
-            "model": "m",
             "steps": [5, 10],
             "bit_options": [4, 8],
             "granularity": "block",

@@ -23,10 +23,30 @@ from pathlib import Path
 from search.candidate import Candidate
 from search.evaluator import Evaluation
 from search.pareto import pareto_front
-from search.spec import SearchSpec
-from workers.protocol import GenerationRecord, JobSink, ResumeState
+from workers.jobspec import JobSpec
+from workers.protocol import GenerationRecord, JobSink, ResumeState, report_progress
 
 SITES = ("down.0.conv", "mid.attn.qk", "up.1.conv")
+
+#: What :func:`run_fake_job` reports with ``sink.on_progress`` before its search when given an ``activity_gate``:
+#: the second of three bit-widths being calibrated, with an unknown extra key (kept as it is).
+CALIBRATING = {
+    "stage": "calibrating",
+    "message": "W6 (2/3): reconstruction 7/12, round 1",
+    "calibration": {
+        "source": "calibrating",
+        "bits": 6,
+        "bit_index": 1,
+        "bit_count": 3,
+        "phase": "reconstruction",
+        "round": 1,
+        "step": 7,
+        "total": 12,
+        "elapsed_s": 80.4,
+        "eta_s": 185.0,
+    },
+    "fake": {"note": "extra keys are opaque"},
+}
 
 
 def fake_candidate(seed: int, generation: int, index: int) -> Candidate:
@@ -53,15 +73,20 @@ def fake_evaluation(candidate: Candidate) -> Evaluation:
 
 
 def run_fake_job(
-    spec: SearchSpec,
+    spec: JobSpec,
     sink: JobSink,
     resume: ResumeState | None,
     *,
     delay: float = 0.0,
     log: Path | None = None,
     fail_at: int | None = None,
+    activity_gate: Path | None = None,
 ) -> None:
-    """Run ``spec.generations`` generations of ``spec.population`` fake candidates through ``sink``."""
+    """Run ``spec.search.generations`` generations of ``spec.search.population`` fake candidates through ``sink``.
+
+    With ``activity_gate``, first report :data:`CALIBRATING` through ``sink.on_progress`` and wait (polling the
+    interruptions) until that file exists, as a driver calibrating its supernet would.
+    """
     known: dict[str, tuple[Candidate, Evaluation]] = {}
     start = 0
     if resume is not None:
@@ -70,13 +95,20 @@ def run_fake_job(
     if log is not None:
         with open(log, "a") as fh:
             fh.write(f"{sink.job_id} {os.getpid()} {start}\n")
-    for generation in range(start, spec.generations):
+    if activity_gate is not None:
+        report_progress(sink, CALIBRATING)
+        while not activity_gate.exists():
+            sink.raise_if_interrupted()
+            time.sleep(0.02)
+        report_progress(sink, {"stage": "searching", "message": "starting the search", "calibration": None})
+    search = spec.search
+    for generation in range(start, search.generations):
         sink.raise_if_interrupted()
         if fail_at is not None and generation == fail_at:
             raise ValueError(f"boom at generation {generation}")
         new: dict[str, tuple[Candidate, Evaluation]] = {}
-        for index in range(spec.population):
-            candidate = fake_candidate(spec.seed, generation, index)
+        for index in range(search.population):
+            candidate = fake_candidate(search.seed, generation, index)
             if candidate.key() not in known and candidate.key() not in new:
                 new[candidate.key()] = (candidate, fake_evaluation(candidate))
         known.update(new)
@@ -95,7 +127,7 @@ def run_fake_job(
             )
         )
     front = pareto_front(e for _, e in known.values())
-    if spec.rescore_samples and front:  # as the real driver does: re-score the final front
+    if spec.evaluation.rescore_samples and front:  # as the real driver does: re-score the final front
         sink.on_rescored(
             [
                 replace(e, extra={**e.extra, "fdd_rescored": 2 * e.extra["fdd"], "fdd_rescored_samples": 99})
@@ -118,6 +150,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--model-root", type=Path, default=None)
+    parser.add_argument("--activity-gate", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     settings = Settings(
@@ -128,7 +161,7 @@ def main() -> None:
         port=args.port,
         **({"model_root": args.model_root} if args.model_root else {}),
     )
-    execute = partial(run_fake_job, delay=args.delay, log=args.log)
+    execute = partial(run_fake_job, delay=args.delay, log=args.log, activity_gate=args.activity_gate)
     if args.mode == "runner":
         from server.runner import run_forever
 

@@ -42,8 +42,9 @@ def app_server(log: Path, env: dict[str, str] | None = None, **settings: Any) ->
     child_env.update({"PYTHONPATH": str(REPO), **(env or {})})
     config = json.dumps({k: str(v) for k, v in settings.items()})
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", SERVER_CODE, config], cwd=REPO, env=child_env,
-                                stdout=subprocess.PIPE, stderr=out)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SERVER_CODE, config], cwd=REPO, env=child_env, stdout=subprocess.PIPE, stderr=out
+        )
     try:
         assert proc.stdout is not None
         port = proc.stdout.readline().decode().strip()

@@ -39,15 +39,19 @@ def client(store: Store, model_root: Path, tmp_path: Path) -> Iterator[TestClien
 
 
 def spec(**overrides: object) -> dict:
-    return {
+    """A job submission in sections (version 2); a mapping override is merged into its section, anything else
+    replaces the field (``spec(search={"seed": 3}, submission_id="x")``)."""
+    body: dict = {
         "model": "tiny-ddpm",
-        "bit_options": [4, 6, 8],
-        "steps": [4, 8],
-        "population": 8,
-        "generations": 3,
-        "samples": 16,
-        **overrides,
+        "search": {"bit_options": [4, 6, 8], "steps": [4, 8], "population": 8, "generations": 3},
+        "evaluation": {"samples": 16},
     }
+    for name, value in overrides.items():
+        if isinstance(value, dict) and isinstance(body.get(name), dict):
+            body[name] = {**body[name], **value}
+        else:
+            body[name] = value
+    return body
 
 
 def submit(client: TestClient, **overrides: object) -> dict:
@@ -69,11 +73,12 @@ def job_with_results(store: Store, client: TestClient, n: int = 40) -> tuple[int
 
 
 def test_submit_valid_job(client: TestClient, model_root: Path) -> None:
-    job = submit(client, budget="W6A6@8", ray={"num_actors": 2})
+    job = submit(client, search={"budget": "W6A6@8"}, execution={"ray": {"num_actors": 2}})
     assert job["state"] == "PENDING" and job["progress"]["generation"] is None
     assert job["progress"]["generations"] == 3 and job["created_at"].endswith("Z")
-    assert job["spec"]["model"] == str((model_root / "tiny-ddpm").resolve())
-    assert job["spec"]["steps"] == [4, 8] and job["spec"]["ray"] == {"num_actors": 2}
+    assert job["progress"]["activity"] is None
+    assert job["spec"]["version"] == 2 and job["spec"]["model"]["path"] == str((model_root / "tiny-ddpm").resolve())
+    assert job["spec"]["search"]["steps"] == [4, 8] and job["spec"]["execution"]["ray"]["num_actors"] == 2
     fetched = client.get(f"{API}/jobs/{job['id']}").json()
     assert fetched == job
 
@@ -81,21 +86,21 @@ def test_submit_valid_job(client: TestClient, model_root: Path) -> None:
 @pytest.mark.parametrize(
     ("body", "loc"),
     [
-        ({"population": "ten"}, ["body", "population"]),
-        ({"population": 1}, ["body", "population"]),
-        ({"steps": [4, 0]}, ["body", "steps", 1]),
-        ({"steps": 500}, ["body", "steps"]),  # more than the model's 100 timesteps
-        ({"bit_options": [3, 9]}, ["body", "bit_options", 1]),
-        ({"budget": "lots"}, ["body", "budget"]),
-        ({"ray": {"num_actors": 0}}, ["body", "ray", "num_actors"]),
-        ({"ray": {"gpus": 1}}, ["body", "ray", "gpus"]),
-        ({"grouping": "zigzag"}, ["body", "grouping"]),
-        ({"algorithm": None}, ["body", "algorithm"]),
-        ({"seed": 1.5}, ["body", "seed"]),
+        ({"search": {"population": "ten"}}, ["body", "search", "population"]),
+        ({"search": {"population": 1}}, ["body", "search", "population"]),
+        ({"search": {"steps": [4, 0]}}, ["body", "search", "steps", 1]),
+        ({"search": {"steps": 500}}, ["body", "search", "steps"]),  # more than the model's 100 timesteps
+        ({"search": {"bit_options": [3, 9]}}, ["body", "search", "bit_options", 1]),
+        ({"search": {"budget": "lots"}}, ["body", "search", "budget"]),
+        ({"execution": {"ray": {"num_actors": 0}}}, ["body", "execution", "ray", "num_actors"]),
+        ({"execution": {"ray": {"gpus": 1}}}, ["body", "execution", "ray", "gpus"]),
+        ({"search": {"grouping": "zigzag"}}, ["body", "search", "grouping"]),
+        ({"search": {"algorithm": None}}, ["body", "search", "algorithm"]),
+        ({"search": {"seed": 1.5}}, ["body", "search", "seed"]),
         ({"unknown_field": 1}, ["body", "unknown_field"]),
         ({"output": "/tmp/x"}, ["body", "output"]),
         ({"submission_id": ""}, ["body", "submission_id"]),
-        ({"version": 2}, ["body", "version"]),
+        ({"version": 3}, ["body", "version"]),
     ],
 )
 def test_bad_field_is_422_naming_it(client: TestClient, body: dict, loc: list) -> None:
@@ -106,7 +111,7 @@ def test_bad_field_is_422_naming_it(client: TestClient, body: dict, loc: list) -
 
 
 def test_missing_model_and_non_object_bodies_are_422(client: TestClient) -> None:
-    response = client.post(f"{API}/jobs", json={"population": 4})
+    response = client.post(f"{API}/jobs", json={"search": {"population": 4}})
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "model"]
     for body in ([], "x", 3, None):
         assert client.post(f"{API}/jobs", json=body).status_code == 422
@@ -125,7 +130,7 @@ def test_missing_model_and_non_object_bodies_are_422(client: TestClient) -> None
         ("no-weights", "safetensors"),
         ("wrong-class", "UNet2DConditionModel"),
         ("wrong-scheduler", "unsupported scheduler 'EulerDiscreteScheduler'"),
-        ("v-prediction", "epsilon only"),
+        ("v-prediction", "prediction_type 'v_prediction' is not supported"),
         ("tiny-ddpm/unet/config.json", "not a directory"),
     ],
 )
@@ -143,10 +148,11 @@ def test_submission_id_same_payload_same_job_other_payload_409(client: TestClien
     assert first.status_code == 201
     # the same spec spelled differently (absolute model path, default written out) is the same payload
     same = client.post(
-        f"{API}/jobs", json=spec(submission_id="sub-1", model=str(model_root / "tiny-ddpm"), grouping="nonuniform")
+        f"{API}/jobs",
+        json=spec(submission_id="sub-1", model=str(model_root / "tiny-ddpm"), search={"grouping": "nonuniform"}),
     )
     assert same.status_code == 200 and same.json()["id"] == first.json()["id"]
-    other = client.post(f"{API}/jobs", json=spec(submission_id="sub-1", population=9))
+    other = client.post(f"{API}/jobs", json=spec(submission_id="sub-1", search={"population": 9}))
     assert other.status_code == 409 and "sub-1" in other.json()["detail"]
     assert client.get(f"{API}/jobs").json()["total"] == 1
 
@@ -173,7 +179,7 @@ def test_unknown_ids_are_404(client: TestClient) -> None:
 
 
 def test_job_list_pagination_and_state_filter(client: TestClient) -> None:
-    ids = [submit(client, seed=i)["id"] for i in range(5)]
+    ids = [submit(client, search={"seed": i})["id"] for i in range(5)]
     client.post(f"{API}/jobs/{ids[0]}/cancel")
     page = client.get(f"{API}/jobs", params={"limit": 2, "offset": 1}).json()
     assert page["total"] == 5 and [j["id"] for j in page["items"]] == [ids[3], ids[2]]
@@ -213,6 +219,7 @@ def test_front_filters_sort_and_knee(client: TestClient, store: Store) -> None:
         "count": 0,
         "items": [],
         "knee": None,
+        "fp_components": [],  # an unconditional UNet: nothing besides the denoiser
     }
     for bad in ({"sort": "color"}, {"max_bitops": -1}, {"max_steps": "many"}, {"order": "up"}, {"knee": "maybe"}):
         response = client.get(f"{API}/jobs/{job_id}/front", params=bad)
@@ -369,7 +376,7 @@ def test_token_can_guard_reads(store: Store, model_root: Path, tmp_path: Path) -
 def test_meta_and_docs(client: TestClient, backend: str) -> None:
     assert client.get(f"{API}/healthz").json() == {"status": "ok", "database": backend}
     version = client.get(f"{API}/version").json()
-    assert version["api"] == "v1" and version["schema_revision"] == "0001" and version["version"]
+    assert version["api"] == "v1" and version["schema_revision"] == "0003" and version["version"]
     assert client.get("/docs").status_code == 200
     paths = client.get(f"{API}/openapi.json").json()["paths"]
     assert all(p.startswith(API) for p in paths)
@@ -447,25 +454,55 @@ def test_garbage_never_gives_500(client: TestClient) -> None:
     ]
     fields = [
         "model",
-        "bit_options",
-        "steps",
-        "grouping",
-        "granularity",
-        "objective",
-        "samples",
-        "rescore_samples",
-        "reference_steps",
-        "budget",
-        "algorithm",
-        "population",
-        "generations",
-        "seed",
+        "model.path",
+        "search",
+        "search.bit_options",
+        "search.steps",
+        "search.grouping",
+        "search.granularity",
+        "search.budget",
+        "search.algorithm",
+        "search.population",
+        "search.generations",
+        "search.seed",
+        "evaluation",
+        "evaluation.objective",
+        "evaluation.samples",
+        "evaluation.rescore_samples",
+        "evaluation.reference_steps",
         "calibration",
-        "ray",
+        "calibration.strategy",
+        "execution",
+        "execution.ray",
         "submission_id",
         "version",
     ]
     for field, value in itertools.product(fields, weird):
-        response = client.post(f"{API}/jobs", json=spec(**{field: value}))
+        section, _, name = field.partition(".")
+        body = spec(**{section: {name: value} if name else value})
+        response = client.post(f"{API}/jobs", json=body)
         assert response.status_code in (200, 201, 400, 409, 422), (field, value, response.text)
         assert "Traceback" not in response.text
+
+
+def test_sample_grids_are_served_once_stored_for_this_job(client: TestClient, store: Store, tmp_path: Path) -> None:
+    from server.samples import samples_dir, write_samples
+
+    job = client.post(f"{API}/jobs", json=spec()).json()
+    assert client.get(f"{API}/jobs/{job['id']}/samples").status_code == 409  # not drawn yet
+    assert client.get(f"{API}/jobs/{job['id']}/samples/fp.png").status_code == 409
+    assert client.get(f"{API}/jobs/{job['id']}/samples/..%2Fx.png").status_code in (404, 422)
+    assert client.get(f"{API}/jobs/999999/samples").status_code == 404
+    png = b"\x89PNG\r\n\x1a\n-a-grid"
+    directory = samples_dir(tmp_path / "data", job["id"])
+    write_samples(directory, {"images": {"fp": png}, "rows": ["a"], "columns": 4}, "another job's creation")
+    assert client.get(f"{API}/jobs/{job['id']}/samples").status_code == 409  # a deleted job's grids, id reused
+    created = store.get_job(job["id"]).created_at.isoformat()
+    write_samples(directory, {"images": {"fp": png, "knee": png}, "rows": ["a"], "columns": 4}, created)
+    meta = client.get(f"{API}/jobs/{job['id']}/samples").json()
+    assert meta == {"rows": ["a"], "columns": 4, "grids": ["fp", "knee"]}
+    got = client.get(f"{API}/jobs/{job['id']}/samples/knee.png")
+    assert got.status_code == 200 and got.content == png and got.headers["content-type"] == "image/png"
+    assert client.get(f"{API}/jobs/{job['id']}/samples/mid.png").status_code == 409
+    with pytest.raises(ValueError, match="invalid sample grid names"):
+        write_samples(directory, {"images": {"../x": png}}, created)

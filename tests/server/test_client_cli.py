@@ -28,7 +28,6 @@ from search.errors import ConfigError
 from search.evaluator import Evaluation
 from search.pareto import pareto_front
 from search.space import ddim_uniform_schedule
-from search.spec import SearchSpec
 from server.cli import main
 from server.client import ApiError, ApiUnavailable, ApiValidationError, TmpqClient, WaitTimeout
 from server.models import JobState
@@ -36,6 +35,7 @@ from server.store import Store
 from tests.server.cli_run import isolate_env, one_line, run_main
 from tests.server.fakes import SITES, fake_candidate, fake_evaluation
 from tests.server.live import app_server
+from workers.jobspec import JobSpec, upgrade_spec_dict
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,10 @@ MODEL = MODEL_ROOT / "digits-ddpm-16"
 TOKEN = "test-token-123"
 OWNER = "test-runner"
 
+#: A job file in the flat version-1 layout (``tmpq submit`` reads it and sends it in sections, version 2); the tests
+#: override its fields by their flat names.
 SPEC = {
+    "version": 1,
     "model": "digits-ddpm-16",
     "bit_options": [4, 6, 8],
     "steps": [4, 8],
@@ -153,7 +156,7 @@ def job_id_of(stdout: str) -> int:
 
 
 def new_job(server: Server, **overrides: object) -> int:
-    spec = SearchSpec.from_dict({**SPEC, "model": str(MODEL), **overrides}).to_dict()
+    spec = JobSpec.from_dict({**SPEC, "model": str(MODEL), **overrides}).to_dict()
     return server.store.create_job(spec)[0].id
 
 
@@ -252,8 +255,9 @@ def test_submit_prints_the_job_id_and_sends_the_spec_as_written(server: Server) 
     assert result.returncode == 0, result.stderr
     job = server.store.get_job(job_id_of(result.stdout))
     assert job.state is JobState.PENDING
-    assert job.spec["model"] == str(MODEL.resolve()) and job.spec["budget"] == "W6A6@8"
-    assert job.spec["population"] == 8 and job.spec["output"] is None  # the local-only field is not sent
+    assert job.spec["version"] == 2  # sent in sections
+    assert job.spec["model"]["path"] == str(MODEL.resolve()) and job.spec["search"]["budget"] == "W6A6@8"
+    assert job.spec["search"]["population"] == 8 and "output" not in job.spec  # the local-only field is not sent
 
 
 def test_repeated_submission_id_returns_the_same_job(server: Server, cli: Callable[..., Ran]) -> None:
@@ -272,16 +276,16 @@ def test_a_bad_field_exits_2_with_one_line_naming_it_before_sending(server: Serv
     before = server.store.list_jobs().total
     result = tmpq(server, "submit", str(write_spec(server, "bad", population=1)))
     assert result.returncode == 2
-    assert one_line(result.stderr) == "tmpq: error: population: must be in [2, 100000], got 1"
+    assert one_line(result.stderr) == "tmpq: error: search.population: must be in [2, 1000], got 1"
     assert result.stdout == "" and server.store.list_jobs().total == before
 
 
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ({"grouping": "zigzag"}, "tmpq: error: grouping: must be one of"),  # locally
+        ({"grouping": "zigzag"}, "tmpq: error: search.grouping: must be one of"),  # locally
         ({"colour": "blue"}, "tmpq: error: colour: unknown field"),  # locally
-        ({"steps": [4, 2000]}, "tmpq: error: steps: K=2000 is larger than the model's 1000 timesteps"),  # server 422
+        ({"steps": [4, 2000]}, "tmpq: error: search.steps: K=2000 is larger than the model's 1000 timesteps"),
         ({"model": "/etc"}, "tmpq: error: model: /etc"),  # the server's 400
     ],
 )
@@ -298,11 +302,10 @@ def test_bad_fields_found_locally_or_by_the_server_exit_2(
 def test_an_unreadable_job_file_exits_2(server: Server, cli: Callable[..., Ran]) -> None:
     result = cli("submit", str(server.tmp / "missing.yaml"))
     assert result.returncode == 2 and one_line(result.stderr).startswith("tmpq: error: spec: cannot read")
-    nan = server.tmp / "nan.yaml"
-    nan.write_text(yaml.safe_dump({**SPEC, "calibration": {"percentile": float("nan")}}))
+    nan = server.tmp / "nan.yaml"  # a value JSON cannot carry never reaches the server
+    nan.write_text(yaml.safe_dump({**SPEC, "calibration": {"tcr_alpha": float("nan")}}))
     result = cli("submit", str(nan))
-    assert result.returncode == 2 and one_line(result.stderr).startswith("tmpq: error: spec: ")
-    assert "JSON" in result.stderr
+    assert result.returncode == 2 and one_line(result.stderr).startswith("tmpq: error: calibration.tcr_alpha: ")
 
 
 # -- jobs, status, cancel -----------------------------------------------------------------------------------
@@ -510,12 +513,12 @@ def test_client_errors(server: Server) -> None:
             client.job(999999)
         assert missing.value.status == 404 and str(missing.value) == "job 999999 does not exist"
         with pytest.raises(ApiValidationError) as bad:
-            client.submit({**SPEC, "steps": [4, 2000]})
-        assert bad.value.status == 422 and bad.value.field == "steps" and isinstance(bad.value, ConfigError)
+            client.submit(upgrade_spec_dict({**SPEC, "steps": [4, 2000]}))
+        assert bad.value.status == 422 and bad.value.field == "search.steps" and isinstance(bad.value, ConfigError)
         with pytest.raises(ApiValidationError) as unknown:
-            client.submit({**SPEC, "colour": "blue"})
+            client.submit(upgrade_spec_dict({**SPEC, "colour": "blue"}))
         assert unknown.value.field == "colour" and str(unknown.value).startswith("colour: ")
-        job_id = client.submit(SPEC | {"seed": 91})["id"]
+        job_id = client.submit(upgrade_spec_dict(SPEC | {"seed": 91}))["id"]
         with pytest.raises(WaitTimeout):
             client.wait(job_id, poll_s=0.05, timeout_s=0.2)
         with pytest.raises(ApiError) as unfinished:

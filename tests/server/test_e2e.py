@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -20,17 +23,17 @@ REPO = Path(__file__).resolve().parents[2]
 #: A job small enough for CI: block-level genes, tiny calibration, 16 samples per candidate.
 JOB = {
     "model": "digits-ddpm-16",
-    "bit_options": [4, 8],
-    "steps": [4, 6],
-    "granularity": "block",
-    "samples": 16,
-    "rescore_samples": 0,
-    "reference_steps": 20,
-    "population": 6,
-    "generations": 2,
-    "seed": 3,
-    "budget": "W8A8@5",
+    "search": {
+        "bit_options": [4, 8],
+        "steps": [4, 6],
+        "granularity": "block",
+        "population": 6,
+        "generations": 2,
+        "seed": 3,
+        "budget": "W8A8@5",
+    },
     "calibration": {"grid_steps": 4, "samples": 8, "act_method": "minmax"},
+    "evaluation": {"samples": 16, "rescore_samples": 0, "reference_steps": 20},
 }
 
 
@@ -40,16 +43,28 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    data = tmp_path_factory.mktemp("e2e")
+@contextmanager
+def tmpq_serve(data: Path, model_root: Path) -> Iterator[str]:
+    """A real ``tmpq serve`` (uvicorn, the runner, the real driver with the in-process evaluator) on SQLite under
+    ``data`` and models under ``model_root``; yields its URL."""
     port = _free_port()
-    env = {**os.environ, "TMPQ_DATA_DIR": str(data), "TMPQ_MODEL_ROOT": str(REPO / "models"),
-           "TMPQ_EVALUATOR": "inprocess", "TMPQ_POLL_SECONDS": "0.2"}
+    env = {
+        **os.environ,
+        "TMPQ_DATA_DIR": str(data),
+        "TMPQ_MODEL_ROOT": str(model_root),
+        "TMPQ_EVALUATOR": "inprocess",
+        "TMPQ_POLL_SECONDS": "0.2",
+    }
     env.pop("TMPQ_DATABASE_URL", None)
     env.pop("TMPQ_API_TOKEN", None)
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port)], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -70,12 +85,22 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.kill()
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with tmpq_serve(tmp_path_factory.mktemp("e2e"), REPO / "models") as url:
+        yield url
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_submit_poll_front_candidate_cancel(server: str) -> None:
     api = f"{server}/api/v1"
     job = httpx.post(f"{api}/jobs", json=JOB, timeout=10).raise_for_status().json()
-    other = httpx.post(f"{api}/jobs", json={**JOB, "seed": 4}, timeout=10).raise_for_status().json()
+    other = (
+        httpx.post(f"{api}/jobs", json={**JOB, "search": {**JOB["search"], "seed": 4}}, timeout=10)
+        .raise_for_status()
+        .json()
+    )
     cancelled = httpx.post(f"{api}/jobs/{other['id']}/cancel", timeout=10)
     assert cancelled.status_code in (200, 202)
 
@@ -107,3 +132,15 @@ def test_submit_poll_front_candidate_cancel(server: str) -> None:
 
     other_state = httpx.get(f"{api}/jobs/{other['id']}", timeout=10).json()
     assert other_state["state"] == "CANCELLED"
+
+    # The knee exported over REST: GET serves only what a POST built, and the zip holds a loadable model directory.
+    knee = httpx.get(f"{api}/jobs/{job['id']}/front", params={"knee": "true"}, timeout=10).json()["knee"]["key"]
+    export = f"{api}/jobs/{job['id']}/candidates/{knee}/export"
+    assert httpx.get(export, timeout=30).status_code == 409
+    built = httpx.post(export, timeout=300)
+    assert built.status_code == 200 and built.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(built.content)) as archive:
+        names = archive.namelist()
+    assert any(n.endswith("manifest.json") for n in names), names
+    served = httpx.get(export, timeout=30)
+    assert served.status_code == 200 and served.content == built.content

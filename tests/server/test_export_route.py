@@ -1,6 +1,7 @@
-"""Export through the service: ``GET /jobs/{id}/candidates/{key}/export``, ``TmpqClient.export`` and ``tmpq export``
-against a real uvicorn server in a subprocess, on the shipped model with a small calibrated supernet in the server's
-cache. The exported model samples exactly like the supernet's assembled candidate."""
+"""Export through the service: ``POST /jobs/{id}/candidates/{key}/export`` (builds), ``GET`` (downloads a built
+one), ``TmpqClient.export`` and ``tmpq export`` against a real uvicorn server in a subprocess, on the shipped model
+with a small calibrated supernet in the server's cache. The exported model samples exactly like the supernet's
+assembled candidate. (That building needs the write token is checked in ``test_hygiene.py``, without torch.)"""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from search.candidate import Candidate
 from search.evaluator import Evaluation
 from search.pareto import pareto_front
 from search.space import ddim_uniform_schedule
-from search.spec import SearchSpec
 from server.cli import main
 from server.client import ApiError, TmpqClient
 from server.models import JobState
@@ -29,6 +29,7 @@ from server.store import Store
 from tests.server.cli_run import isolate_env, one_line, run_main
 from tests.server.live import app_server
 from tests.torch_threads import one_torch_thread  # noqa: F401  (autouse)
+from workers.jobspec import JobSpec
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +42,7 @@ OWNER = "test-runner"
 CALIBRATION = {"strategy": "range", "grid_steps": 3, "samples": 4, "mse_grid": 12, "act_max_elems": 4096}
 ANOTHER = {**CALIBRATION, "grid_steps": 4}
 BITS = (4, 8)
+
 
 @dataclass
 class Service:
@@ -62,8 +64,13 @@ def _calibrated_supernet(cache: Path) -> Any:
     from supernet.zoo.loader import load_model
 
     model = load_model(MODEL)
-    return get_or_build_supernet(model, BITS, calib_settings=CalibrationSettings.from_dict(CALIBRATION),
-                                 cache_dir=cache, data=random_data(TESTBED_SHAPE, grid=(999, 500, 0)))
+    return get_or_build_supernet(
+        model,
+        BITS,
+        calib_settings=CalibrationSettings.from_dict(CALIBRATION),
+        cache_dir=cache,
+        data=random_data(TESTBED_SHAPE, grid=(999, 500, 0)),
+    )
 
 
 def _candidates(sites: tuple[str, ...]) -> list[Candidate]:
@@ -79,8 +86,13 @@ def _candidates(sites: tuple[str, ...]) -> list[Candidate]:
 
 
 def _finished_job(store: Store, calibration: dict[str, Any], pairs: list[tuple[Candidate, Evaluation]]) -> int:
-    spec = SearchSpec.from_dict({"model": str(MODEL), "bit_options": list(BITS), "steps": [4, 5, 6],
-                                 "calibration": calibration, "seed": 9})
+    spec = JobSpec.from_dict(
+        {
+            "model": {"path": str(MODEL)},
+            "search": {"bit_options": list(BITS), "steps": [4, 5, 6], "seed": 9},
+            "calibration": calibration,
+        }
+    )
     job_id = store.create_job(spec.to_dict())[0].id
     claimed = store.claim_job(OWNER, 60)
     assert claimed is not None and claimed.id == job_id
@@ -106,8 +118,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     orphan = _finished_job(store, ANOTHER, pairs[:1])
     # the runner's cache (supernet.artifact.default_cache_dir) is the server's data directory
     try:
-        with app_server(tmp / "server.log", {"TMPQ_DATA_DIR": str(data)}, database_url=db_url,
-                        model_root=MODEL_ROOT, data_dir=data) as url:
+        with app_server(
+            tmp / "server.log", {"TMPQ_DATA_DIR": str(data)}, database_url=db_url, model_root=MODEL_ROOT, data_dir=data
+        ) as url:
             with TmpqClient(url) as client:
                 knee = client.front(job, knee=True)["knee"]["key"]
             yield Service(url, store, tmp, supernet, job, {c.key(): c for c in candidates}, knee, orphan)
@@ -116,18 +129,15 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
 
 def supernet_samples(service: Service, candidate: Candidate, n: int, seed: int) -> torch.Tensor:
-    from supernet.sampling import DDIMSampler
-    from supernet.zoo.loader import alphas_cumprod_from_config
-
-    scheduler = json.loads((MODEL / "scheduler" / "scheduler_config.json").read_text())
-    sampler = DDIMSampler(service.supernet.unet, alphas_cumprod_from_config(scheduler), True)
+    sampler = service.supernet.model.sampler()
     with service.supernet.assembled(candidate):
         return sampler.sample(candidate.timesteps, n, seed)
 
 
 @pytest.fixture
-def cli(service: Service, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-        ) -> Callable[..., subprocess.CompletedProcess[str]]:
+def cli(
+    service: Service, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., subprocess.CompletedProcess[str]]:
     """``tmpq`` in this process against the service."""
     isolate_env(monkeypatch, service.url)
 
@@ -143,7 +153,8 @@ def test_the_route_sends_a_zip_whose_model_samples_like_the_supernet(service: Se
 
     key = next(k for k, c in service.candidates.items() if len(set(c.w_map().values())) > 1)  # the mixed one
     url = f"{service.url}/api/v1/jobs/{service.job}/candidates/{key}/export"
-    response = httpx.get(url, timeout=120)
+    assert httpx.get(url, timeout=30).status_code == 409  # not built yet: GET never builds
+    response = httpx.post(url, timeout=120)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/zip"
     assert f'filename="tmpq-job{service.job}-{key}.zip"' in response.headers["content-disposition"]
@@ -151,8 +162,13 @@ def test_the_route_sends_a_zip_whose_model_samples_like_the_supernet(service: Se
         names = set(zf.namelist())
         zf.extractall(tmp_path)
     top = f"tmpq-job{service.job}-{key}"
-    assert {f"{top}/manifest.json", f"{top}/unet/quantized.safetensors", f"{top}/quant_config.json",
-            f"{top}/scheduler/scheduler_config.json", f"{top}/unet/config.json"} <= names
+    assert {
+        f"{top}/manifest.json",
+        f"{top}/unet/quantized.safetensors",
+        f"{top}/quant_config.json",
+        f"{top}/scheduler/scheduler_config.json",
+        f"{top}/unet/config.json",
+    } <= names
     pipe = load(tmp_path / top)
     candidate = service.candidates[key]
     assert pipe.candidate == candidate
@@ -161,20 +177,25 @@ def test_the_route_sends_a_zip_whose_model_samples_like_the_supernet(service: Se
     assert manifest["job"]["id"] == service.job and manifest["seed"] == 9
     assert manifest["model_hash"] == service.supernet.model_hash
     assert manifest["objectives"]["psnr"] == 27.0 and manifest["objectives"]["bitops"] == pytest.approx(
-        service.supernet.cost(candidate).bitops)
-    # built once: the second download is the same file, from the server's data directory
-    again = httpx.get(url, timeout=60)
+        service.supernet.cost(candidate).bitops
+    )
+    # built once: the second request, and a GET, answer the same file, from the server's data directory
+    again = httpx.post(url, timeout=60)
     assert again.status_code == 200 and again.content == response.content
+    download = httpx.get(url, timeout=60)
+    assert download.status_code == 200 and download.content == response.content
+    assert f'filename="tmpq-job{service.job}-{key}.zip"' in download.headers["content-disposition"]
     assert (service.tmp / "data" / "exports" / f"job-{service.job}" / f"{top}.zip").is_file()
 
 
 def test_unknown_jobs_and_candidates_are_404_and_a_missing_supernet_409(service: Service) -> None:
     api = f"{service.url}/api/v1"
-    missing = httpx.get(f"{api}/jobs/{service.job}/candidates/{'0' * 20}/export", timeout=30)
+    missing = httpx.post(f"{api}/jobs/{service.job}/candidates/{'0' * 20}/export", timeout=30)
     assert missing.status_code == 404 and "has no candidate" in missing.json()["detail"]
+    assert httpx.post(f"{api}/jobs/999/candidates/{service.knee}/export", timeout=30).status_code == 404
     assert httpx.get(f"{api}/jobs/999/candidates/{service.knee}/export", timeout=30).status_code == 404
     key = next(iter(service.candidates))
-    orphan = httpx.get(f"{api}/jobs/{service.orphan}/candidates/{key}/export", timeout=60)
+    orphan = httpx.post(f"{api}/jobs/{service.orphan}/candidates/{key}/export", timeout=60)
     assert orphan.status_code == 409
     assert orphan.json()["detail"].startswith(f"job {service.orphan}: its calibrated supernet")
     assert not (service.tmp / "data" / "exports" / f"job-{service.orphan}" / key).exists()
@@ -186,7 +207,7 @@ def test_deleting_a_job_removes_its_built_exports(service: Service) -> None:
     job = _finished_job(service.store, CALIBRATION, [(c, Evaluation(c.key(), 0.5, cost.bitops, cost.weight_bytes))])
     api = f"{service.url}/api/v1"
     for owner in (job, service.job):
-        assert httpx.get(f"{api}/jobs/{owner}/candidates/{c.key()}/export", timeout=120).status_code == 200
+        assert httpx.post(f"{api}/jobs/{owner}/candidates/{c.key()}/export", timeout=120).status_code == 200
     built = service.tmp / "data" / "exports" / f"job-{job}"
     assert (built / c.key() / "manifest.json").is_file()
     assert httpx.delete(f"{api}/jobs/{job}", timeout=30).status_code == 204
@@ -241,17 +262,21 @@ def test_the_job_page_offers_the_export(service: Service) -> None:
     assert 'id="export-button"' in page and "<th>Export</th>" in page
     script = httpx.get(f"{service.url}/static/app.js", timeout=10).text
     assert "/candidates/${encodeURIComponent(key)}/export" in script
+    assert 'authorizedFetch("POST", exportUrl(jobId, key)' in script  # building is a POST, with the stored token
 
 
 def test_export_is_in_the_openapi_schema(service: Service) -> None:
     schema = httpx.get(f"{service.url}/api/v1/openapi.json", timeout=10).json()
-    operation = schema["paths"]["/api/v1/jobs/{job_id}/candidates/{key}/export"]["get"]
-    assert "application/zip" in operation["responses"]["200"]["content"]
-    assert {"404", "409"} <= set(operation["responses"])
+    path = schema["paths"]["/api/v1/jobs/{job_id}/candidates/{key}/export"]
+    for method in ("post", "get"):
+        assert "application/zip" in path[method]["responses"]["200"]["content"]
+        assert {"404", "409"} <= set(path[method]["responses"])
+    assert path["post"].get("security"), "building an export is guarded by the token"
 
 
-def test_export_help_and_bad_usage_exit_without_contacting_anyone(capsys: pytest.CaptureFixture[str],
-                                                                   tmp_path: Path) -> None:
+def test_export_help_and_bad_usage_exit_without_contacting_anyone(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["export", "--help"])
     assert exc.value.code == 0

@@ -53,4 +53,61 @@ def test_migration_scripts_ship_inside_the_package() -> None:
     location = Path(script.dir)
     assert location == Path(__file__).resolve().parents[2] / "server" / "migrations"
     assert (location / "env.py").is_file() and (location / "script.py.mako").is_file()
-    assert [rev.revision for rev in script.walk_revisions()][-1] == "0001"
+    assert [rev.revision for rev in script.walk_revisions()][::-1] == ["0001", "0002", "0003"]
+
+
+def test_0002_and_0003_add_activity_and_warnings_and_keep_every_row_both_ways(empty_url: str) -> None:
+    """A database at 0001 with a job and a candidate: upgraded, the job reads with no activity and no warnings and
+    takes both; downgraded again, the columns go and nothing else does (no table copy, so no ON DELETE CASCADE)."""
+    import sqlalchemy as sa
+
+    from server.models import utcnow
+
+    store = Store(empty_url, migrate=False)
+    try:
+        with store.engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "0001")
+        now = utcnow()
+        jobs = sa.table(
+            "jobs",
+            *(sa.column(n) for n in ("spec_hash", "state", "cancel_requested", "evaluated", "failed", "front_size")),
+            *(sa.column(n) for n in ("results_version", "attempts", "created_at", "updated_at")),
+            sa.column("spec", sa.JSON),
+        )
+        candidates = sa.table(
+            "candidates",
+            *(sa.column(n) for n in ("job_id", "key", "generation", "bits", "steps", "feasible", "non_dominated")),
+            *(sa.column(n) for n in ("created_at",)),
+            sa.column("candidate", sa.JSON),
+            sa.column("info", sa.JSON),
+        )
+        with store.engine.begin() as connection:
+            job_id = connection.execute(
+                jobs.insert()
+                .values(spec_hash="h", spec={"version": 1, "model": "m"}, state="RUNNING", cancel_requested=False)
+                .values(evaluated=1, failed=0, front_size=1, results_version=1, attempts=1)
+                .values(created_at=now, updated_at=now)
+                .returning(sa.column("id"))
+            ).scalar_one()
+            connection.execute(
+                candidates.insert().values(
+                    job_id=job_id, key="k", generation=0, bits="W8A8", steps=4, feasible=True, non_dominated=True,
+                    created_at=now, candidate={"timesteps": [3, 2, 1, 0]}, info={},
+                )
+            )  # fmt: skip
+        store.migrate()
+        job = store.get_job(job_id)
+        assert job.activity is None and job.activity_at is None and job.spec == {"version": 1, "model": "m"}
+        assert store.set_activity(job_id, {"stage": "loading", "message": "m"}) is True
+        assert store.get_job(job_id).activity == {"stage": "loading", "message": "m"}
+        assert job.warnings == () and store.add_warning(job_id, "w") is True
+        assert store.get_job(job_id).warnings == ("w",)
+        with store.engine.begin() as connection:
+            command.downgrade(alembic_config(connection), "0001")
+        columns = {c["name"] for c in inspect(store.engine).get_columns("jobs")}
+        assert not {"activity", "activity_at", "warnings"} & columns and "spec" in columns
+        with store.engine.connect() as connection:
+            assert connection.execute(sa.text("SELECT count(*) FROM candidates")).scalar_one() == 1
+            assert connection.execute(sa.text("SELECT count(*) FROM jobs")).scalar_one() == 1
+    finally:
+        store.close()

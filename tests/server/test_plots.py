@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,14 +13,19 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+import search.baselines as search_baselines
+import server.baselines as server_baselines
 from search.candidate import Candidate
 from search.evaluator import Evaluation
+from search.pareto import pareto_front
+from search.space import SearchSpace
 from server.app import create_app
 from server.settings import Settings
 from server.store import Store
-from tests.server.test_web import SPEC, FilledJob, fill_finished_job, model_root
+from tests.server.test_web import SITES as WEB_SITES
+from tests.server.test_web import SPEC, FilledJob, evaluate, fill_finished_job, model_root
 from workers.plots import PlotPoint, plot_front
-from workers.report import plot_search
+from workers.report import baseline_keys, plot_search
 
 REPO = Path(__file__).resolve().parents[2]
 API = "/api/v1"
@@ -157,3 +163,70 @@ print("heavy:", heavy)
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "heavy: []"
+
+
+# -- one rule for the uniform baselines ----------------------------------------------------------------------
+
+
+def initial_population(space: SearchSpace, size: int, seed: int = 3) -> list[Candidate]:
+    """What a search's first generation holds: the seeded uniform baselines (diagonal WbAb), the mixed uniform
+    ones while there is room (W4A8, ...), then random members of the space."""
+    rng = random.Random(seed)
+    population = [*space.seed_candidates(), *space.mixed_uniform_candidates()[:2]]
+    while len(population) < size:
+        steps = rng.choice(space.steps)
+        timesteps = [rng.choice(group) for group in space.descending_groups(steps)]
+        bits = {s: rng.choice(space.bit_options) for s in space.sites}
+        population.append(Candidate.from_maps(timesteps, bits, {s: rng.choice(space.bit_options) for s in space.sites}))
+    return population
+
+
+def test_the_local_plot_and_the_server_mark_the_same_uniform_baselines(tmp_path: Path) -> None:
+    """24 candidates of a first generation: 6 seeded diagonal baselines and 2 mixed uniform ones (W4A6, W4A8).
+    ``tmpq search``'s plot (``workers.report``) used to mark the 6 seeds only, the server 8; both now ask
+    ``search.baselines.is_uniform_baseline``, and mark the same 8 (also when the local plot is given the seeds
+    instead of T)."""
+    space = SearchSpace(1000, (8, 10), tuple(WEB_SITES), (4, 6, 8), "nonuniform")
+    population = initial_population(space, 24)
+    candidates = {c.key(): c for c in population}
+    assert len(candidates) == 24
+    rng = random.Random(5)
+    evaluations = [evaluate(c, rng) for c in population]
+    evaluations = [e if e.ok else Evaluation(e.key, 0.5, e.bitops, 1.0) for e in evaluations]
+    front = pareto_front(evaluations)
+
+    local = baseline_keys(candidates, num_train_timesteps=1000)
+    assert local == baseline_keys(candidates, seeds=space.seed_candidates())  # cli.py's call before it passes T
+    assert len(local) == 8 and {c.key() for c in space.seed_candidates()} < local
+
+    settings = Settings(data_dir=tmp_path / "data", model_root=model_root(tmp_path / "models"))  # T = 1000
+    store = Store.from_settings(settings)
+    try:
+        job, _ = store.create_job({"version": 2, "model": {"path": "digits-ddpm-16"}, "search": {"steps": [8, 10]}})
+        store.claim_job("runner-plots", 60)
+        store.record_generation(
+            job.id, 0, [(c, e) for c, e in zip(population, evaluations, strict=True)], [e.key for e in front], 1.0
+        )
+        with TestClient(create_app(settings, store=store)) as client:
+            items = client.get(f"{API}/jobs/{job.id}/candidates", params={"limit": 1000}).json()["items"]
+    finally:
+        store.close()
+    assert len(items) == 24
+    assert {c["key"] for c in items if c["is_baseline"]} == local
+    assert server_baselines.is_uniform_baseline is search_baselines.is_uniform_baseline  # the plot route's too
+
+    # and the local plot draws exactly those as its red squares
+    drawn = plot_search(tmp_path / "local.png", evaluations, front, candidates, num_train_timesteps=1000, quality="mse")
+    front_keys = {e.key for e in front}
+    expected = plot_front(
+        io.BytesIO(),
+        [PlotPoint(e.bitops, e.quality) for e in front],
+        others=[PlotPoint(e.bitops, e.quality) for e in evaluations if e.key not in front_keys | local],
+        baselines=[
+            PlotPoint(e.bitops, e.quality, f"{candidates[e.key].bits_summary()} K={candidates[e.key].steps}")
+            for e in evaluations
+            if e.key in local
+        ],
+        quality="mse",
+    )
+    assert drawn.read_bytes() == expected.getvalue()

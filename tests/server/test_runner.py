@@ -19,16 +19,23 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from search.spec import SearchSpec
 from server.models import JobModel, JobState
 from server.runner import JobRunner, StoreJobSink
 from server.settings import Settings
 from server.store import Store
 from tests.server.fakes import run_fake_job
+from workers.jobspec import JobSpec
 from workers.protocol import GenerationRecord, JobSink, LeaseLost, ResumeState
 
 REPO = Path(__file__).resolve().parents[2]
-SPEC = {"version": 1, "model": "/models/tiny", "population": 6, "generations": 4, "seed": 3}
+SPEC = {
+    "version": 1,
+    "model": "/models/tiny",
+    "population": 6,
+    "generations": 4,
+    "seed": 3,
+    "rescore_samples": 64,  # the fake driver re-scores the final front as the real one does
+}
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
@@ -135,7 +142,7 @@ def test_failure_is_recorded_with_its_reason(store: Store) -> None:
     assert failed.generation == 1  # what ran before the failure stays stored
     bad, _ = store.create_job({**SPEC, "population": "many"})
     JobRunner(store, settings_for(store.url), execute=run_fake_job).run_until_idle()
-    assert store.get_job(bad.id).error.startswith("ConfigError: population")
+    assert store.get_job(bad.id).error.startswith("ConfigError: search.population")
 
 
 def test_cancel_is_honoured_between_generations(store: Store) -> None:
@@ -157,7 +164,7 @@ def test_cancel_is_honoured_between_generations(store: Store) -> None:
 def test_a_driver_that_swallows_the_cancellation_still_ends_cancelled(store: Store) -> None:
     job, _ = store.create_job(SPEC)
 
-    def careless(spec: SearchSpec, sink: JobSink, resume: ResumeState | None) -> None:
+    def careless(spec: JobSpec, sink: JobSink, resume: ResumeState | None) -> None:
         store.cancel_job(sink.job_id)  # the user cancels while generation 0 runs
         try:
             run_fake_job(spec, sink, resume)
@@ -181,7 +188,7 @@ def test_stopped_runner_releases_and_another_resumes_with_the_same_result(store:
     assert paused.state is JobState.PENDING and 2 <= paused.generation < 7
     resumed: list[ResumeState | None] = []
 
-    def spy(spec: SearchSpec, sink: JobSink, resume: ResumeState | None) -> None:
+    def spy(spec: JobSpec, sink: JobSink, resume: ResumeState | None) -> None:
         resumed.append(resume)
         run_fake_job(spec, sink, resume)
 
@@ -226,7 +233,7 @@ def test_concurrency_setting_limits_parallel_jobs(store: Store) -> None:
     lock = threading.Lock()
     current = [0]
 
-    def tracked(spec: SearchSpec, sink: JobSink, resume: ResumeState | None) -> None:
+    def tracked(spec: JobSpec, sink: JobSink, resume: ResumeState | None) -> None:
         with lock:
             current[0] += 1
             running_at_once.append(current[0])
@@ -326,7 +333,11 @@ def test_serve_runs_api_and_runner_in_one_uvicorn_process(tmp_path: Path, model_
     with httpx.Client(base_url=base, timeout=10) as client:
         submitted = client.post(
             "/jobs",
-            json={"model": "tiny-ddpm", "steps": [4, 8], "population": 5, "generations": 3, "submission_id": "e2e"},
+            json={
+                "model": "tiny-ddpm",
+                "search": {"steps": [4, 8], "population": 5, "generations": 3},
+                "submission_id": "e2e",
+            },
         )
         assert submitted.status_code == 201, submitted.text
         job_id = submitted.json()["id"]

@@ -27,6 +27,7 @@ from search.space import ddim_uniform_schedule
 from server.app import create_app
 from server.baselines import budget_bitops, is_uniform_baseline
 from server.models import JobState
+from server.samples import samples_dir, write_samples
 from server.settings import Settings
 from server.store import Store
 from tests.server.conftest import in_ci, write_fake_model
@@ -66,7 +67,10 @@ SENSITIVITY = {s: 6.0 if "attentions" in s or s in ("conv_in", "conv_out") else 
 T = 1000
 STEPS = (8, 10)
 BITS = (4, 6, 8)
+#: A job spec as stored before specs had sections (version 1, flat): every reader takes it as well as a version-2 one
+#: (``workers.jobspec.spec_field``; the API answers it in sections).
 SPEC = {
+    "version": 1,
     "model": "digits-ddpm-16",
     "bit_options": list(BITS),
     "steps": list(STEPS),
@@ -114,6 +118,31 @@ class FilledJob:
         return [e for e in self.evaluations.values() if e.ok]
 
 
+#: What the finished job warned about.
+WARNING = "prompt 'a handwritten digit seven on lined paper' is longer than the tokenizer's 16 tokens: truncated"
+#: The finished job's sample grids as the driver describes them (``workers.samples``), less the images.
+SAMPLES = {
+    "rows": ["a handwritten digit seven", "a handwritten digit one"],
+    "columns": 4,
+    "fp_steps": 100,
+    "solver": "dpmsolver++",
+    "knee_bits": "W6A6",
+    "knee_steps": 8,
+    "seed": 0,
+}
+
+
+def grid_png(shade: int) -> bytes:
+    """A 64x32 grey PNG (a stand-in for a grid of two rows of samples)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (64, 32), shade).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def fill_finished_job(store: Store, spec: dict[str, Any] = SPEC, owner: str = "runner-web") -> FilledJob:
     """A SUCCEEDED job of four generations: the uniform baselines and random candidates, with some failures."""
     rng = random.Random(7)
@@ -135,6 +164,7 @@ def fill_finished_job(store: Store, spec: dict[str, Any] = SPEC, owner: str = "r
         store.record_generation(
             job.id, generation, pairs, [e.key for e in front], scale.hypervolume(front), owner=owner
         )
+    store.add_warning(job.id, WARNING, owner=owner)
     store.finish_job(job.id, owner, JobState.SUCCEEDED)
     return FilledJob(
         job.id,
@@ -146,14 +176,26 @@ def fill_finished_job(store: Store, spec: dict[str, Any] = SPEC, owner: str = "r
     )
 
 
+#: What the RUNNING job of :func:`fill_other_jobs` reports it is doing, and the line the page shows for it.
+ACTIVITY = {
+    "stage": "calibrating",
+    "message": "W6 (2/3): reconstruction 7/12, round 1",
+    "calibration": {"source": "calibrating", "bits": 6, "bit_index": 1, "bit_count": 3, "phase": "reconstruction",
+                    "round": 1, "step": 7, "total": 12, "elapsed_s": 80.0, "eta_s": 180.0},
+}  # fmt: skip
+ACTIVITY_LINE = "calibrating W6 (2/3): reconstruction 7/12, round 1, 1m20s elapsed, ~3m left"
+
+
 def fill_other_jobs(store: Store) -> tuple[int, int]:
-    """A RUNNING job with one stored generation (a long lease) and a PENDING one; returns their ids."""
+    """A RUNNING job with one stored generation (a long lease) and an activity, and a PENDING one; returns their
+    ids."""
     rng = random.Random(3)
     running, _ = store.create_job({**SPEC, "seed": 8, "generations": 10})
     claimed = store.claim_job("runner-busy", 3600)
     assert claimed is not None and claimed.id == running.id
     pairs = [(c, evaluate(c, rng)) for c in (random_candidate(rng) for _ in range(8))]
     store.record_generation(running.id, 0, pairs, [e.key for e in pareto_front(e for _, e in pairs)], 0.4)
+    assert store.set_activity(running.id, ACTIVITY, owner="runner-busy")
     pending, _ = store.create_job({**SPEC, "seed": 9, "algorithm": "random"})
     return running.id, pending.id
 
@@ -232,6 +274,10 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     try:
         finished = fill_finished_job(store)
         running_id, pending_id = fill_other_jobs(store)
+        created = store.get_job(finished.job_id).created_at.isoformat()
+        knee = {"knee": finished.front[len(finished.front) // 2]}
+        grids = {"images": {"fp": grid_png(40), "knee": grid_png(200)}, **SAMPLES, **knee}
+        write_samples(samples_dir(settings.data_dir, finished.job_id), grids, created)
     finally:
         store.close()
     with app_server(base / "uvicorn.log", data_dir=settings.data_dir, model_root=root) as url:
@@ -489,3 +535,75 @@ def test_static_assets_are_served(live_server: LiveServer) -> None:
         assert client.get("/static/app.js").headers["content-type"].startswith("text/javascript")
         assert client.get("/static/nope.js").status_code == 404
         assert client.get("/jobs/abc").status_code == 422
+
+
+def test_a_running_job_shows_what_it_is_doing(page: Any, live_server: LiveServer) -> None:
+    """The activity line of the CLI (``tmpq status``) on the job list and the job page, for RUNNING jobs only."""
+    from server.cli_remote import activity_text
+
+    assert activity_text(ACTIVITY) == ACTIVITY_LINE
+    open_page(page, f"{live_server.url}/")
+    running = page.locator(f"#jobs-body tr[data-job-id='{live_server.running_id}']")
+    assert running.locator(".activity").inner_text() == ACTIVITY_LINE
+    assert page.locator("#jobs-body .activity").count() == 1
+    open_page(page, f"{live_server.url}/jobs/{live_server.running_id}")
+    assert page.locator("#job-activity").is_visible()
+    assert page.locator("#job-activity").inner_text() == ACTIVITY_LINE
+    open_page(page, f"{live_server.url}/jobs/{live_server.finished.job_id}")
+    assert page.locator("#job-activity").is_hidden()
+
+
+def test_a_finished_job_shows_its_warnings_and_sample_grids(page: Any, live_server: LiveServer, tmp_path: Path) -> None:
+    """The warnings the job kept, and the FP and knee grids (fetched as images) with one caption line per prompt;
+    a job without grids shows no Samples card and no warnings."""
+    open_page(page, f"{live_server.url}/jobs/{live_server.finished.job_id}")
+    assert page.locator("#job-warnings").inner_text() == f"Warning: {WARNING}"
+    page.wait_for_selector("#samples:not([hidden])")
+    page.wait_for_function("document.getElementById('samples-knee').naturalWidth > 0")
+    sizes = page.evaluate("['fp', 'knee'].map((n) => document.getElementById('samples-' + n).naturalWidth)")
+    assert sizes == [64, 64]
+    assert page.locator("#samples-rows li").all_inner_texts() == SAMPLES["rows"]
+    assert page.locator("#samples-fp-caption").inner_text() == "FP, 100 steps (dpmsolver++)"
+    knee = live_server.finished.front[len(live_server.finished.front) // 2]
+    assert page.locator("#samples-knee-caption").inner_text() == f"knee W6A6, K=8 ({knee})"
+    page.screenshot(path=str(tmp_path / "samples.png"), full_page=True)
+    open_page(page, f"{live_server.url}/jobs/{live_server.running_id}")
+    assert page.locator("#samples").is_hidden() and page.locator("#job-warnings").is_hidden()
+
+
+def test_the_export_button_posts_with_the_stored_token(browser: Any, tmp_path: Path) -> None:
+    """On a server with a token, the page's export is a POST carrying the token the page stores (the one it sends
+    on every call): without one it is refused, the token bar opens and nothing is built."""
+    root = model_root(tmp_path / "models")
+    settings = Settings(data_dir=tmp_path / "data", model_root=root)
+    store = Store.from_settings(settings)
+    try:
+        job = fill_finished_job(store)
+    finally:
+        store.close()
+    log = tmp_path / "uvicorn.log"
+    with app_server(log, data_dir=settings.data_dir, model_root=root, api_token="page-token") as url:
+        context = browser.new_context()
+        try:
+            page = context.new_page()
+            page.set_default_timeout(10_000)
+            sent: list[tuple[str, str | None]] = []
+
+            def record(request: Any) -> None:
+                if request.url.endswith("/export"):
+                    sent.append((request.method, request.headers.get("authorization")))
+
+            page.on("request", record)
+            open_page(page, f"{url}/jobs/{job.job_id}")
+            assert page.locator("#authbar").is_hidden()  # reads need no token here
+            page.locator("#export-button").click()
+            page.wait_for_function("document.getElementById('export-status').textContent.startsWith('Export failed')")
+            assert "HTTP 401" in page.locator("#export-status").inner_text()
+            assert page.locator("#authbar").is_visible()
+            page.evaluate("localStorage.setItem('tmpq.token', 'not-the-token')")
+            page.locator("#export-button").click()
+            page.wait_for_function("document.getElementById('export-status').textContent.includes('HTTP 403')")
+            assert sent == [("POST", None), ("POST", "Bearer not-the-token")]
+        finally:
+            context.close()
+    assert not (settings.data_dir / "exports").exists()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,13 +14,14 @@ from supernet.artifact import (
     META_FILE,
     SHIPPED_DIR,
     TENSORS_FILE,
-    cache_key,
     default_cache_dir,
     get_calibration_data,
     get_or_build_supernet,
     load_supernet,
 )
 from supernet.calibration import CalibrationData, CalibrationSettings
+from supernet.identity import cache_key
+from supernet.models import ModuleAdapter, NoiseSchedule, UNet2DAdapter
 from supernet.settings import SupernetSettings
 from supernet.supernet import QuantSupernet
 from supernet.testing import TESTBED_SHAPE, TINY_CALIB, TOY_SHAPE, calibrated_testbed, random_data, toy_net
@@ -30,7 +30,7 @@ from supernet.zoo.testbed import testbed_unet as make_testbed
 
 def _out(sn: QuantSupernet, x: torch.Tensor, t: int) -> torch.Tensor:
     with torch.no_grad():
-        return sn.unet(x, t).sample
+        return sn.denoiser(x, t).sample
 
 
 def count_calibrations(monkeypatch: pytest.MonkeyPatch) -> list[CalibrationData]:
@@ -38,9 +38,9 @@ def count_calibrations(monkeypatch: pytest.MonkeyPatch) -> list[CalibrationData]
     calls: list[CalibrationData] = []
     original = QuantSupernet.calibrate
 
-    def counting(self: QuantSupernet, d: CalibrationData) -> None:
+    def counting(self: QuantSupernet, d: CalibrationData, progress=None) -> None:
         calls.append(d)
-        original(self, d)
+        original(self, d, progress)
 
     monkeypatch.setattr(QuantSupernet, "calibrate", counting)
     return calls
@@ -97,15 +97,14 @@ def test_cache_builds_once_and_keys_on_settings(tmp_path, monkeypatch):
     cand = first.random_candidate(random.Random(3), (100,))
     x = torch.randn(3, *TOY_SHAPE)
     with first.assembled(cand), second.assembled(cand), torch.no_grad():
-        assert torch.equal(first.unet(x, 100), second.unet(x, 100))
+        assert torch.equal(first.denoiser(x, 100), second.denoiser(x, 100))
     other = CalibrationSettings(grid_steps=3, samples=4, mse_grid=12, act_max_elems=4096, act_method="minmax")
     get_or_build_supernet(toy_net(), (4, 8), None, other, tmp_path, data=data)
     assert len(calls) == 1  # different calibration settings: a different artifact
     assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 2
     h = first.model_hash
     assert cache_key(h, (4, 8), SupernetSettings(), TINY_CALIB) == cache_key(h, [8, 4], SupernetSettings(), TINY_CALIB)
-    assert cache_key(h, (4, 8), SupernetSettings(), TINY_CALIB) != cache_key(h, (4, 8), SupernetSettings(),
-                                                                            other)
+    assert cache_key(h, (4, 8), SupernetSettings(), TINY_CALIB) != cache_key(h, (4, 8), SupernetSettings(), other)
 
 
 def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
@@ -118,9 +117,8 @@ def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
 def test_calibration_data_is_collected_once(tmp_path, monkeypatch):
     from diffusers import DDPMScheduler
 
-    unet = make_testbed(0).eval()
-    model = SimpleNamespace(unet=unet, alphas_cumprod=DDPMScheduler(1000).alphas_cumprod, clip_sample=True,
-                            model_hash="testbed-random-0")
+    schedule = NoiseSchedule(DDPMScheduler(1000).alphas_cumprod)
+    model = UNet2DAdapter(make_testbed(0).eval(), schedule=schedule, model_hash="testbed-random-0")
     settings = CalibrationSettings(grid_steps=3, samples=2)
     data = get_calibration_data(model, settings, tmp_path)
     assert data.timesteps == (999, 500, 0) and tuple(data.inputs.shape) == (3, 2, *TESTBED_SHAPE)
@@ -137,15 +135,21 @@ def test_a_supernet_shipped_with_the_model_is_used_instead_of_calibrating(tmp_pa
     model_dir = tmp_path / "model"
     shutil.copytree(entry, model_dir / SHIPPED_DIR / entry.name)
     calls = count_calibrations(monkeypatch)
-    model = SimpleNamespace(unet=toy_net(), path=model_dir)
+    model = ModuleAdapter(toy_net(), sample_shape=TOY_SHAPE, path=model_dir)
     shipped = get_or_build_supernet(model, (4, 8), None, TINY_CALIB, tmp_path / "cache", data=data)
     assert calls == [] and (tmp_path / "cache" / entry.name / META_FILE).is_file()  # adopted into the cache
     cand = built.random_candidate(random.Random(5), (100,))
     x = torch.randn(3, *TOY_SHAPE)
     with built.assembled(cand), shipped.assembled(cand), torch.no_grad():
-        assert torch.equal(built.unet(x, 100), shipped.unet(x, 100))
+        assert torch.equal(built.denoiser(x, 100), shipped.denoiser(x, 100))
     # a shipped artifact that does not load is not used: the supernet is calibrated as usual
     (model_dir / SHIPPED_DIR / entry.name / TENSORS_FILE).write_bytes(b"not safetensors")
-    again = get_or_build_supernet(SimpleNamespace(unet=toy_net(), path=model_dir), (4, 8), None, TINY_CALIB,
-                                  tmp_path / "other-cache", data=data)
+    again = get_or_build_supernet(
+        ModuleAdapter(toy_net(), sample_shape=TOY_SHAPE, path=model_dir),
+        (4, 8),
+        None,
+        TINY_CALIB,
+        tmp_path / "other-cache",
+        data=data,
+    )
     assert len(calls) == 1 and again.calibrated

@@ -24,25 +24,39 @@ from supernet.quant import Log2Params, UniformParams, UniformQuantizer
 from supernet.sampling import make_noise
 from supernet.supernet import QuantSupernet
 from supernet.testing import TESTBED_SHAPE, TINY_CALIB, TOY_SHAPE, random_data, toy_net
+from supernet.zoo.testbed import random_testbed
 from supernet.zoo.testbed import testbed_unet as make_testbed
 
 
 def test_settings_are_validated_versioned_and_canonical():
     s = CalibrationSettings(strategy_params={"rounds": 2, "lr": 0.01})
     assert s.strategy_params == (("lr", 0.01), ("rounds", 2)) and s.param("rounds") == 2
-    assert CalibrationSettings.from_dict(s.to_dict()) == s and s.key() == CalibrationSettings.from_dict(
-        s.to_dict()).key()
+    assert (
+        CalibrationSettings.from_dict(s.to_dict()) == s and s.key() == CalibrationSettings.from_dict(s.to_dict()).key()
+    )
     assert s.key() != dataclasses.replace(s, samples=65).key()
-    assert s.to_dict()["version"] == 1 and set(s.data_dict()) == {"version", "grid_steps", "grid_spacing",
-                                                                  "samples", "seed"}
-    for bad in ({"samples": 0}, {"grid_spacing": "log"}, {"act_method": "kl"}, {"mse_min_ratio": 0.0},
-                {"pv_quantizer": "fp8"}, {"strategy_params": {"x": [1]}}, {"grid_steps": 2.5},
-                {"mse_norm": float("nan")}):
+    assert s.to_dict()["version"] == 1 and set(s.data_dict()) == {
+        "version",
+        "grid_steps",
+        "grid_spacing",
+        "samples",
+        "seed",
+    }
+    for bad in (
+        {"samples": 0},
+        {"grid_spacing": "log"},
+        {"act_method": "kl"},
+        {"mse_min_ratio": 0.0},
+        {"pv_quantizer": "fp8"},
+        {"strategy_params": {"x": [1]}},
+        {"grid_steps": 2.5},
+        {"mse_norm": float("nan")},
+    ):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             CalibrationSettings(**bad)
     with pytest.raises(VersionMismatchError):
         CalibrationSettings(version=2)
-    with pytest.raises(ConfigError, match="unknown fields"):
+    with pytest.raises(ConfigError, match="unknown field"):
         CalibrationSettings.from_dict({"sample": 3})
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.samples = 3  # type: ignore[misc]
@@ -69,12 +83,8 @@ def test_data_roundtrip_and_validation(tmp_path):
 
 
 def test_collected_data_follows_the_fp_trajectory_from_the_seed():
-    from diffusers import DDPMScheduler
-
-    unet = make_testbed(0).eval()
-    acp = DDPMScheduler(1000).alphas_cumprod
-    data = collect_calibration_data(unet, acp, True, CalibrationSettings(grid_steps=3, samples=3, seed=7),
-                                    batch_size=2)
+    model = random_testbed(0)
+    data = collect_calibration_data(model, CalibrationSettings(grid_steps=3, samples=3, seed=7), batch_size=2)
     assert data.timesteps == (999, 500, 0) and tuple(data.inputs.shape) == (3, 3, *TESTBED_SHAPE)
     assert torch.equal(data.inputs[0], make_noise(3, TESTBED_SHAPE, 7))  # x_T is the seed's noise
     assert not torch.equal(data.inputs[1], data.inputs[0])
@@ -92,8 +102,9 @@ def test_range_calibration_fits_each_layer_with_upstream_quantized():
     conv_p = sn.site("conv").act.tables[4][0]
     assert float(conv_p.scale) == pytest.approx(float(UniformQuantizer().fit(x, 4).scale))
     with torch.no_grad():
-        fp_fc_in = (model.act(torch.nn.functional.conv2d(x, model.conv.weight, model.conv.bias, padding=1))
-                    + 0.5).flatten(1)
+        fp_fc_in = (
+            model.act(torch.nn.functional.conv2d(x, model.conv.weight, model.conv.bias, padding=1)) + 0.5
+        ).flatten(1)
     fc_p = sn.site("fc").act.tables[4][0]
     assert float(fc_p.scale) != pytest.approx(float(UniformQuantizer().fit(fp_fc_in, 4).scale), rel=1e-4)
     assert float(fc_p.scale) == pytest.approx(float(UniformQuantizer().fit(fp_fc_in, 4).scale), rel=0.1)
@@ -138,14 +149,17 @@ def test_strategy_hook_chooses_log2_per_site_and_is_checked_for_completeness():
     assert all(isinstance(p, UniformParams) for p in pv.b.tables[4])
     assert all(isinstance(p, UniformParams) for p in sn.site("mid_block.attentions.0.qk").a.tables[4])
 
-    forgetful = QuantSupernet.build(toy_net(), (4,), calib_settings=dataclasses.replace(
-        TINY_CALIB, strategy="test-forgetful"), sample_shape=TOY_SHAPE)
+    forgetful = QuantSupernet.build(
+        toy_net(),
+        (4,),
+        calib_settings=dataclasses.replace(TINY_CALIB, strategy="test-forgetful"),
+        sample_shape=TOY_SHAPE,
+    )
     with pytest.raises(CalibrationError, match="without parameters at timestep"):
         forgetful.calibrate(random_data(TOY_SHAPE))
-    unknown = QuantSupernet.build(toy_net(), (4,), calib_settings=dataclasses.replace(TINY_CALIB, strategy="nope"),
-                                  sample_shape=TOY_SHAPE)
+    # An unknown strategy is refused when the settings are made, before any supernet is built.
     with pytest.raises(ConfigError, match="unknown calibration strategy 'nope'"):
-        unknown.calibrate(random_data(TOY_SHAPE))
+        dataclasses.replace(TINY_CALIB, strategy="nope")
 
 
 def test_pv_quantizer_setting_and_wrong_data_shape():
@@ -166,8 +180,15 @@ def test_weights_below_weight_minmax_below_take_min_max_ranges_whatever_the_meth
 
     data = random_data(TOY_SHAPE, grid=(500,), n=8)
     w = outlying().fc.weight.detach()
-    fit = {m: {b: UniformQuantizer(axis=0, method=m, grid=TINY_CALIB.mse_grid, min_ratio=TINY_CALIB.mse_min_ratio,
-                                   norm=TINY_CALIB.mse_norm).fit(w, b) for b in (4, 6)} for m in ("minmax", "mse")}
+    fit = {
+        m: {
+            b: UniformQuantizer(
+                axis=0, method=m, grid=TINY_CALIB.mse_grid, min_ratio=TINY_CALIB.mse_min_ratio, norm=TINY_CALIB.mse_norm
+            ).fit(w, b)
+            for b in (4, 6)
+        }
+        for m in ("minmax", "mse")
+    }
     assert not torch.equal(fit["minmax"][4].scale, fit["mse"][4].scale)  # the test can tell them apart
     for below, methods in ((6, {4: "minmax", 6: "mse"}), (0, {4: "mse", 6: "mse"})):
         settings = dataclasses.replace(TINY_CALIB, weight_method="mse", weight_minmax_below=below)

@@ -39,7 +39,7 @@ def test_testbed_macs_include_attention_matmuls():
     assert macs["conv_in"] == 16 * 16 * 32 * 9
     assert macs["time_embedding.linear_1"] == 128 * 32
     assert macs["down_blocks.1.resnets.0.conv_shortcut"] == 8 * 8 * 64 * 32
-    total_params = sum(p.numel() for p in sn.unet.parameters())
+    total_params = sum(p.numel() for p in sn.denoiser.parameters())
     assert sum(sn.cost_model.params.values()) + sn.cost_model.fp_params == total_params == 1_112_801
     w8a8 = sn.cost(sn.uniform(8, 8, (999, 500)))
     assert w8a8.bitops == pytest.approx(2 * 64 * sum(macs.values()))

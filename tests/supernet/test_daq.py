@@ -35,10 +35,12 @@ def test_power_law_data_chooses_log2_and_recovers_alpha(alpha):
 @pytest.mark.parametrize("data", ["uniform", "narrow-uniform", "exponential", "flat-softmax"])
 def test_light_tailed_data_chooses_uniform(data):
     gen = torch.Generator().manual_seed(3)
-    x = {"uniform": lambda: torch.rand(20000, generator=gen),
-         "narrow-uniform": lambda: 0.01 + 0.05 * torch.rand(20000, generator=gen),
-         "exponential": lambda: torch.empty(20000).exponential_(20.0, generator=gen),
-         "flat-softmax": lambda: (0.3 * torch.randn(300, 64, generator=gen)).softmax(-1)}[data]()
+    x = {
+        "uniform": lambda: torch.rand(20000, generator=gen),
+        "narrow-uniform": lambda: 0.01 + 0.05 * torch.rand(20000, generator=gen),
+        "exponential": lambda: torch.empty(20000).exponential_(20.0, generator=gen),
+        "flat-softmax": lambda: (0.3 * torch.randn(300, 64, generator=gen)).softmax(-1),
+    }[data]()
     test = power_law_test(x)
     assert test.choice == "uniform" and test.R < 0 and test.R_norm < -2
 
@@ -71,8 +73,17 @@ def test_choices_and_ratios_reach_the_tables_and_the_saved_metadata(tmp_path, mo
         return PowerLawTest(choice, fitted.R, fitted.R_norm, fitted.alpha, fitted.xmin, fitted.n, fitted.ks)
 
     monkeypatch.setattr(tcaq_module, "power_law_test", scripted)
-    settings = CalibrationSettings(grid_steps=4, samples=2, mse_grid=8, act_max_elems=4096, reconstruction=False,
-                                   tcr=False, par=False, daq_groups=2, recon_samples=2)
+    settings = CalibrationSettings(
+        grid_steps=4,
+        samples=2,
+        mse_grid=8,
+        act_max_elems=4096,
+        reconstruction=False,
+        tcr=False,
+        par=False,
+        daq_groups=2,
+        recon_samples=2,
+    )
     sn = QuantSupernet.build(make_testbed(0).eval(), (4, 6), calib_settings=settings)
     sn.calibrate(random_data(TESTBED_SHAPE, grid=(999, 600, 300, 0), n=2))
     daq = sn.calibration_metadata["daq"]

@@ -28,12 +28,12 @@ from supernet.export import (
     packed_size,
     unpack_codes,
 )
+from supernet.models import NoiseSchedule
 from supernet.qlayers.weighted import QuantWeightLayer
-from supernet.sampling import DDIMSampler
+from supernet.sampling import Sampler
 from supernet.settings import SupernetSettings
 from supernet.supernet import QuantSupernet
 from supernet.testing import TESTBED_SHAPE, TINY_CALIB, random_data
-from supernet.zoo.loader import alphas_cumprod_from_config
 from supernet.zoo.testbed import testbed_scheduler as make_scheduler
 from supernet.zoo.testbed import testbed_unet as make_testbed
 
@@ -72,7 +72,7 @@ def mixed(sn: QuantSupernet, seed: int = 0) -> Candidate:
 
 
 def reference_samples(sn: QuantSupernet, candidate: Candidate, n: int, seed: int) -> torch.Tensor:
-    sampler = DDIMSampler(sn.unet, alphas_cumprod_from_config(SCHEDULER), bool(SCHEDULER["clip_sample"]))
+    sampler = Sampler(sn.model, schedule=NoiseSchedule.from_config(SCHEDULER))
     with sn.assembled(candidate):
         return sampler.sample(candidate.timesteps, n, seed)
 
@@ -108,8 +108,9 @@ def test_four_bit_codes_take_two_per_byte_low_nibble_first() -> None:
 
 # -- samples ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("which", ["supernet", "symmetric"])
-def test_export_samples_equal_the_assembled_candidate(which: str, request: pytest.FixtureRequest,
-                                                      tmp_path: Path) -> None:
+def test_export_samples_equal_the_assembled_candidate(
+    which: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     sn: QuantSupernet = request.getfixturevalue(which)
     candidate = mixed(sn, seed=1)
     before = sn.state()
@@ -120,13 +121,13 @@ def test_export_samples_equal_the_assembled_candidate(which: str, request: pytes
     assert torch.equal(pipe.sample(6, seed=11, batch_size=4), reference_samples(sn, candidate, 6, seed=11))
     noise = torch.randn(2, *TESTBED_SHAPE, generator=torch.Generator().manual_seed(5))
     with sn.assembled(candidate):
-        expected = DDIMSampler(sn.unet, pipe.alphas_cumprod, True).denoise(noise, TIMESTEPS)
+        expected = Sampler(sn.model, schedule=pipe.model.schedule).denoise(noise, TIMESTEPS)
     assert torch.equal(pipe.denoise(noise), expected)
 
     # the loaded UNet holds the dequantized codes, not the FP weights, for every quantized site
     w = candidate.w_map()
     quantized = [s for s in sn.sites if isinstance(sn.site(s), QuantWeightLayer) and w[s] in sn.bit_options]
-    modules = dict(pipe.unet.named_modules())
+    modules = dict(pipe.denoiser.named_modules())
     for name in quantized[:5]:
         layer = modules[name]
         assert torch.equal(layer.weight, sn.site(name).slots[w[name]].dequantized)
@@ -163,7 +164,7 @@ def test_a_reparameterized_supernet_exports_exactly(tmp_path: Path) -> None:
     sn = _supernet((4, 8))
     gen = torch.Generator().manual_seed(3)
     factors = {}
-    for group in plan_groups(sn.unet, {n: sn.site(n) for n in sn.sites}):
+    for group in plan_groups(sn.denoiser, {n: sn.site(n) for n in sn.sites}):
         r = 0.5 + 2.5 * torch.rand(sn.site(group.sites[0]).weight.shape[1], generator=gen)
         factors.update(dict.fromkeys(group.sites, r))
     rep = sn.reparameterize(factors)
@@ -185,11 +186,11 @@ def _data_bytes(path: Path) -> int:
 
 def test_the_weights_file_shrinks_in_proportion_to_the_weight_bits(supernet: QuantSupernet, tmp_path: Path) -> None:
     fp_file = tmp_path / "fp.safetensors"  # the FP32 checkpoint, written as diffusers writes one
-    save_file({k: v.contiguous() for k, v in supernet.unet.state_dict().items()}, str(fp_file))
+    save_file({k: v.contiguous() for k, v in supernet.denoiser.state_dict().items()}, str(fp_file))
     fp_size = fp_file.stat().st_size
     params = supernet.cost_model.params  # weight parameters per site (matmul sites have none)
     site_params = sum(params.values())
-    total = sum(p.numel() for p in supernet.unet.parameters())
+    total = sum(p.numel() for p in supernet.denoiser.parameters())
     layers = [supernet.site(s) for s in supernet.sites if isinstance(supernet.site(s), QuantWeightLayer)]
     channels = sum(layer.weight.shape[0] for layer in layers)
     sizes, ratios, expect = {}, {}, {}
@@ -219,8 +220,14 @@ def test_the_weights_file_shrinks_in_proportion_to_the_weight_bits(supernet: Qua
 # -- manifest and diffusers layout ------------------------------------------------------------------------------
 def test_manifest_and_configs_round_trip(supernet: QuantSupernet, tmp_path: Path) -> None:
     candidate = mixed(supernet, seed=2)
-    out = export(supernet, candidate, tmp_path / "export", objectives={"quality": 0.25, "psnr": float("inf")},
-                 seed=42, job={"id": 7, "objective": "mse"})
+    out = export(
+        supernet,
+        candidate,
+        tmp_path / "export",
+        objectives={"quality": 0.25, "psnr": float("inf")},
+        seed=42,
+        job={"id": 7, "objective": "mse"},
+    )
     manifest = json.loads((out / MANIFEST_FILE).read_text())
     assert Candidate.from_dict(manifest["candidate"]) == candidate
     assert manifest["candidate_key"] == candidate.key() and manifest["bits"] == candidate.bits_summary()
@@ -238,9 +245,9 @@ def test_manifest_and_configs_round_trip(supernet: QuantSupernet, tmp_path: Path
     from diffusers import DDIMScheduler, UNet2DModel
 
     unet = UNet2DModel.from_config(UNet2DModel.load_config(out / "unet"))
-    assert sum(p.numel() for p in unet.parameters()) == sum(p.numel() for p in supernet.unet.parameters())
+    assert sum(p.numel() for p in unet.parameters()) == sum(p.numel() for p in supernet.denoiser.parameters())
     scheduler = DDIMScheduler.from_pretrained(out / "scheduler")
-    assert torch.equal(scheduler.alphas_cumprod.to(torch.float32), pipe.alphas_cumprod)
+    assert torch.equal(scheduler.alphas_cumprod.to(torch.float32), pipe.model.alphas_cumprod)
     sched = json.loads((out / SCHEDULER_CONFIG_FILE).read_text())
     assert sched["_class_name"] == "DDIMScheduler" and sched["timesteps"] == list(TIMESTEPS)
 

@@ -55,12 +55,10 @@ def test_fdd_identical_and_shifted_images(fdd_scorer):
 
 @pytest.mark.slow
 def test_shipped_model_beats_random_init_by_a_wide_margin(testbed_model, fdd_scorer):
-    from supernet.zoo.loader import DiffusionModel
-    from supernet.zoo.testbed import testbed_unet
+    from supernet.zoo.testbed import random_testbed
 
     sched = uniform_schedule(10, 1000)
     trained = fdd_scorer.score(testbed_model.sampler().sample(sched, n=256, seed=0))
-    random_model = DiffusionModel(testbed_unet(seed=1).eval(), testbed_model.alphas_cumprod, True,
-                                  testbed_model.path, "random", {})
+    random_model = random_testbed(seed=1)
     untrained = fdd_scorer.score(random_model.sampler().sample(sched, n=256, seed=0))
     assert trained * 10 < untrained, (trained, untrained)

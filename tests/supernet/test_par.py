@@ -14,10 +14,22 @@ from supernet.calibration.reconstruction import BlockReconstructor
 from supernet.calibration.settings import SWITCHES
 from supernet.supernet import QuantSupernet
 from supernet.testing import TOY_SHAPE, random_data, toy_net
+from supernet.zoo.testbed import random_testbed
 from supernet.zoo.testbed import testbed_unet as make_testbed
 
-LIGHT = CalibrationSettings(grid_steps=3, samples=4, mse_grid=8, act_max_elems=4096, tcr=False, daq=False,
-                            recon_iters=8, recon_samples=4, recon_batch=4, recon_epochs=1000.0, par_rounds=3)
+LIGHT = CalibrationSettings(
+    grid_steps=3,
+    samples=4,
+    mse_grid=8,
+    act_max_elems=4096,
+    tcr=False,
+    daq=False,
+    recon_iters=8,
+    recon_samples=4,
+    recon_batch=4,
+    recon_epochs=1000.0,
+    par_rounds=3,
+)
 
 
 def test_switches_are_settings_default_on_and_keyed():
@@ -27,9 +39,18 @@ def test_switches_are_settings_default_on_and_keyed():
     keys = {dataclasses.replace(s, **{name: not getattr(s, name)}).key() for name in SWITCHES}
     assert len(keys | {s.key()}) == len(SWITCHES) + 1
     assert CalibrationSettings.from_dict(s.to_dict()) == s
-    for bad in ({"tcr": 1}, {"par_rounds": 0}, {"par_decay": 0.0}, {"recon_warmup": 1.0}, {"tcr_max": 0.5},
-                {"recon_lr_round": -1.0}, {"recon_batch": 0}, {"daq_groups": 0}, {"tcr_alpha": 1.5},
-                {"tcr_alpha": -0.1}):
+    for bad in (
+        {"tcr": 1},
+        {"par_rounds": 0},
+        {"par_decay": 0.0},
+        {"recon_warmup": 1.0},
+        {"tcr_max": 0.5},
+        {"recon_lr_round": -1.0},
+        {"recon_batch": 0},
+        {"daq_groups": 0},
+        {"tcr_alpha": 1.5},
+        {"tcr_alpha": -0.1},
+    ):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             CalibrationSettings(**bad)
 
@@ -50,20 +71,18 @@ def test_all_switches_off_is_exactly_the_range_baseline():
 
 @pytest.fixture(scope="module")
 def trajectories() -> CalibrationData:
-    from diffusers import DDPMScheduler
-
-    unet = make_testbed(0).eval()
-    return collect_calibration_data(unet, DDPMScheduler(1000).alphas_cumprod, True,
-                                    CalibrationSettings(grid_steps=3, samples=2, seed=5), batch_size=2)
+    return collect_calibration_data(
+        random_testbed(0), CalibrationSettings(grid_steps=3, samples=2, seed=5), batch_size=2
+    )
 
 
 def test_later_rounds_use_the_quantized_trajectories_with_fewer_steps(trajectories, monkeypatch):
     seen: list[tuple[int, CalibrationData]] = []
     original_run = BlockReconstructor.run
 
-    def spy(self: BlockReconstructor, opts, cache=None):
+    def spy(self: BlockReconstructor, opts, cache=None, on_block=None):
         seen.append((opts.iters, self.session.data))
-        return original_run(self, opts, cache)
+        return original_run(self, opts, cache, on_block)
 
     monkeypatch.setattr(BlockReconstructor, "run", spy)
     settings = dataclasses.replace(LIGHT, samples=2, recon_samples=2)
@@ -84,8 +103,9 @@ def test_resampled_inputs_are_the_quantized_models_trajectory(trajectories):
     sn = QuantSupernet.build(make_testbed(0).eval(), (3,), calib_settings=LIGHT)
     sn._ctx.set_grid(trajectories.timesteps)
     bits = dict.fromkeys(sn.sites, 3)
-    session = CalibrationSession(sn.unet, {n: sn.site(n) for n in sn.sites}, sn._ctx, trajectories, LIGHT,
-                                 sn.settings, bits, bits)
+    session = CalibrationSession(
+        sn.model, {n: sn.site(n) for n in sn.sites}, sn._ctx, trajectories, LIGHT, sn.settings, bits, bits
+    )
     session.fit_weights()
     session.fit_activations()
     recon = BlockReconstructor(session)
@@ -102,12 +122,14 @@ def test_par_without_reconstruction_refits_ranges_and_without_trajectories_stops
     ranges_only = dataclasses.replace(LIGHT, reconstruction=False, par_rounds=2)
     with_par = QuantSupernet.build(make_testbed(0).eval(), (3,), calib_settings=ranges_only)
     with_par.calibrate(trajectories)
-    without = QuantSupernet.build(make_testbed(0).eval(), (3,), calib_settings=dataclasses.replace(
-        ranges_only, par=False))
+    without = QuantSupernet.build(
+        make_testbed(0).eval(), (3,), calib_settings=dataclasses.replace(ranges_only, par=False)
+    )
     without.calibrate(trajectories)
     site = "up_blocks.2.resnets.1.conv2"
     assert [float(p.scale) for p in with_par.site(site).act.tables[3]] != [
-        float(p.scale) for p in without.site(site).act.tables[3]]
+        float(p.scale) for p in without.site(site).act.tables[3]
+    ]
     toy = QuantSupernet.build(toy_net(), (4,), calib_settings=LIGHT, sample_shape=TOY_SHAPE)
     toy.calibrate(random_data(TOY_SHAPE, n=4))  # no alphas_cumprod: one round, with a warning
     assert "PAR needs trajectories" in caplog.text

@@ -70,9 +70,18 @@ def test_testbed_sites_are_deterministic_and_include_attention_matmuls():
     assert a.site_blocks["down_blocks.1.attentions.0.qk"] == "down_blocks.1"
     assert a.site_blocks["mid_block.resnets.1.conv2"] == "mid_block"
     assert a.site_blocks["up_blocks.2.resnets.1.conv_shortcut"] == "up_blocks.2"
-    assert set(a.site_blocks.values()) == {"conv_in", "time_embedding", "down_blocks.0", "down_blocks.1",
-                                           "down_blocks.2", "mid_block", "up_blocks.0", "up_blocks.1",
-                                           "up_blocks.2", "conv_out"}
+    assert set(a.site_blocks.values()) == {
+        "conv_in",
+        "time_embedding",
+        "down_blocks.0",
+        "down_blocks.1",
+        "down_blocks.2",
+        "mid_block",
+        "up_blocks.0",
+        "up_blocks.1",
+        "up_blocks.2",
+        "conv_out",
+    }
 
 
 def test_explicit_attention_path_matches_diffusers_sdpa_in_float():

@@ -6,10 +6,10 @@ import pytest
 
 from supernet.calibration import CalibrationSettings, collect_calibration_data
 from supernet.metrics import psnr
+from supernet.models import TESTBED_DIR, load_model
+from supernet.models.base import DiffusionAdapter
 from supernet.sampling import uniform_schedule
 from supernet.supernet import QuantSupernet
-from supernet.zoo.loader import DiffusionModel, load_model
-from supernet.zoo.testbed import TESTBED_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -18,20 +18,20 @@ W2_PSNR_CEILING_DB = 20.0  # 2-bit weights: ≈ 11 dB, noise
 
 
 @pytest.fixture(scope="module")
-def trained_supernet() -> tuple[QuantSupernet, DiffusionModel]:
+def trained_supernet() -> tuple[QuantSupernet, DiffusionAdapter]:
     if not (TESTBED_DIR / "model_index.json").exists():
         pytest.skip(f"the trained testbed is not at {TESTBED_DIR}")
     model = load_model(TESTBED_DIR)
     settings = CalibrationSettings(strategy="range", grid_steps=10, samples=16, mse_grid=20)  # the plain baseline
-    data = collect_calibration_data(model.unet, model.alphas_cumprod, model.clip_sample, settings)
+    data = collect_calibration_data(model, settings)
     sn = QuantSupernet.build(model, (2, 8), calib_settings=settings)
     sn.calibrate(data)
     return sn, model
 
 
-def test_w8a8_close_to_fp_and_w2_weights_break(trained_supernet: tuple[QuantSupernet, DiffusionModel]):
+def test_w8a8_close_to_fp_and_w2_weights_break(trained_supernet: tuple[QuantSupernet, DiffusionAdapter]):
     sn, model = trained_supernet
-    sampler = model.sampler(batch_size=32)  # over the wrapped UNet
+    sampler = model.sampler(batch_size=32)  # over the wrapped denoiser
     schedule = uniform_schedule(10, 1000)
     fp = sampler.sample(schedule, 32, seed=123)  # no site quantized: the FP model exactly
     with sn.assembled(sn.uniform(8, 8, schedule)):

@@ -68,8 +68,10 @@ def test_mse_search_beats_minmax_on_outliers_and_per_channel_beats_per_tensor():
 
 def test_more_bits_less_error():
     w = _weights()
-    errs = [float((UniformQuantizer(axis=0, method="mse").fit(w, b).fake_quantize(w) - w).pow(2).mean())
-            for b in (2, 3, 4, 6, 8)]
+    errs = [
+        float((UniformQuantizer(axis=0, method="mse").fit(w, b).fake_quantize(w) - w).pow(2).mean())
+        for b in (2, 3, 4, 6, 8)
+    ]
     assert errs == sorted(errs, reverse=True)
 
 

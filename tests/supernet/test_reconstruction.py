@@ -21,9 +21,21 @@ from supernet.testing import TESTBED_SHAPE, TINY_CALIB, TOY_SHAPE, random_data, 
 from supernet.zoo.testbed import testbed_unet as make_testbed
 
 #: Reconstruction alone (no TCR/DAQ/PAR), enough steps to matter on the toy net.
-RECON_ONLY = CalibrationSettings(grid_steps=3, samples=16, mse_grid=12, act_max_elems=4096, tcr=False, daq=False,
-                                 par=False, recon_iters=150, recon_samples=16, recon_batch=16, recon_epochs=1000.0,
-                                 weight_method="minmax", act_method="minmax")
+RECON_ONLY = CalibrationSettings(
+    grid_steps=3,
+    samples=16,
+    mse_grid=12,
+    act_max_elems=4096,
+    tcr=False,
+    daq=False,
+    par=False,
+    recon_iters=150,
+    recon_samples=16,
+    recon_batch=16,
+    recon_epochs=1000.0,
+    weight_method="minmax",
+    act_method="minmax",
+)
 
 
 def test_adaround_starts_at_the_fp_weight_and_hardens_to_valid_codes():
@@ -61,7 +73,7 @@ def test_learned_steps_match_the_fitted_quantizers_per_sample_timestep():
     idx = torch.tensor([0, 1, 2, 0, 1, 2])
     out = m(x, idx)
     for i in range(6):
-        assert torch.allclose(out[i], table[int(idx[i])].fake_quantize(x[i:i + 1])[0], atol=1e-6)
+        assert torch.allclose(out[i], table[int(idx[i])].fake_quantize(x[i : i + 1])[0], atol=1e-6)
     heads = m(x.repeat_interleave(2, dim=0), idx)  # batch·heads, batch-major
     assert torch.allclose(heads[::2], out) and torch.allclose(heads[1::2], out)
     out.sum().backward()
@@ -70,21 +82,24 @@ def test_learned_steps_match_the_fitted_quantizers_per_sample_timestep():
         m.log_mult[0] = 0.5
     back = m.table()
     assert isinstance(back[1], Log2Params) and back[1].scale == log2.scale
-    assert isinstance(back[0], UniformParams) and float(back[0].scale) == pytest.approx(float(uni[0].scale) * 1.6487,
-                                                                                          rel=1e-4)
+    assert isinstance(back[0], UniformParams) and float(back[0].scale) == pytest.approx(
+        float(uni[0].scale) * 1.6487, rel=1e-4
+    )
 
 
 def test_differentiable_attention_equals_the_fast_path():
     sn = QuantSupernet.build(make_testbed(0).eval(), (4,), calib_settings=TINY_CALIB)
     sn.calibrate(random_data(TESTBED_SHAPE, grid=(999, 0), n=2))
     x = torch.randn(3, *TESTBED_SHAPE)
-    procs = [m.processor for m in sn.unet.modules() if isinstance(getattr(m, "processor", None), QuantAttnProcessor)]
+    procs = [
+        m.processor for m in sn.denoiser.modules() if isinstance(getattr(m, "processor", None), QuantAttnProcessor)
+    ]
     with sn.assembled(sn.uniform(4, 4, (999,))), torch.no_grad():
-        fast = sn.unet(x, 999).sample
+        fast = sn.denoiser(x, 999).sample
         for p in procs:
             p._attend = types.MethodType(_attend_autograd, p)
         try:
-            slow = sn.unet(x, 999).sample
+            slow = sn.denoiser(x, 999).sample
         finally:
             for p in procs:
                 del p._attend
@@ -95,7 +110,7 @@ def _rel_error(sn: QuantSupernet, ref: torch.nn.Module, x: torch.Tensor, bits: i
     err = 0.0
     with sn.assembled(sn.uniform(bits, bits, (500,))), torch.no_grad():
         for t in (900, 500, 100):
-            y, r = sn.unet(x, t), ref(x, t)
+            y, r = sn.denoiser(x, t), ref(x, t)
             err += float((y - r).square().mean() / r.square().mean())
     return err
 
@@ -121,8 +136,9 @@ def test_reconstruction_lowers_the_error_of_a_toy_net():
 def test_testbed_reconstruction_with_attention_and_the_temporal_block():
     """Wiring on the full architecture: attention blocks train, TIB runs first (all its iterations: its pool is
     complete, so the epoch cap does not apply to it), the result assembles."""
-    settings = dataclasses.replace(RECON_ONLY, recon_iters=3, tib=True, samples=2, recon_samples=2,
-                                   recon_batch=4, recon_epochs=1.0)
+    settings = dataclasses.replace(
+        RECON_ONLY, recon_iters=3, tib=True, samples=2, recon_samples=2, recon_batch=4, recon_epochs=1.0
+    )
     pristine = make_testbed(0).eval()
     sn = QuantSupernet.build(copy.deepcopy(pristine), (4,), calib_settings=settings)
     sn.calibrate(random_data(TESTBED_SHAPE, grid=(999, 0), n=2))
@@ -134,7 +150,7 @@ def test_testbed_reconstruction_with_attention_and_the_temporal_block():
     assert all(b["steps"] == 1 for name, b in report.items() if name != "temporal")  # ceil(1 epoch · 4 / 4)
     x = torch.randn(2, *TESTBED_SHAPE)
     with sn.assembled(sn.uniform(4, 4, (999,))), torch.no_grad():
-        assert torch.isfinite(sn.unet(x, 999).sample).all()
+        assert torch.isfinite(sn.denoiser(x, 999).sample).all()
 
 
 def test_block_inputs_are_captured_before_a_sites_own_pre_scale():
@@ -150,8 +166,9 @@ def test_block_inputs_are_captured_before_a_sites_own_pre_scale():
     TCAQCalibrator(settings).prepare(sn, data)
     assert "fc" in sn.reparam.explicit
     bits = dict.fromkeys(sn.sites, 4)
-    session = CalibrationSession(sn.unet, {n: sn.site(n) for n in sn.sites}, sn._ctx, data, settings, sn.settings,
-                                 bits, bits)
+    session = CalibrationSession(
+        sn.model, {n: sn.site(n) for n in sn.sites}, sn._ctx, data, settings, sn.settings, bits, bits
+    )
     recon = BlockReconstructor(session)
     with recon.full_precision():
         pool = recon._capture_inputs(sn.site("fc"), data)

@@ -11,8 +11,13 @@ from supernet.sampling import make_noise, uniform_schedule, validate_schedule
 
 @pytest.mark.parametrize(
     ("schedule", "message"),
-    [([], "empty"), ([5, 5, 1], "not strictly descending"), ([1, 5], "not strictly descending"),
-     ([1000, 10], "outside"), ([10, -1], "outside")],
+    [
+        ([], "empty"),
+        ([5, 5, 1], "not strictly descending"),
+        ([1, 5], "not strictly descending"),
+        ([1000, 10], "outside"),
+        ([10, -1], "outside"),
+    ],
 )
 def test_bad_schedules_are_refused(schedule, message):
     with pytest.raises(ScheduleError, match=message):
@@ -67,6 +72,7 @@ def test_schedule_changes_the_result(testbed_model):
 
 def test_hook_sees_every_step(testbed_model):
     seen: list[tuple[int, tuple[int, ...]]] = []
-    testbed_model.sampler(batch_size=3).sample([800, 200, 0], n=6, seed=0,
-                                                hook=lambda t, x: seen.append((t, tuple(x.shape))))
+    testbed_model.sampler(batch_size=3).sample(
+        [800, 200, 0], n=6, seed=0, hook=lambda t, x: seen.append((t, tuple(x.shape)))
+    )
     assert seen == [(800, (3, 1, 16, 16)), (200, (3, 1, 16, 16)), (0, (3, 1, 16, 16))] * 2

@@ -51,10 +51,10 @@ def test_fp_bits_equal_the_original_model_exactly(testbed):
     x = torch.randn(3, *TESTBED_SHAPE)
     for bits in (16, 32):
         with sn.assembled(sn.uniform(bits, bits, TS)):
-            assert torch.equal(_run(sn.unet, x, 450), _run(pristine, x, 450))
+            assert torch.equal(_run(sn.denoiser, x, 450), _run(pristine, x, 450))
     # FP weights with quantized activations are not FP (the genes are independent)
     with sn.assembled(sn.uniform(32, 8, TS)):
-        assert not torch.equal(_run(sn.unet, x, 450), _run(pristine, x, 450))
+        assert not torch.equal(_run(sn.denoiser, x, 450), _run(pristine, x, 450))
 
 
 def test_uniform_assembly_equals_direct_per_config_quantization(testbed):
@@ -65,8 +65,8 @@ def test_uniform_assembly_equals_direct_per_config_quantization(testbed):
     x = torch.randn(3, *TESTBED_SHAPE)
     for t in (999, 620, 3):  # nearest grid timestep: 999, 500, 0
         with sn.assembled(sn.uniform(8, 8, TS)):
-            mine = _run(sn.unet, x, t)
-        assert torch.equal(mine, _run(direct.unet, x, t))
+            mine = _run(sn.denoiser, x, t)
+        assert torch.equal(mine, _run(direct.denoiser, x, t))
         assert not torch.equal(mine, _run(pristine, x, t))
 
 
@@ -76,16 +76,16 @@ def test_assemble_is_idempotent_reversible_and_mixes(testbed):
     rng = random.Random(0)
     mixed = sn.random_candidate(rng, TS)
     sn.assemble(mixed)
-    first = _run(sn.unet, x, 450)
+    first = _run(sn.denoiser, x, 450)
     state = sn.state()
     sn.assemble(mixed)
-    assert sn.state() == state and torch.equal(_run(sn.unet, x, 450), first)
+    assert sn.state() == state and torch.equal(_run(sn.denoiser, x, 450), first)
     with sn.assembled(sn.uniform(4, 4, TS)):
-        low = _run(sn.unet, x, 450)
+        low = _run(sn.denoiser, x, 450)
         assert {w for _, w, _ in sn.state()} == {4}
-    assert sn.state() == state and torch.equal(_run(sn.unet, x, 450), first)
+    assert sn.state() == state and torch.equal(_run(sn.denoiser, x, 450), first)
     with sn.assembled(sn.uniform(8, 8, TS)):
-        high = _run(sn.unet, x, 450)
+        high = _run(sn.denoiser, x, 450)
     assert not torch.equal(first, low) and not torch.equal(first, high)
     sn.assemble(sn.uniform(32, 32, TS))
 
@@ -106,18 +106,22 @@ def test_forward_does_not_mutate_quantizer_state(testbed):
     sn, _ = testbed
     with sn.assembled(sn.random_candidate(random.Random(1), TS)):
         before = _state_snapshot(sn)
-        sd = {k: v.clone() for k, v in sn.unet.state_dict().items()}
-        _run(sn.unet, torch.randn(2, *TESTBED_SHAPE), 777)
+        sd = {k: v.clone() for k, v in sn.denoiser.state_dict().items()}
+        _run(sn.denoiser, torch.randn(2, *TESTBED_SHAPE), 777)
         after = _state_snapshot(sn)
         assert repr(before) == repr(after)
-        assert all(torch.equal(v, sd[k]) for k, v in sn.unet.state_dict().items())
+        assert all(torch.equal(v, sd[k]) for k, v in sn.denoiser.state_dict().items())
 
 
 def test_assemble_is_fast_and_copies_no_weights(testbed):
     sn, _ = testbed
     cands = [sn.random_candidate(random.Random(i), TS) for i in range(20)]
-    slot_ids = {id(s.dequantized) for n in sn.sites if isinstance(sn.site(n), QuantWeightLayer)
-                for s in sn.site(n).slots.values()}
+    slot_ids = {
+        id(s.dequantized)
+        for n in sn.sites
+        if isinstance(sn.site(n), QuantWeightLayer)
+        for s in sn.site(n).slots.values()
+    }
     times = []
     for c in cands:
         start = time.perf_counter()
@@ -168,14 +172,14 @@ def test_activation_parameters_follow_the_timestep(testbed):
     try:
         with sn.assembled(sn.uniform(8, 4, TS)):
             for t in (990, 999, 760, 600, 500, 3, 0):
-                _run(sn.unet, x, t)
+                _run(sn.denoiser, x, t)
     finally:
         handle.remove()
     table = q.tables[4]
     assert len({float(p.scale) for p in table}) == 3  # different ranges per grid timestep
     assert [table.index(p) for p in seen] == [0, 0, 0, 1, 1, 2, 2]  # nearest of (999, 500, 0)
     with sn.assembled(sn.uniform(8, 4, TS)), pytest.raises(CalibrationError, match="no timestep selected"):
-        sn.unet(x, torch.tensor([1, 2]))
+        sn.denoiser(x, torch.tensor([1, 2]))
 
 
 def test_calibrated_toy_mixed_candidate_and_calibration_replaced():
@@ -183,13 +187,13 @@ def test_calibrated_toy_mixed_candidate_and_calibration_replaced():
     x = torch.randn(4, *TOY_SHAPE)
     cand = Candidate.from_maps((5,), {"conv": 4, "fc": 8}, {"conv": 8, "fc": 4})
     sn.assemble(cand)
-    y = _run(sn.unet, x, 100)
+    y = _run(sn.denoiser, x, 100)
     conv_slot = sn.site("conv").slots[4]
     sn.calibrate(random_data(TOY_SHAPE, grid=(800, 50), n=8, seed=5))
     assert sn.grid == (800, 50) and sn.state() == tuple((n, 32, 32) for n in sn.sites)
     assert sn.site("conv").slots[4] is not conv_slot
     sn.assemble(cand)
-    assert not torch.equal(_run(sn.unet, x, 100), y)  # new activation ranges, no stale scales
+    assert not torch.equal(_run(sn.denoiser, x, 100), y)  # new activation ranges, no stale scales
 
 
 def test_chunked_quantized_attention_equals_whole(testbed, monkeypatch):
@@ -198,10 +202,10 @@ def test_chunked_quantized_attention_equals_whole(testbed, monkeypatch):
     sn, _ = testbed
     x = torch.randn(3, *TESTBED_SHAPE)
     with sn.assembled(sn.random_candidate(random.Random(11), TS)):
-        chunked = _run(sn.unet, x, 450)
+        chunked = _run(sn.denoiser, x, 450)
         monkeypatch.setattr(attention, "SCORE_CHUNK_ELEMS", 1 << 40)
-        whole = _run(sn.unet, x, 450)
+        whole = _run(sn.denoiser, x, 450)
         monkeypatch.setattr(attention, "SCORE_CHUNK_ELEMS", 1)  # one head per chunk
-        single = _run(sn.unet, x, 450)
+        single = _run(sn.denoiser, x, 450)
     torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(single, whole, rtol=1e-6, atol=1e-6)

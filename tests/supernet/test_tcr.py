@@ -20,8 +20,9 @@ from supernet.testing import TESTBED_SHAPE, random_data
 from supernet.zoo.testbed import testbed_unet as make_testbed
 
 #: TCR only (no reconstruction, DAQ or PAR): cheap.
-TCR_ONLY = CalibrationSettings(grid_steps=3, samples=4, mse_grid=8, act_max_elems=4096, reconstruction=False,
-                               daq=False, par=False, recon_samples=4)
+TCR_ONLY = CalibrationSettings(
+    grid_steps=3, samples=4, mse_grid=8, act_max_elems=4096, reconstruction=False, daq=False, par=False, recon_samples=4
+)
 
 
 def _out(model: torch.nn.Module, x: torch.Tensor, t: int) -> torch.Tensor:
@@ -30,8 +31,12 @@ def _out(model: torch.nn.Module, x: torch.Tensor, t: int) -> torch.Tensor:
 
 
 def test_tcr_factor_formula_and_clamp():
-    m = torch.tensor([[1.0, 2.0, 4.0],    # t0: s = 1 → r = 1, 2, 4
-                      [2.0, 2.0, 8.0]])   # t1: s = 2 → r = 1, 1, 4
+    m = torch.tensor(
+        [
+            [1.0, 2.0, 4.0],  # t0: s = 1 → r = 1, 2, 4
+            [2.0, 2.0, 8.0],
+        ]
+    )  # t1: s = 2 → r = 1, 1, 4
     # r_j = Σ_t r_tj m_tj / Σ_t m_tj
     expected = torch.tensor([1.0, (2 * 2 + 1 * 2) / 4, 4.0])
     assert torch.allclose(tcr_factors(m), expected)
@@ -57,7 +62,8 @@ def test_dilation_keeps_every_output_channel_in_its_range():
         assert float(dilated[i].min()) >= float(w[i].min()) * (1 + 1e-6)
     # the largest such factor: some weight of every column touches its output channel's bound
     touching = ((dilated - w.amax(dim=(1, 2, 3), keepdim=True)).abs() < 1e-5) | (
-        (dilated - w.amin(dim=(1, 2, 3), keepdim=True)).abs() < 1e-5)
+        (dilated - w.amin(dim=(1, 2, 3), keepdim=True)).abs() < 1e-5
+    )
     assert bool(touching.any(dim=(0, 2, 3))[s < 100].all())
 
 
@@ -83,7 +89,7 @@ def test_reparameterized_fp_model_equals_the_original(reparameterized):
     assert not torch.equal(sn.site("mid_block.resnets.0.conv1").weight, pristine.mid_block.resnets[0].conv1.weight)
     x = torch.randn(3, *TESTBED_SHAPE)
     for t in (999, 400, 0):
-        ref, out = _out(pristine, x, t), _out(sn.unet, x, t)
+        ref, out = _out(pristine, x, t), _out(sn.denoiser, x, t)
         assert torch.allclose(out, ref, rtol=1e-4, atol=1e-5), float((out - ref).abs().max())
 
 
@@ -94,13 +100,19 @@ def test_folded_and_explicit_layers_are_reported(reparameterized):
     for p in ("to_q", "to_k", "to_v"):
         assert report["folded"][f"{attn}.{p}"] == f"{attn}.group_norm"
     assert report["folded"][f"{attn}.to_out.0"] == f"{attn}.to_v"
-    for name in ("mid_block.resnets.0.conv1", "down_blocks.0.resnets.0.conv2", "time_embedding.linear_2",
-                 "conv_out", "up_blocks.0.resnets.0.conv_shortcut"):
+    for name in (
+        "mid_block.resnets.0.conv1",
+        "down_blocks.0.resnets.0.conv2",
+        "time_embedding.linear_2",
+        "conv_out",
+        "up_blocks.0.resnets.0.conv_shortcut",
+    ):
         assert name in report["explicit"]
     assert "conv_in" in report["identity"]  # one input channel: r = 1, nothing to apply
     assert set(report["folded"]) | set(report["explicit"]) | set(report["identity"]) == {
-        n for n in sn.sites if not n.endswith((".qk", ".pv"))}
-    groups = plan_groups(sn.unet, {n: sn.site(n) for n in sn.sites})
+        n for n in sn.sites if not n.endswith((".qk", ".pv"))
+    }
+    groups = plan_groups(sn.denoiser, {n: sn.site(n) for n in sn.sites})
     qkv = next(g for g in groups if g.kind == "norm" and g.sites[0].startswith(attn))
     assert all(torch.equal(sn.reparam.factors[s], sn.reparam.factors[qkv.sites[0]]) for s in qkv.sites)
 
@@ -111,7 +123,7 @@ def test_undo_restores_the_weights_bit_for_bit():
     data = random_data(TESTBED_SHAPE, grid=(999, 0), n=2)
     TCAQCalibrator(TCR_ONLY).prepare(sn, data)
     sn.detach()
-    for (name, a), (_, b) in zip(sn.unet.state_dict().items(), pristine.state_dict().items(), strict=True):
+    for (name, a), (_, b) in zip(sn.denoiser.state_dict().items(), pristine.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     with pytest.raises(CalibrationError, match="positive factors"):
         sn2 = QuantSupernet.build(make_testbed(1).eval(), (4,))
@@ -121,7 +133,7 @@ def test_undo_restores_the_weights_bit_for_bit():
 def test_dilation_composes_with_tcr_and_respects_groups(reparameterized):
     sn, _ = reparameterized
     sites = {n: sn.site(n) for n in sn.sites}
-    groups = plan_groups(sn.unet, sites)
+    groups = plan_groups(sn.denoiser, sites)
     prior = {n: torch.full((sites[n].weight.shape[1],), 2.0) for g in groups for n in g.sites}
     combined = compute_dilation(sites, groups, prior)
     for g in groups:
@@ -145,7 +157,7 @@ def test_calibrated_tcr_supernet_round_trips_through_an_artifact(tmp_path):
     x = torch.randn(2, *TESTBED_SHAPE)
     cand = sn.uniform(4, 4, (500,))
     with sn.assembled(cand), loaded.assembled(cand):
-        assert torch.equal(_out(sn.unet, x, 500), _out(loaded.unet, x, 500))
+        assert torch.equal(_out(sn.denoiser, x, 500), _out(loaded.denoiser, x, 500))
     # re-calibrating starts from the original weights, not from reparameterized ones
     before = {n: r.clone() for n, r in sn.reparam.factors.items()}
     sn.calibrate(data)

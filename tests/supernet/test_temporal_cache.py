@@ -14,22 +14,24 @@ import torch
 from safetensors.torch import load_file
 
 from search.candidate import Candidate
-from supernet.artifact import META_FILE, TENSORS_FILE, artifact_name
+from supernet.artifact import META_FILE, TENSORS_FILE
 from supernet.calibration import CalibrationSettings
 from supernet.calibration.settings import SWITCHES
 from supernet.export import QUANT_CONFIG_FILE, export_candidate, load
-from supernet.sampling import DDIMSampler
+from supernet.identity import artifact_name
+from supernet.models import NoiseSchedule
+from supernet.sampling import Sampler
 from supernet.settings import SupernetSettings
 from supernet.supernet import QuantSupernet
 from supernet.testing import TESTBED_SHAPE, TINY_CALIB, TOY_SHAPE, random_data, toy_net
-from supernet.zoo.loader import alphas_cumprod_from_config
 from supernet.zoo.testbed import TESTBED_DIR
 from supernet.zoo.testbed import testbed_scheduler as make_scheduler
 from supernet.zoo.testbed import testbed_unet as make_testbed
 
 #: Every TCAQ switch off (the range baseline) but the cache; min-max ranges, so a row can be checked by hand.
-CACHE = dataclasses.replace(TINY_CALIB, strategy="tcaq", act_method="minmax",
-                            **{**dict.fromkeys(SWITCHES, False), "temporal_cache": True})
+CACHE = dataclasses.replace(
+    TINY_CALIB, strategy="tcaq", act_method="minmax", **{**dict.fromkeys(SWITCHES, False), "temporal_cache": True}
+)
 GRID = (999, 500, 0)
 ZEROED = "mid_block.resnets.1.time_emb_proj"  # weight zeroed: the computed path is exact, the cache is not
 CHECKED = "up_blocks.1.resnets.0.time_emb_proj"
@@ -58,7 +60,7 @@ def mixed(sn: QuantSupernet, timesteps: tuple[int, ...] = (950, 640, 123, 7)) ->
 
 
 def samples(sn: QuantSupernet, candidate: Candidate, n: int = 2, seed: int = 5) -> torch.Tensor:
-    sampler = DDIMSampler(sn.unet, alphas_cumprod_from_config(SCHEDULER), True)
+    sampler = Sampler(sn.model, schedule=NoiseSchedule.from_config(SCHEDULER))
     with sn.assembled(candidate):
         return sampler.sample(candidate.timesteps, n, seed)
 
@@ -95,7 +97,9 @@ def test_a_model_without_projections_is_reported_and_left_alone() -> None:
     sn = QuantSupernet.build(toy_net(), (4,), calib_settings=CACHE, sample_shape=TOY_SHAPE)
     sn.calibrate(random_data(TOY_SHAPE))
     assert sn.calibration_metadata["temporal_cache"]["W4A4"] == {
-        "sites": {}, "skipped": "the model has no time_proj/time_embedding"}
+        "sites": {},
+        "skipped": "the model has no time embedding tmpq knows",
+    }
     assert all(not sn.site(n).temporal for n in sn.sites)
 
 
@@ -138,10 +142,10 @@ def test_the_assembled_site_reads_its_row_and_forward_changes_nothing(supernet: 
         with supernet.assembled(supernet.uniform(4, 4, (123,))), torch.no_grad():
             assert supernet.site(CHECKED).cached and not supernet.site(ZEROED).cached
             before = _tables(supernet)
-            supernet.unet(x, 123)
+            supernet.denoiser(x, 123)
             assert _tables(supernet) == before
         with torch.no_grad():
-            supernet.unet(x, 123)  # FP again
+            supernet.denoiser(x, 123)  # FP again
     finally:
         handle.remove()
     assert torch.equal(seen[0], supernet.site(CHECKED).temporal[4].row(123).expand(3, -1))
@@ -164,8 +168,7 @@ def test_a_saved_and_loaded_supernet_samples_identically(supernet: QuantSupernet
         assert torch.equal(samples(loaded, candidate), samples(supernet, candidate))
 
 
-def test_an_export_samples_identically_and_carries_only_its_timesteps(supernet: QuantSupernet,
-                                                                       tmp_path: Path) -> None:
+def test_an_export_samples_identically_and_carries_only_its_timesteps(supernet: QuantSupernet, tmp_path: Path) -> None:
     candidate = mixed(supernet)
     out = export_candidate(supernet, candidate, tmp_path / "export", scheduler_config=SCHEDULER)
     qcfg = json.loads((out / QUANT_CONFIG_FILE).read_text())

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from search.errors import ModelLoadError
+from supernet.models import TESTBED_DIR, check_model_dir, load_model
 from supernet.zoo.features import FEATURES_DIR, load_features
-from supernet.zoo.loader import inspect_model_dir, load_model
-from supernet.zoo.testbed import TESTBED_DIR
 
 
 def _copy_testbed(tmp_path: Path) -> Path:
@@ -37,7 +36,7 @@ def test_shipped_testbed_is_a_diffusers_pipeline():
 def test_load_model_matches_diffusers(testbed_model):
     assert testbed_model.num_train_timesteps == 1000
     assert len(testbed_model.model_hash) == 16
-    assert not any(p.requires_grad for p in testbed_model.unet.parameters())
+    assert not any(p.requires_grad for p in testbed_model.denoiser.parameters())
     from diffusers import DDPMScheduler
 
     ref = DDPMScheduler.from_pretrained(TESTBED_DIR, subfolder="scheduler").alphas_cumprod
@@ -47,9 +46,16 @@ def test_load_model_matches_diffusers(testbed_model):
 def test_any_local_checkpoint_loads_the_same_way(tmp_path):
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(16, 32),
-                       layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+    )
     sched = DDPMScheduler(num_train_timesteps=200, beta_schedule="squaredcos_cap_v2")
     DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(tmp_path / "ckpt")
     model = load_model(tmp_path / "ckpt")
@@ -68,21 +74,21 @@ def test_file_is_not_a_directory(tmp_path):
     f = tmp_path / "weights.safetensors"
     f.write_bytes(b"x")
     with pytest.raises(ModelLoadError, match="not a directory"):
-        inspect_model_dir(f)
+        check_model_dir(f)
 
 
 def test_directory_without_model_index(tmp_path):
     with pytest.raises(ModelLoadError, match=r"not a diffusers directory: model_index.json is missing") as err:
-        inspect_model_dir(tmp_path)
+        check_model_dir(tmp_path)
     assert str(tmp_path) in str(err.value)
 
 
 def test_unsupported_model_class(tmp_path):
     root = _copy_testbed(tmp_path)
     index = json.loads((root / "model_index.json").read_text())
-    index["unet"] = ["diffusers", "UNet2DConditionModel"]
+    index["unet"] = ["diffusers", "UNet3DConditionModel"]
     (root / "model_index.json").write_text(json.dumps(index))
-    with pytest.raises(ModelLoadError, match="unsupported model class 'UNet2DConditionModel'"):
+    with pytest.raises(ModelLoadError, match="unsupported model class 'UNet3DConditionModel'"):
         load_model(root)
 
 
@@ -90,7 +96,7 @@ def test_only_safetensors_weights_are_loaded(tmp_path):
     root = _copy_testbed(tmp_path)
     for f in (root / "unet").glob("*.safetensors"):
         f.rename(f.with_suffix(".bin"))
-    with pytest.raises(ModelLoadError, match=r"no \.safetensors weights"):
+    with pytest.raises(ModelLoadError, match=r"unet/ holds pickled weights .*only safetensors are loaded"):
         load_model(root)
 
 

@@ -79,8 +79,9 @@ def test_a_search_completes_when_a_node_is_removed_mid_generation(
         assert all("runtime_resources" in s.info["code"] for s in states), [s.info["code"] for s in states]
         remover = NodeRemover(ray_cluster, pool, after_generation=1)
         remover.start()
-        runner = SearchRunner(RunnerConfig(algorithm="nsga2", population=12, generations=4, seed=0),
-                              space, pool, cost_model)
+        runner = SearchRunner(
+            RunnerConfig(algorithm="nsga2", population=12, generations=4, seed=0), space, pool, cost_model
+        )
         result = runner.run(on_generation=lambda r: (reports.append(r), remover.on_generation(r)))
         remover.join()
         stats = pool.stats()

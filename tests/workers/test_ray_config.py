@@ -66,18 +66,17 @@ def test_invalid_settings_name_their_field(field: str, value: object) -> None:
     assert info.value.field == field
 
 
-def test_from_spec_reads_a_job_specs_ray_section(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_for_job_takes_the_jobs_resources_and_the_operators_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ADDRESS_ENV, "head:6379")
-    cfg = RayConfig.from_spec({"num_actors": 4, "num_gpus": 0.5, "threads_per_actor": 2}, max_retries=0)
+    cfg = RayConfig.for_job({"num_actors": 4, "num_gpus": 0.5, "threads_per_actor": 2, "max_retries": 0})
     assert (cfg.address, cfg.num_actors, cfg.num_gpus, cfg.threads, cfg.max_retries) == ("head:6379", 4, 0.5, 2, 0)
-    assert RayConfig.from_spec({"address": None}).address is None
-    assert RayConfig.from_spec(None).address == "head:6379"
-    with pytest.raises(ConfigError) as info:
-        RayConfig.from_spec({"num_actors": 0})
-    assert info.value.field == "ray.num_actors"
-    with pytest.raises(ConfigError) as info:
-        RayConfig.from_spec({"actors": 2})
-    assert info.value.field == "ray.actors"
+    assert RayConfig.for_job({"task_timeout_s": 5}).task_timeout_s == 5  # a job's timeout works as documented
+    assert RayConfig.for_job(None, address="other:1").address == "other:1"
+    assert RayConfig.for_job(None, address=None).address is None
+    for job, field in (({"num_actors": 0}, "num_actors"), ({"actors": 2}, "actors"), ({"address": "x:1"}, "address")):
+        with pytest.raises(ConfigError) as info:
+            RayConfig.for_job(job)
+        assert info.value.field == field
 
 
 def test_valid_addresses_and_gpu_fractions() -> None:

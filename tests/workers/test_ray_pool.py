@@ -110,7 +110,8 @@ def test_a_candidate_that_kills_its_worker_is_retried_a_bounded_number_of_times(
 
 @pytest.mark.timeout(120)
 def test_a_hung_evaluation_is_killed_after_the_task_timeout_and_retried_a_bounded_number_of_times(
-        local_ray: Any) -> None:
+    local_ray: Any,
+) -> None:
     hang, *rest = candidates_for(4, seed=10)
     factory = ProbeFactory(hang_keys=frozenset({hang.key()}))
     config = RayConfig(address=None, num_actors=1, max_retries=1, task_timeout_s=3, start_timeout_s=60)
@@ -242,14 +243,16 @@ def evaluator_config(tmp_path_factory: pytest.TempPathFactory) -> Any:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        calib = CalibrationSettings(strategy="range", grid_steps=4, samples=8, weight_method="minmax",
-                                    act_method="minmax")
+        calib = CalibrationSettings(
+            strategy="range", grid_steps=4, samples=8, weight_method="minmax", act_method="minmax"
+        )
         get_or_build_supernet(load_model(model_dir), (4, 8), None, calib, root / "cache", batch_size=8)
     finally:
         torch.set_num_threads(threads)
     (artifact,) = [p for p in (root / "cache").iterdir() if (p / META_FILE).exists()]
-    return EvaluatorConfig(str(model_dir), str(artifact), samples=4, seed=3, reference_steps=10, batch_size=4,
-                           threads=1)
+    return EvaluatorConfig(
+        str(model_dir), str(artifact), samples=4, seed=3, reference_steps=10, batch_size=4, threads=1
+    )
 
 
 def _comparable(e: Evaluation) -> tuple[Any, ...]:
@@ -269,8 +272,9 @@ def test_the_supernet_evaluator_gives_bit_identical_results_on_an_actor(local_ra
     cands = [
         Candidate.uniform((900, 600, 300, 0), sites, 8, 8),
         Candidate.uniform((800, 400, 100), sites, 4, 8),
-        Candidate.from_maps((950, 500, 200, 50, 0), {s: (4, 8)[i % 2] for i, s in enumerate(sites)},
-                            {s: 8 for s in sites}),
+        Candidate.from_maps(
+            (950, 500, 200, 50, 0), {s: (4, 8)[i % 2] for i, s in enumerate(sites)}, {s: 8 for s in sites}
+        ),
     ]
     threads = torch.get_num_threads()
     try:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
-from server.api.deps import JobId, ReadAuth, StoreDep
+from server.api.deps import MAX_ID, JobId, ReadAuth, StoreDep
 from server.baselines import TrainTimesteps
 from server.schemas import CandidateList, CandidateOut
 
@@ -26,9 +26,13 @@ def list_candidates(
     job_id: JobId,
     store: StoreDep,
     timesteps: TrainTimestepsDep,
-    after: Annotated[int, Query(ge=0, description="Only candidates with seq > after (the previous next_after).")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_ID, description="Only candidates with seq > after (the previous next_after).")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    generation: Annotated[int | None, Query(ge=0, description="Only candidates first seen in this generation.")] = None,
+    generation: Annotated[
+        int | None, Query(ge=0, le=MAX_ID, description="Only candidates first seen in this generation.")
+    ] = None,
 ) -> CandidateList:
     """Evaluated candidates in storage order; poll with ``after`` to get only the new ones."""
     steps = timesteps(job_id)

@@ -1,13 +1,17 @@
 """``/jobs/{id}/candidates/{key}/export``: a candidate as a runnable quantized model (a zip of the export directory).
 
+``POST`` builds it (guarded by the write token: it loads a model and writes files) and answers the zip; ``GET`` only
+downloads an export already built (409 otherwise) and never builds anything.
+
 The export is built here, on the server, which has the model root and the supernet cache: the job's model is loaded,
 its calibrated supernet is read from the cache (the one the job's search used; it is never calibrated here), and
 :func:`supernet.export.export_candidate` writes the directory. Each (job, candidate) is built once, under
-``<data_dir>/exports/job-<id>/``; later downloads are served from there. torch is imported only inside the build.
+``<data_dir>/exports/job-<id>/``; later requests are served from there. torch is imported only inside the build.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
@@ -20,11 +24,11 @@ from fastapi.responses import FileResponse
 
 from search.errors import Conflict, ModelLoadError
 from search.filelock import file_lock
-from search.spec import SearchSpec
-from server.api.deps import JobId, ReadAuth, SettingsDep, StoreDep
+from server.api.deps import JobId, ReadAuth, SettingsDep, StoreDep, WriteAuth
 from server.modelcheck import check_model_dir
 from server.records import CandidateRecord, JobRecord
 from server.settings import Settings
+from workers.jobspec import JobSpec
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +36,10 @@ router = APIRouter(prefix="/jobs/{job_id}/candidates", tags=["export"])
 
 #: Name of the directory inside the archive, and of the archive itself (without ``.zip``).
 ARCHIVE_STEM = "tmpq-job{job_id}-{key}"
+#: The export's manifest (``supernet.export.MANIFEST_FILE``; not imported from there: that module imports torch).
+MANIFEST_FILE = "manifest.json"
+
+_ZIP_RESPONSE = {"content": {"application/zip": {}}, "description": "The export directory as a zip archive"}
 
 
 def exports_dir(settings: Settings) -> FilePath:
@@ -55,39 +63,53 @@ def _supernet_dirs(settings: Settings) -> list[FilePath]:
     return dirs
 
 
-def _load_job_supernet(job: JobRecord, spec: SearchSpec, settings: Settings) -> tuple[Any, Any]:
+def _load_job_supernet(job: JobRecord, spec: JobSpec, settings: Settings) -> tuple[Any, Any]:
     """The job's model and its cached calibrated supernet; :class:`Conflict` when either is not available."""
-    from supernet.artifact import META_FILE, SHIPPED_DIR, artifact_name, load_supernet, model_identity
-    from supernet.calibration.settings import CalibrationSettings
-    from supernet.settings import SupernetSettings
-    from supernet.zoo.loader import load_model
+    from supernet.artifact import META_FILE, SHIPPED_DIR, load_supernet
+    from supernet.identity import supernet_artifact_name
+    from supernet.models import load_model
 
     try:
-        model = load_model(check_model_dir(spec.model, settings.model_root).path)
+        path = check_model_dir(spec.model.path, settings.model_root).path
+        model = load_model(path, conditioning=spec.model.conditioning(path))
     except ModelLoadError as exc:
         raise Conflict(f"job {job.id}: its model is not available on this server ({exc})") from None
-    bits = sorted(b for b in spec.bit_options if 2 <= b <= 8)
-    identity = model_identity(model)
-    calib = CalibrationSettings.from_dict(spec.calibration)
-    name = artifact_name(identity, bits, SupernetSettings(), calib)  # as workers.driver caches it
+    bits = spec.search.quantized_bits
+    name = supernet_artifact_name(
+        model.path, bits, spec.calibration, known_hash=model.model_hash, condition_key=model.condition_key
+    )
     for root in [*_supernet_dirs(settings), FilePath(model.path) / SHIPPED_DIR]:
         if (root / name / META_FILE).is_file():
             return model, load_supernet(root / name, model)
-    raise Conflict(f"job {job.id}: its calibrated supernet ({name}) is not in this server's cache; it is built when "
-                   "the job runs")
+    raise Conflict(
+        f"job {job.id}: its calibrated supernet ({name}) is not in this server's cache; it is built when the job runs"
+    )
 
 
 def _build(job: JobRecord, record: CandidateRecord, settings: Settings, out: FilePath) -> None:
     from search.candidate import Candidate
     from supernet.export import export_candidate
 
-    spec = SearchSpec.from_dict(job.spec)
+    spec = JobSpec.from_dict(job.spec)
     model, supernet = _load_job_supernet(job, spec, settings)
     objectives = {k: v for k, v in record.objectives.items() if v is not None}
-    export_candidate(supernet, Candidate.from_dict(record.candidate), out, scheduler_config=model.scheduler_config,
-                     objectives=objectives, seed=spec.seed, overwrite=True,
-                     job={"id": job.id, "created_at": job.created_at.isoformat(), "objective": spec.objective,
-                          "model": str(model.path), "generation": record.generation})
+    export_candidate(
+        supernet,
+        Candidate.from_dict(record.candidate),
+        out,
+        scheduler_config=model.scheduler_config,
+        objectives=objectives,
+        seed=spec.search.seed,
+        overwrite=True,
+        solver=spec.search.solver,
+        job={
+            "id": job.id,
+            "created_at": job.created_at.isoformat(),
+            "objective": spec.evaluation.objective,
+            "model": str(model.path),
+            "generation": record.generation,
+        },
+    )
 
 
 def _zip(directory: FilePath, archive: FilePath, top: str) -> None:
@@ -102,26 +124,66 @@ def _zip(directory: FilePath, archive: FilePath, top: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _paths(job: JobRecord, record: CandidateRecord, settings: Settings) -> tuple[FilePath, FilePath]:
+    """``(export directory, zip archive)`` of a candidate's export."""
+    root = job_exports_dir(settings, job.id)
+    return root / record.key, root / f"{ARCHIVE_STEM.format(job_id=job.id, key=record.key)}.zip"
+
+
+def built_archive(job: JobRecord, record: CandidateRecord, settings: Settings) -> FilePath | None:
+    """The zip of the candidate's export when it was built for this job already, else None (never builds)."""
+    directory, archive = _paths(job, record, settings)
+    if not archive.is_file():
+        return None
+    try:
+        manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        logger.warning("the export of job %d candidate %s has no readable manifest: %s", job.id, record.key, exc)
+        return None
+    built_for = (manifest.get("job") or {}).get("created_at") if isinstance(manifest, dict) else None
+    return archive if built_for == job.created_at.isoformat() else None  # not a deleted job's whose id was reused
+
+
 def build_archive(job: JobRecord, record: CandidateRecord, settings: Settings) -> FilePath:
     """The zip of the candidate's export, built now unless an earlier request built it; returns its path."""
-    from supernet.export import read_manifest
-
-    stem = ARCHIVE_STEM.format(job_id=job.id, key=record.key)
-    root = job_exports_dir(settings, job.id)
-    directory, archive = root / record.key, root / f"{stem}.zip"
-    with file_lock(root / f".{record.key}.lock"):
-        if archive.is_file():
-            try:
-                built_for = (read_manifest(directory).get("job") or {}).get("created_at")
-                if built_for == job.created_at.isoformat():  # not a deleted job's whose id was reused
-                    return archive
-            except ModelLoadError as exc:
-                logger.warning("rebuilding the export of job %d candidate %s: %s", job.id, record.key, exc)
+    directory, archive = _paths(job, record, settings)
+    with file_lock(directory.parent / f".{record.key}.lock"):
+        built = built_archive(job, record, settings)
+        if built is not None:
+            return built
         archive.unlink(missing_ok=True)
         _build(job, record, settings, directory)  # atomic: a failed build leaves no half-written directory
-        _zip(directory, archive, stem)
+        _zip(directory, archive, archive.name.removesuffix(".zip"))
     logger.info("exported job %d candidate %s to %s", job.id, record.key, archive)
     return archive
+
+
+@router.post(
+    "/{key}/export",
+    response_class=FileResponse,
+    dependencies=[WriteAuth],
+    responses={
+        200: _ZIP_RESPONSE,
+        400: {"description": "The candidate does not fit the job's calibrated supernet"},
+        404: {"description": "No such job or candidate"},
+        409: {"description": "The job's model or calibrated supernet is not available on this server"},
+    },
+)
+def build_candidate_export(
+    job_id: JobId, key: Annotated[str, Path(max_length=64)], store: StoreDep, settings: SettingsDep
+) -> FileResponse:
+    """Build the candidate as a runnable quantized model, unless it was built already, and answer it as a zip of
+    the directory ``tmpq export`` writes (the UNet's packed integer weight codes and scales, per-site bit-widths and
+    activation parameters per timestep, the DDIM scheduler with the candidate's timesteps, and a manifest). Load it
+    with ``supernet.export.load(dir)``.
+
+    Needs the write token when the server has one: building loads the job's model and its calibrated supernet
+    (seconds) and writes into the server's data directory. Later requests, and ``GET``, are served from there.
+    """
+    record = store.get_candidate(job_id, key)
+    job = store.get_job(job_id)
+    archive = build_archive(job, record, settings)
+    return FileResponse(archive, media_type="application/zip", filename=archive.name)
 
 
 @router.get(
@@ -129,23 +191,22 @@ def build_archive(job: JobRecord, record: CandidateRecord, settings: Settings) -
     response_class=FileResponse,
     dependencies=[ReadAuth],
     responses={
-        200: {"content": {"application/zip": {}}, "description": "The export directory as a zip archive"},
-        400: {"description": "The candidate does not fit the job's calibrated supernet"},
+        200: _ZIP_RESPONSE,
         404: {"description": "No such job or candidate"},
-        409: {"description": "The job's model or calibrated supernet is not available on this server"},
+        409: {"description": "The export was not built yet (``POST`` the same path to build it)"},
     },
 )
-def export_candidate_archive(
+def download_candidate_export(
     job_id: JobId, key: Annotated[str, Path(max_length=64)], store: StoreDep, settings: SettingsDep
 ) -> FileResponse:
-    """The candidate as a runnable quantized model: a zip of the directory ``tmpq export`` writes (the UNet's
-    packed integer weight codes and scales, per-site bit-widths and activation parameters per timestep, the DDIM
-    scheduler with the candidate's timesteps, and a manifest). Load it with ``supernet.export.load(dir)``.
-
-    The first request builds it (seconds: the model and its calibrated supernet are loaded); later ones are served
-    from the server's data directory.
-    """
+    """Download a candidate's export built earlier by ``POST`` (the same zip). Never builds anything: an export
+    not built yet is a 409."""
     record = store.get_candidate(job_id, key)
     job = store.get_job(job_id)
-    archive = build_archive(job, record, settings)
+    archive = built_archive(job, record, settings)
+    if archive is None:
+        raise Conflict(
+            f"the export of job {job_id} candidate {key} is not built yet; build it with POST "
+            f"/api/v1/jobs/{job_id}/candidates/{key}/export (tmpq export {job_id} {key})"
+        )
     return FileResponse(archive, media_type="application/zip", filename=archive.name)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from search.evaluator import Evaluation
 from search.pareto import knee_point
-from server.api.deps import JobId, ReadAuth
+from server.api.deps import MAX_ID, MAX_QUERY_FLOAT, JobId, ReadAuth
 from server.api.front_cache import FrontCache
 from server.records import CandidateRecord
 from server.schemas import FrontOut
@@ -67,10 +67,22 @@ class FrontQuery(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    max_bitops: float | None = Field(default=None, ge=0, description="Only points with BitOps ≤ this.")
-    max_steps: int | None = Field(default=None, ge=1, description="Only points with at most this many steps.")
-    max_weight_bytes: float | None = Field(default=None, ge=0, description="Only points with weights ≤ this.")
-    max_quality: float | None = Field(default=None, description="Only points with quality ≤ this (lower is better).")
+    max_bitops: float | None = Field(
+        default=None, ge=0, le=MAX_QUERY_FLOAT, allow_inf_nan=False, description="Only points with BitOps ≤ this."
+    )
+    max_steps: int | None = Field(
+        default=None, ge=1, le=MAX_ID, description="Only points with at most this many steps."
+    )
+    max_weight_bytes: float | None = Field(
+        default=None, ge=0, le=MAX_QUERY_FLOAT, allow_inf_nan=False, description="Only points with weights ≤ this."
+    )
+    max_quality: float | None = Field(
+        default=None,
+        ge=-MAX_QUERY_FLOAT,
+        le=MAX_QUERY_FLOAT,
+        allow_inf_nan=False,
+        description="Only points with quality ≤ this (lower is better).",
+    )
     sort: SortKey = Field(default="bitops", description="Sort key (ties by candidate key).")
     order: Literal["asc", "desc"] = Field(default="asc", description="Sort order.")
     knee: bool = Field(default=False, description="Also return the knee point of the selected points.")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from server.api.deps import JobId, ReadAuth, SettingsDep, StoreDep, WriteAuth
+from server.api.deps import MAX_INT64, JobId, ReadAuth, SettingsDep, StoreDep, WriteAuth
 from server.api.routes.export import job_exports_dir
 from server.models import JobState
 from server.schemas import JobList, JobOut, JobSubmission
@@ -43,7 +43,7 @@ def list_jobs(
     store: StoreDep,
     state: Annotated[list[JobState] | None, Query(description="Only jobs in these states (repeatable).")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT64, description="Skip this many jobs.")] = 0,
 ) -> JobList:
     """Jobs, newest first."""
     page = store.list_jobs(states=state, limit=limit, offset=offset)

@@ -12,11 +12,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from server.api.deps import JobId, ReadAuth, StoreDep
+from server.api.deps import MAX_QUERY_FLOAT, JobId, ReadAuth, StoreDep
 from server.api.routes.candidates import TrainTimestepsDep
 from server.baselines import budget_bitops, is_uniform_baseline
 from server.records import CandidateRecord
 from server.store import Store
+from workers.jobspec import spec_field
 from workers.plots import PlotPoint, plot_front
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["plots"])
@@ -56,7 +57,12 @@ def get_front_png(
     timesteps: TrainTimestepsDep,
     budget: Annotated[
         float | None,
-        Query(gt=0, description="BitOps budget to mark (default: the job's budget, when it has one)."),
+        Query(
+            gt=0,
+            le=MAX_QUERY_FLOAT,
+            allow_inf_nan=False,
+            description="BitOps budget to mark (default: the job's budget, when it has one).",
+        ),
     ] = None,
     if_none_match: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
@@ -75,9 +81,9 @@ def get_front_png(
     records = [r for r in all_candidates(store, job_id) if r.quality is not None and r.bitops is not None]
     baselines = [r for r in records if is_uniform_baseline(r.candidate, steps)]
     baseline_keys = {r.key for r in baselines}
-    objective = str(job.spec.get("objective", "mse"))
-    model = Path(str(job.spec.get("model", ""))).name or "model"
-    title = f"job {job.id}: {model}, {job.spec.get('algorithm', 'search')}"
+    objective = str(spec_field(job.spec, "evaluation.objective", "mse"))
+    model = Path(str(spec_field(job.spec, "model.path", ""))).name or "model"
+    title = f"job {job.id}: {model}, {spec_field(job.spec, 'search.algorithm', 'search')}"
     if job.generation is not None:
         title += f" after {job.generation + 1} generation{'s' if job.generation else ''}"
     buffer = io.BytesIO()

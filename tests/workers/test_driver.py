@@ -1,0 +1,135 @@
+"""The search driver in process on the shipped model: what it reports while it works, and a cancellation that
+arrives while it calibrates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supernet.testing import write_feature_program
+from workers.driver import DriverOptions, run_job
+from workers.jobspec import JobSpec
+from workers.protocol import JobCancelled
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: Calibrated here (not the shipped supernet's settings), so the driver really calibrates.
+SPEC = {
+    "model": {"path": str(REPO / "models" / "digits-ddpm-16")},
+    "search": {"bit_options": [4, 8], "steps": 4, "granularity": "block", "population": 4, "generations": 1},
+    "calibration": {"strategy": "range", "grid_steps": 3, "samples": 4, "act_method": "minmax"},
+    "evaluation": {"samples": 8, "rescore_samples": 0, "reference_steps": 10},
+}
+
+
+class Sink:
+    """Records activity reports and generations; raises ``JobCancelled`` at the first calibration report when
+    ``cancel_while_calibrating``."""
+
+    def __init__(self, cancel_while_calibrating: bool = False) -> None:
+        self.cancel = cancel_while_calibrating
+        self.activities: list[dict[str, Any]] = []
+        self.generations: list[int] = []
+
+    def on_progress(self, activity: dict[str, Any]) -> None:
+        self.activities.append(activity)
+        if self.cancel and activity["calibration"] is not None:
+            raise JobCancelled("cancelled by the user")
+
+    def on_generation(self, record: Any) -> None:
+        self.generations.append(record.generation)
+
+
+def _artifacts(cache: Path) -> list[Path]:
+    """Calibrated supernets in the cache (the FP calibration trajectories under ``calibration/`` are kept: they are
+    complete before the first calibration report)."""
+    return sorted(p for p in cache.rglob("*.safetensors") if "calibration" not in p.relative_to(cache).parts)
+
+
+@pytest.mark.slow
+def test_reports_loading_calibration_phases_and_generations_in_order(tmp_path: Path) -> None:
+    sink = Sink()
+    result = run_job(
+        JobSpec.from_dict(SPEC), sink, options=DriverOptions(evaluator="inprocess", cache_dir=str(tmp_path))
+    )
+    assert sink.generations == [0] and result.front
+    stages = [a["stage"] for a in sink.activities]
+    assert stages[0] == "loading" and stages[-1] == "searching"
+    assert stages.index("calibrating") < stages.index("searching")
+    calibration = [a["calibration"] for a in sink.activities if a["calibration"] is not None]
+    assert calibration and calibration[-1]["phase"] == "done", calibration
+    assert {c["bits"] for c in calibration if c.get("bits")} <= {4, 8}
+    assert _artifacts(tmp_path), "the calibrated supernet was not cached"
+
+
+@pytest.mark.slow
+def test_a_cancel_during_calibration_stops_the_job_and_caches_nothing(tmp_path: Path) -> None:
+    sink = Sink(cancel_while_calibrating=True)
+    with pytest.raises(JobCancelled):
+        run_job(JobSpec.from_dict(SPEC), sink, options=DriverOptions(evaluator="inprocess", cache_dir=str(tmp_path)))
+    assert sink.generations == []
+    assert [a for a in sink.activities if a["calibration"] is not None], "no calibration report reached the sink"
+    assert _artifacts(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_a_text_to_image_job_runs_on_any_local_sd_directory(tmp_path: Path) -> None:
+    """A random Stable Diffusion directory (not the testbed): its prompts and guidance resolved from its files,
+    calibrated on them, searched with DPM-Solver++ against the FP pipeline at the same solver."""
+    from supernet.testing_sd import tiny_sd_pipeline
+    from workers.jobspec import validate_job
+
+    root = tmp_path / "models"
+    tiny_sd_pipeline(root / "sd")
+    write_feature_program(root / "features.pt2", 3)  # the user's feature space: 3x8x8 images -> 16 features
+    spec = validate_job(
+        {
+            "model": "sd",
+            "search": {
+                "bit_options": [4, 8],
+                "steps": 3,
+                "granularity": "block",
+                "population": 4,
+                "generations": 1,
+                "solver": "dpmsolver++",
+            },
+            "calibration": {"strategy": "range", "grid_steps": 3, "samples": 6},
+            "evaluation": {
+                "samples": 6,
+                "reference_steps": 8,
+                "batch_size": 6,
+                "objective": "fd",
+                "features": "features.pt2",
+            },
+        },
+        root,
+    )
+    sink = Sink()
+    options = DriverOptions(evaluator="inprocess", cache_dir=str(tmp_path / "cache"))
+    prepared = {}
+    result = run_job(spec, sink, options=options, on_prepared=lambda job: prepared.setdefault("job", job))
+    job = prepared["job"]
+    assert job.model.conditioning is not None and job.model.conditioning.prompts == spec.model.prompts
+    assert job.supernet_path.name.startswith(f"{job.model.model_hash}.{spec.model.condition_key()}-")
+    assert job.supernet_path.is_dir() and sink.generations == [0] and result.front
+    assert all(e.ok and e.quality > 0 for e in result.front)
+    assert all(e.quality == e.extra["fd"] and e.extra["mse"] > 0 for e in result.front)  # searched on the FD
+    assert any("feature program features.pt2: 16 features" in a["message"] for a in sink.activities)
+
+
+def test_a_feature_program_that_does_not_fit_the_model_fails_before_calibration(tmp_path: Path) -> None:
+    from search.errors import ConfigError
+    from workers.jobspec import validate_job
+
+    root = REPO / "models"
+    write_feature_program(tmp_path / "rgb.pt2", 3)  # the testbed draws 1x16x16 images
+    spec = validate_job({**SPEC, "model": "digits-ddpm-16"}, root).replace(
+        evaluation=JobSpec.from_dict(SPEC).evaluation.replace(features=str(tmp_path / "rgb.pt2"))
+    )
+    sink = Sink()
+    with pytest.raises(ConfigError, match="does not take this model's 1x16x16 images") as info:
+        run_job(spec, sink, options=DriverOptions(evaluator="inprocess", cache_dir=str(tmp_path / "cache")))
+    assert info.value.field == "evaluation.features"
+    assert not any(a["calibration"] for a in sink.activities) and _artifacts(tmp_path / "cache") == []
