@@ -9,7 +9,12 @@ Measures, on a 10-step uniform DDIM schedule at batch 64:
   that gain less from a second thread than the convolutions do, so the ratio grows with threads;
 - ``amortization_ratio``: N per-configuration calibrations (each timed for a few configurations and
   extrapolated linearly over N) / (one calibration per bit option + N assemblies);
-- ``quality``: FDD and PSNR against the FP samples of the same noise, for FP and uniform W8A8, W6A6, W4A8, W4A4.
+- ``quality``: FDD and PSNR against the FP samples of the same noise, for FP and uniform W8A8, W6A6, W4A8, W4A4;
+- ``memory``: the supernet's bytes by kind (``QuantSupernet.memory``: codes, materialised weights, tables, restore
+  copies) at FP and with a mixed candidate assembled, against the budget FP x (1 + options/4); and the resident set
+  a fresh process adds by loading the saved supernet as an evaluation worker does (``restorable=False``) and
+  assembling that candidate, after a warm-up FP forward pass (``rss_added_bytes``; ``rss_after_forward_bytes``
+  adds one quantized forward pass's workspace).
 
 Prints progress to stderr and one JSON object as the last stdout line. ``--quick`` runs in under a minute
 (coarser calibration grid, fewer samples and repeats; its figures are a smoke test, not the reference).
@@ -145,6 +150,59 @@ def bench_amortization(
     }
 
 
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss_child(model_dir: str, artifact: str, batch: int, out: Any) -> None:
+    """In a fresh process: warm FP forward, then load the artifact as a worker does and assemble a mixed candidate."""
+    from supernet.artifact import load_supernet
+
+    torch.set_num_threads(1)
+    model = load_model(model_dir)
+    x = torch.randn(batch, *model.sample_shape)
+    with torch.no_grad():
+        model.predict_noise(x, 500)
+    base = _rss()
+    sn = load_supernet(artifact, model, restorable=False)
+    sn.assemble(sn.random_candidate(random.Random(7), [500]))
+    loaded = _rss()
+    with torch.no_grad():
+        model.predict_noise(x, 500)
+    out.put({"rss_added_bytes": loaded - base, "rss_after_forward_bytes": _rss() - base, **sn.memory().to_dict()})
+
+
+def bench_memory(sn: QuantSupernet, model_dir: Path, batch: int, schedule: list[int]) -> dict[str, Any]:
+    """Accounted bytes at FP and assembled; a fresh process's resident-set growth when it loads the supernet."""
+    import multiprocessing
+    import tempfile
+
+    at_fp = sn.memory().to_dict()
+    with sn.assembled(sn.random_candidate(random.Random(7), schedule)):
+        assembled = sn.memory().to_dict()
+    budget = 1 + len(sn.bit_options) / 4
+    result: dict[str, Any] = {
+        "fp_bytes": at_fp["fp"],
+        "at_fp": at_fp,
+        "assembled": assembled,
+        "budget_over_fp": budget,
+        "within_budget": assembled["added_over_fp"] <= budget,
+    }
+    if sys.platform.startswith("linux"):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = sn.save(Path(tmp) / "sn")
+            ctx = multiprocessing.get_context("spawn")
+            queue = ctx.Queue()
+            child = ctx.Process(target=_rss_child, args=(str(model_dir), str(path), batch, queue))
+            child.start()
+            worker = queue.get(timeout=600)
+            child.join()
+        result["worker"] = worker
+        result["rss_added_over_fp"] = round(worker["rss_added_bytes"] / at_fp["fp"], 3)
+    return {"memory": result}
+
+
 def bench_quality(
     fp: DiffusionAdapter, sn: QuantSupernet, schedule: list[int], batch: int, n: int, seed: int
 ) -> dict[str, Any]:
@@ -230,6 +288,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     result.update(bench_assemble(sn, schedule, assemble_trials))
     _log(f"assemble {result['assemble_ms']} ms")
+    result.update(bench_memory(sn, args.model, args.batch, schedule))
+    _log(f"memory {result['memory']['assembled']} (budget {result['memory']['budget_over_fp']} x FP)")
     threads = torch.get_num_threads()
     by_threads: dict[str, Any] = {}
     for n in args.overhead_threads:

@@ -58,9 +58,9 @@ class JobSubmission(BaseModel):
     version: StrictInt | None = Field(default=None, description="Spec format version (2; 1 is the older flat one).")
     model: StrictStr | Section = Field(
         description="The model: a directory (absolute or relative to the server's model root), or a mapping with "
-        "`path`, `device` (auto, cpu, cuda, cuda:N), `dtype` (float32), and for text-to-image models `prompts` (a "
-        "list; default: the model's prompts.txt) or `prompts_file`, `guidance_scale` (default: the model's, else "
-        "7.5), `negative_prompt`, `images_per_prompt`."
+        "`path`, `device` (auto, cpu, cuda, cuda:N), `dtype` (float32, bfloat16, float16), `tf32` (false), and "
+        "for text-to-image models `prompts` (a list; default: the model's prompts.txt) or `prompts_file`, "
+        "`guidance_scale` (default: the model's, else 7.5), `negative_prompt`, `images_per_prompt`."
     )
     search: Section | None = Field(
         default=None,

@@ -200,8 +200,12 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_supernet(path: str | Path, model: DiffusionAdapter | nn.Module) -> QuantSupernet:
+def load_supernet(path: str | Path, model: DiffusionAdapter | nn.Module, *, restorable: bool = True) -> QuantSupernet:
     """Wrap ``model`` (an adapter, or a bare denoiser module) and restore the artifact at ``path``.
+
+    ``restorable=False`` (see :meth:`QuantSupernet.build`) keeps no copy of the weights the reparameterization
+    changes: for a process that owns ``model`` and never detaches (an evaluation worker). On an error the model is
+    then left to the caller to discard.
 
     Raises :class:`VersionMismatchError` if the artifact has another format version or was calibrated for
     another model (by :func:`model_identity`), another sample shape or another site list.
@@ -223,6 +227,7 @@ def load_supernet(path: str | Path, model: DiffusionAdapter | nn.Module) -> Quan
         SupernetSettings.from_dict(meta["settings"]),
         CalibrationSettings.from_dict(meta["calibration"]),
         model_hash=identity,
+        restorable=restorable,
     )
     if list(supernet.sites) != meta["sites"]:
         supernet.detach()
@@ -262,7 +267,8 @@ def load_supernet(path: str | Path, model: DiffusionAdapter | nn.Module) -> Quan
                 supernet.settings,
             )
     except BaseException:
-        supernet.detach()  # leave the caller's model as it was
+        if restorable or supernet.reparam is None:
+            supernet.detach()  # leave the caller's model as it was
         raise
     supernet.calibration_source = dict(meta.get("calibration_source", {}))
     supernet.calibration_metadata = dict(meta.get("calibration_metadata", {}))

@@ -597,16 +597,10 @@ class ExportedPipeline:
         self.denoiser.to(dev)
         for module in self.denoiser.modules():
             if isinstance(module, QuantWeightLayer):
-                module.slots = {
-                    b: QuantizedTensor(qt.codes.to(dev), _params_to(qt.params, dev)) for b, qt in module.slots.items()
-                }
+                module.slots = {b: qt.to(dev) for b, qt in module.slots.items()}
                 module.temporal = {b: table.to(dev) for b, table in module.temporal.items()}
                 module.activate(module.w_bits, module.a_bits)
         return self
-
-
-def _params_to(p: UniformParams, dev: torch.device) -> UniformParams:
-    return UniformParams(p.scale.to(dev), p.zero_point.to(dev), p.bits, p.symmetric)
 
 
 def _tensor(tensors: Mapping[str, torch.Tensor], key: str, where: Path) -> torch.Tensor:
@@ -635,7 +629,7 @@ def _install(
             continue
         qt = _packed(name, w, (_CODES, _SCALE, _ZERO), tensors, weights_file, "codes")
         slots[name] = qt
-        state[f"{name}.weight"] = qt.dequantized
+        state[f"{name}.weight"] = qt.dequantize()
     try:
         denoiser.load_state_dict(state, strict=True)
     except RuntimeError as exc:

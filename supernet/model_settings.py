@@ -22,9 +22,8 @@ MODEL_SETTINGS_VERSION = 1
 
 #: ``auto``: CUDA when the process (or the Ray actor) has a GPU, else the CPU.
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d{1,2})?)$")
-#: The compute dtypes a job may name; only float32 runs today (bfloat16/float16 are GPU work still to come).
+#: The compute dtypes a job may name (the FP model's; calibration always runs in float32, see DESIGN.md).
 DTYPES = ("float32", "bfloat16", "float16")
-SUPPORTED_DTYPES = ("float32",)
 MAX_PROMPTS = 256
 MAX_PROMPT_CHARS = 1000
 MAX_GUIDANCE = 100.0
@@ -37,7 +36,10 @@ class ModelSettings:
     Attributes:
         path: the diffusers model directory, absolute or relative to the model root (``TMPQ_MODEL_ROOT``).
         device: ``auto`` (CUDA when the worker has a GPU, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
-        dtype: compute dtype of the FP model; ``float32`` (the only one supported yet).
+        dtype: compute dtype of the FP model and the candidates during evaluation: ``float32``, ``bfloat16`` or
+            ``float16`` (the half types pay off on GPUs; the CPU runs them too). The supernet is calibrated in
+            float32 and cast, so one calibration serves every dtype.
+        tf32: allow TF32 in CUDA matmuls and convolutions while evaluating (off: objectives in true float32).
         prompts: the prompts of a text-to-image model (``None``: from ``prompts_file``); refused for unconditional
             models, never empty.
         prompts_file: a text file of prompts inside the model directory (``None``: the model's ``prompts.txt``).
@@ -51,6 +53,7 @@ class ModelSettings:
     path: str
     device: str = "auto"
     dtype: str = "float32"
+    tf32: bool = False
     prompts: tuple[str, ...] | None = None
     prompts_file: str | None = None
     guidance_scale: float | None = None
@@ -66,8 +69,8 @@ class ModelSettings:
             raise ConfigError("device", f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {shown(self.device)}")
         if self.dtype not in DTYPES:
             raise ConfigError("dtype", f"must be one of {list(DTYPES)}, got {shown(self.dtype)}")
-        if self.dtype not in SUPPORTED_DTYPES:
-            raise ConfigError("dtype", f"{self.dtype} is not supported yet (supported: {list(SUPPORTED_DTYPES)})")
+        if not isinstance(self.tf32, bool):
+            raise ConfigError("tf32", f"must be true or false, got {shown(self.tf32)}")
         prompts = self.prompts
         if prompts is not None:
             if isinstance(prompts, str) or not isinstance(prompts, list | tuple):

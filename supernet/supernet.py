@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,39 @@ log = logging.getLogger(__name__)
 BitState = tuple[tuple[str, int, int], ...]
 
 
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+@dataclass(frozen=True)
+class SupernetMemory:
+    """Bytes a supernet holds, by kind (accounted from the tensors, not measured from the process).
+
+    Attributes:
+        fp: the wrapped model's own parameters and buffers (the FP model; not the supernet's cost).
+        codes: integer weight codes and their per-channel parameters, every (site, bit option).
+        materialised: float weights of the assembled widths (one per quantized site at most).
+        tables: cached temporal features (``temporal_cache``).
+        reparam_saved: copies of the parameters a reparameterization (TCR, dilation) changed, kept to restore the
+            model exactly on :meth:`QuantSupernet.detach`.
+    """
+
+    fp: int
+    codes: int
+    materialised: int
+    tables: int
+    reparam_saved: int
+
+    @property
+    def added(self) -> int:
+        """What the supernet adds to the FP model."""
+        return self.codes + self.materialised + self.tables + self.reparam_saved
+
+    def to_dict(self) -> dict[str, int | float]:
+        """JSON-ready, with ``added`` and its ratio to the FP bytes."""
+        return {**asdict(self), "added": self.added, "added_over_fp": round(self.added / max(1, self.fp), 3)}
+
+
 def _already_wrapped(unet: nn.Module) -> bool:
     return any(
         isinstance(m, QuantWeightLayer) or isinstance(getattr(m, "processor", None), QuantAttnProcessor)
@@ -69,6 +103,7 @@ class QuantSupernet:
         ctx: TimestepContext,
         installation: Installation,
         hooks: list[RemovableHandle],
+        restorable: bool = True,
     ) -> None:
         #: The model adapter whose denoiser this supernet wraps (sample through ``model.sampler()``).
         self.model = model
@@ -95,6 +130,8 @@ class QuantSupernet:
         self.calibration_seconds: dict[int, float] = {}
         #: The per-input-channel reparameterization of the FP weights (TCR, dilation), if any.
         self.reparam: Reparameterization | None = None
+        #: Whether :meth:`detach` can restore the model exactly (False: a reparameterization keeps no copies).
+        self.restorable = restorable
 
     # --- construction -----------------------------------------------------------------------------------------
     @classmethod
@@ -107,6 +144,7 @@ class QuantSupernet:
         *,
         model_hash: str | None = None,
         sample_shape: Sequence[int] | None = None,
+        restorable: bool = True,
     ) -> QuantSupernet:
         """Wrap ``model``'s denoiser in place.
 
@@ -120,6 +158,9 @@ class QuantSupernet:
             model_hash: override the model identity recorded in artifacts.
             sample_shape: ``(C, H, W)`` of one input, for a bare module without a diffusers config; checked
                 against the adapter's otherwise.
+            restorable: keep copies of the parameters a reparameterization changes, so that :meth:`detach` restores
+                the model exactly (False saves up to the FP weights' size, for a process that owns its model: an
+                evaluation worker; :meth:`detach` and a second :meth:`calibrate` then refuse).
         """
         adapter = as_adapter(model, sample_shape)
         if sample_shape is not None and tuple(int(s) for s in sample_shape) != tuple(adapter.sample_shape):
@@ -145,7 +186,15 @@ class QuantSupernet:
             if not installation.sites:
                 raise CalibrationError("the model has no quantizable layer")
             return cls(
-                adapter, options, settings, calib_settings or CalibrationSettings(), identity, ctx, installation, hooks
+                adapter,
+                options,
+                settings,
+                calib_settings or CalibrationSettings(),
+                identity,
+                ctx,
+                installation,
+                hooks,
+                restorable,
             )
         except BaseException:
             for h in hooks:
@@ -161,6 +210,22 @@ class QuantSupernet:
             h.remove()
         self._install.uninstall()
         self._sites, self._names = {}, ()
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> QuantSupernet:
+        """Move the wrapped model (and the weight codes, cached features, materialised weights) to ``device`` and/or
+        cast its floating-point parameters to ``dtype``, keeping the calibration: the codes and the quantizer
+        parameters do not change, so a supernet calibrated in float32 on the CPU evaluates on CUDA in bfloat16.
+        Returns ``self``."""
+        state = self.state()
+        self.model.to(device, dtype)
+        for site in self._sites.values():
+            if isinstance(site, QuantWeightLayer):
+                if device is not None:
+                    site.slots = {b: qt.to(device) for b, qt in site.slots.items()}
+                    site.temporal = {b: table.to(device) for b, table in site.temporal.items()}
+                site.use_weight(None)  # rematerialised below, in the new dtype and place
+        self._apply(state)
+        return self
 
     # --- introspection --------------------------------------------------------------------------------------
     @property
@@ -247,6 +312,18 @@ class QuantSupernet:
         finally:
             self._apply(before)
 
+    def memory(self) -> SupernetMemory:
+        """What this supernet holds now (see :class:`SupernetMemory`)."""
+        layers = [s for s in self._sites.values() if isinstance(s, QuantWeightLayer)]
+        denoiser = self.denoiser
+        return SupernetMemory(
+            fp=sum(_nbytes(t) for t in (*denoiser.parameters(), *denoiser.buffers())),
+            codes=sum(slot.nbytes for layer in layers for slot in layer.slots.values()),
+            materialised=sum(_nbytes(layer._w) for layer in layers if layer._w is not None),
+            tables=sum(t.rows.nbytes + _nbytes(t.values) for layer in layers for t in layer.temporal.values()),
+            reparam_saved=self.reparam.saved_bytes if self.reparam is not None else 0,
+        )
+
     def cost(self, candidate: Candidate) -> Cost:
         """BitOps (whole schedule) and weight bytes of ``candidate`` (analytic; see :class:`CostModel`).
 
@@ -279,7 +356,7 @@ class QuantSupernet:
         any previous reparameterization. In FP the model computes the same function (to float rounding).
         Calibrations fitted before this call no longer match the weights."""
         self._drop_reparameterization()
-        self.reparam = apply_reparameterization(self.denoiser, self._sites, factors)
+        self.reparam = apply_reparameterization(self.denoiser, self._sites, factors, restorable=self.restorable)
         return self.reparam
 
     def _drop_reparameterization(self) -> None:

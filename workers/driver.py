@@ -251,6 +251,8 @@ def evaluator_config(
         features_path=job.features_path,
         batch_size=job.spec.evaluation.batch_size,
         device=resolve_device(job.spec.model.device),  # Ray actors use their own (CUDA when they hold a GPU)
+        dtype=job.spec.model.dtype,
+        allow_tf32=job.spec.model.tf32,
         threads=threads,
         reference=reference,
         solver=job.spec.search.solver,

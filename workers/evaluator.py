@@ -26,8 +26,10 @@ from search.errors import ConfigError
 from search.evaluator import Evaluation
 from supernet.feature_space import FeatureSpace
 from supernet.metrics import FDDScorer, frechet_distance, mse, psnr
+from supernet.model_settings import DTYPES
 from supernet.models import features_for, load_model
 from supernet.models.base import DiffusionAdapter
+from supernet.precision import set_tf32, torch_dtype
 from supernet.sampling import uniform_schedule
 from workers.evaluation_settings import OBJECTIVES
 
@@ -48,6 +50,9 @@ class EvaluatorConfig:
         features_path: feature extractor for FDD; defaults to the shipped digits classifier for the testbed.
         batch_size: images per forward.
         device: ``cpu`` or ``cuda[:i]``.
+        dtype: compute dtype of the FP reference and the candidates (``model.dtype``): the supernet, calibrated in
+            float32, is cast to it.
+        allow_tf32: TF32 in CUDA matmuls and convolutions (``model.tf32``).
         threads: torch intra-op threads (``None``: leave as is).
         reference: compute the FP reference (needed for MSE/PSNR; FDD re-scoring turns it off).
         solver: what samples the candidates and the FP reference (``ddim`` or ``dpmsolver++``).
@@ -70,6 +75,8 @@ class EvaluatorConfig:
     features_path: str | None = None
     batch_size: int = 64
     device: str = "cpu"
+    dtype: str = "float32"
+    allow_tf32: bool = False
     threads: int | None = None
     reference: bool = True
     solver: str = "ddim"
@@ -88,6 +95,8 @@ class EvaluatorConfig:
             raise ConfigError("reference", f"the {self.objective} objective needs the FP reference")
         if self.batch_size < 1:
             raise ConfigError("batch_size", f"must be at least 1, got {self.batch_size}")
+        if self.dtype not in DTYPES:
+            raise ConfigError("dtype", f"must be one of {list(DTYPES)}, got {self.dtype!r}")
         if self.objective == "fd" and not self.feature_program:
             raise ConfigError("objective", "fd needs a feature program (feature_program)")
 
@@ -115,6 +124,10 @@ class InProcessEvaluator:
         self.supernet = supernet
         self.config = config
         self.scorer = scorer
+        set_tf32(config.allow_tf32)
+        dtype = torch_dtype(config.dtype)
+        if model.dtype != dtype:
+            supernet.to(dtype=dtype)
         if config.objective == "fdd" and scorer is None:
             raise ConfigError(
                 "objective", "fdd needs a feature extractor (features_path); only the shipped testbed has one built in"
@@ -161,7 +174,7 @@ class InProcessEvaluator:
         if config.threads:
             torch.set_num_threads(config.threads)
         model = load_model(config.model_path, device=config.device, conditioning=config.conditioning)
-        supernet = load_supernet(config.supernet_path, model)
+        supernet = load_supernet(config.supernet_path, model, restorable=False)  # this evaluator owns the model
         features = config.resolved_features_path()
         scorer = FDDScorer.for_testbed(features) if features else None
         return cls(model, supernet, config, scorer)

@@ -17,7 +17,7 @@ from torch import nn
 from supernet.errors import CalibrationError
 from supernet.quant.log2 import Log2Params
 from supernet.quant.protocol import QParams
-from supernet.quant.uniform import UniformParams, code_range
+from supernet.quant.uniform import HALF_DTYPES, UniformParams, code_range
 
 _TINY = 1e-12
 
@@ -65,7 +65,11 @@ class TimestepActQuant(nn.Module):
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Fake-quantize ``x`` whose leading dimension is the batch of ``idx`` (grid indices), possibly repeated
-        per attention head (``batch·heads``, batch-major)."""
+        per attention head (``batch·heads``, batch-major). A half-precision ``x`` is quantized in float32 and the
+        result cast back (as :mod:`supernet.quant.uniform` does)."""
+        dtype = x.dtype
+        if dtype in HALF_DTYPES:
+            x = x.float()
         rep = x.shape[0] // idx.numel()
         if rep * idx.numel() != x.shape[0]:
             raise CalibrationError(f"a leading dimension of {x.shape[0]} does not fit a batch of {idx.numel()}")
@@ -87,7 +91,7 @@ class TimestepActQuant(nn.Module):
             log_out = x + (fq - x).detach()
             out = log_out if out is None else torch.where(self.is_log[idx].view(shape), log_out, out)
         assert out is not None
-        return out
+        return out.to(dtype)
 
     def table(self) -> list[QParams]:
         """The (learned) parameters per grid timestep, as the supernet stores them."""

@@ -289,12 +289,12 @@ class BlockReconstructor:
         layers = self._layers
         saved = {n: layer._w for n, layer in layers.items()}
         for layer in layers.values():
-            layer._w = None
+            layer.use_weight(None)
         try:
             yield
         finally:
             for n, layer in layers.items():
-                layer._w = saved[n]
+                layer.use_weight(saved[n])
 
     @contextmanager
     def _training(self, block: Block) -> Iterator[None]:
@@ -523,7 +523,7 @@ class BlockReconstructor:
                     learners[q] = TimestepActQuant(
                         [session.act_params(q, i) for i in range(grid)],  # type: ignore
                         learn=s in block.sites,
-                    )
+                    ).to(session.model.device)
         self._learners = learners
         saved_w = {s: layers[s]._w for s in ada}
         n = len(inputs)
@@ -549,7 +549,7 @@ class BlockReconstructor:
                 for step in range(steps):
                     sel = torch.randint(n, (min(opts.batch, n),), generator=gen)
                     for s, a in ada.items():
-                        layers[s]._w = a.soft()
+                        layers[s].use_weight(a.soft())
                     self._idx = inputs.index[sel]
                     rec = _relative_mse(block.forward(inputs.take(sel)), targets.leaves_of(sel))
                     beta = beta_at(step, steps, opts.warmup)
@@ -561,17 +561,17 @@ class BlockReconstructor:
                     opt.step()
                 with torch.no_grad():
                     for s, a in ada.items():
-                        layers[s]._w = a.soft()
+                        layers[s].use_weight(a.soft())
                 rep.loss_soft = self._loss(block, inputs, targets, eval_sel)
             hard = {s: a.harden() for s, a in ada.items()}
             for s, qt in hard.items():
-                layers[s]._w = qt.dequantized
+                layers[s].use_weight(qt.dequantize(layers[s].weight))
             rep.loss_after = self._loss(block, inputs, targets, eval_sel)
         rep.steps = steps
         if steps and not rep.loss_after <= rep.loss_before:
             rep.reverted = True
             for s, w in saved_w.items():
-                layers[s]._w = w
+                layers[s].use_weight(w)
             return rep
         for s, qt in hard.items():
             session.set_weight(s, qt)

@@ -108,8 +108,10 @@ class Reparameterization:
     factors: dict[str, torch.Tensor]
     folded: dict[str, str] = field(default_factory=dict)
     explicit: list[str] = field(default_factory=list)
+    restorable: bool = True
     _originals: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list, repr=False)
     _hooks: list[RemovableHandle] = field(default_factory=list, repr=False)
+    _modified: bool = field(default=False, repr=False)
 
     def report(self) -> dict[str, Any]:
         """JSON-ready summary: which layers are folded (and into what) and which are explicit."""
@@ -121,8 +123,19 @@ class Reparameterization:
             "max_factor": round(top, 4),
         }
 
+    @property
+    def saved_bytes(self) -> int:
+        """Bytes held to restore the modified parameters exactly (a copy of each)."""
+        return sum(o.numel() * o.element_size() for _, o in self._originals)
+
     def undo(self) -> None:
-        """Remove the pre-scales and restore every modified parameter bit for bit."""
+        """Remove the pre-scales and restore every modified parameter bit for bit; :class:`CalibrationError`
+        (and nothing changed) when parameters were modified without keeping copies (``restorable=False``)."""
+        if self._modified and not self.restorable:
+            raise CalibrationError(
+                "the model was reparameterized without restore copies (restorable=False): it cannot be restored; "
+                "load it again"
+            )
         for h in self._hooks:
             h.remove()
         with torch.no_grad():
@@ -132,19 +145,25 @@ class Reparameterization:
         self._originals.clear()
 
     def _save(self, t: torch.Tensor) -> None:
-        if not any(t is p for p, _ in self._originals):
+        self._modified = True
+        if self.restorable and not any(t is p for p, _ in self._originals):
             self._originals.append((t, t.detach().clone()))
 
 
 def apply_reparameterization(
-    unet: nn.Module, sites: Mapping[str, Site], factors: Mapping[str, torch.Tensor]
+    unet: nn.Module, sites: Mapping[str, Site], factors: Mapping[str, torch.Tensor], *, restorable: bool = True
 ) -> Reparameterization:
     """Multiply each site's input columns by ``factors[site]`` and put ``1/r`` where :func:`plan_groups` says.
+
+    ``restorable=False`` keeps no copy of the parameters it changes (saving their size in memory); the model then
+    cannot be restored (:meth:`Reparameterization.undo` refuses), which suits a process that owns its model.
 
     Sites of one group must have equal factors (they share one fold). Raises :class:`CalibrationError` on a
     factor of the wrong length, a non-positive factor, or unequal factors within a group.
     """
-    rep = Reparameterization({n: f.detach().to(torch.float32).clone() for n, f in factors.items()})
+    rep = Reparameterization(
+        {n: f.detach().to(torch.float32).clone() for n, f in factors.items()}, restorable=restorable
+    )
     modules = dict(unet.named_modules())
     try:
         with torch.no_grad():
@@ -172,7 +191,8 @@ def apply_reparameterization(
                     w.mul_(r.to(w).view(_col_shape(w)))
                 _fold_or_hook(rep, group, r, sites, modules)
     except BaseException:
-        rep.undo()
+        if rep.restorable or not rep._modified:
+            rep.undo()
         raise
     log.info(
         "reparameterized %d sites (%d folded, %d explicit)",
@@ -215,9 +235,14 @@ def _fold_or_hook(
 
 def _prescale_hook(r: torch.Tensor, dim: int, like: torch.Tensor) -> Any:
     inv = torch.reciprocal(r).to(like)
-    shaped = inv.view(-1, 1, 1) if dim == 1 else inv
+    shaped = {(inv.device, inv.dtype): inv.view(-1, 1, 1) if dim == 1 else inv}
 
     def hook(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        return (args[0] * shaped, *args[1:])
+        x = args[0]
+        scale = shaped.get((x.device, x.dtype))
+        if scale is None:  # the model was moved or cast after the reparameterization
+            first = next(iter(shaped.values()))
+            scale = shaped[(x.device, x.dtype)] = first.to(device=x.device, dtype=x.dtype)
+        return (x * scale, *args[1:])
 
     return hook

@@ -169,10 +169,11 @@ class CalibrationSession:
         layer = self.sites[site]
         if not isinstance(layer, QuantWeightLayer) or weight.bits != self.w_bits[site]:
             raise CalibrationError(f"{site}: a {weight.bits}-bit weight does not fit this configuration")
-        if weight.codes.shape != layer.weight.shape:
-            raise CalibrationError(f"{site}: weight codes of shape {tuple(weight.codes.shape)} do not fit")
+        if weight.shape != tuple(layer.weight.shape):
+            raise CalibrationError(f"{site}: weight codes of shape {weight.shape} do not fit")
         self._weights[site] = weight
-        layer._w, layer.w_bits = weight.dequantized, weight.bits
+        layer.use_weight(weight.dequantize(layer.weight))
+        layer.w_bits = weight.bits
 
     def set_act_params(self, q: ActQuantizer, index: int, params: QParams) -> None:
         """Record operand ``q``'s parameters for grid timestep ``index``."""

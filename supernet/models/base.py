@@ -189,6 +189,17 @@ class DiffusionAdapter(abc.ABC):
         """Where the denoiser's parameters are."""
         return next(self.denoiser.parameters()).device
 
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        """Move the model to ``device`` and cast the denoiser to the compute ``dtype`` (other components, such as a
+        VAE or a text encoder, move but stay in their dtype). A supernet wrapping the denoiser moves with
+        :meth:`~supernet.supernet.QuantSupernet.to` instead, which calls this."""
+        self.denoiser.to(device=device, dtype=dtype)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The denoiser's compute dtype (its parameters' dtype)."""
+        return next(self.denoiser.parameters()).dtype
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] to the space the denoiser works in (identity for pixel-space models)."""
         return images
@@ -224,7 +235,9 @@ class DiffusionAdapter(abc.ABC):
 
     def predict_noise(self, x_t: torch.Tensor, t: int | torch.Tensor, condition: Condition = None) -> torch.Tensor:
         """The predicted noise ε(x_t, t[, condition]) for a batch ``x_t`` at timestep ``t`` (an int, or one per
-        sample), in the denoiser's dtype. This is the only place the denoiser is called.
+        sample), in the denoiser's dtype. This is the only place the denoiser is called: ``x_t`` (and a tensor ``t``)
+        are moved to the denoiser's device and ``x_t`` cast to its dtype here, so callers keep their float32 state
+        anywhere.
 
         Classifier-free guidance belongs to conditional adapters' :meth:`_predict`: for a condition carrying a
         guidance scale ``g``, the batch is doubled with the unconditional condition in one denoiser call (so the
@@ -232,6 +245,9 @@ class DiffusionAdapter(abc.ABC):
         as diffusers' pipelines do (DESIGN.md §9). A v-prediction adapter converts to ε there too.
         """
         self.check_condition(condition)
+        x_t = x_t.to(device=self.device, dtype=self.dtype)
+        if isinstance(t, torch.Tensor):
+            t = t.to(x_t.device)
         return self._predict(x_t, t, condition)
 
     @abc.abstractmethod

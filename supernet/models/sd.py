@@ -188,6 +188,12 @@ class StableDiffusionAdapter(UNetTimeEmbedding, DiffusionAdapter):
             embeds, _ = self.pipeline.encode_prompt([""], self.device, 1, False)
         return PromptCondition(embeds.to(torch.float32), None, torch.zeros(batch, dtype=torch.long), 1.0)
 
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        super().to(device, dtype)
+        if device is not None:
+            for part in (self.pipeline.vae, self.pipeline.text_encoder):
+                part.to(device)
+
     # --- samples and noise ---------------------------------------------------------------------------------
     @property
     def sample_shape(self) -> tuple[int, ...]:

@@ -26,19 +26,20 @@ class TemporalTable:
         rows: the codes and per-row parameters (scale and zero-point of shape ``(rows, 1)``).
     """
 
-    __slots__ = ("_row", "rows", "timesteps")
+    __slots__ = ("_row", "_values", "rows", "timesteps")
 
     def __init__(self, timesteps: Sequence[int], rows: QuantizedTensor) -> None:
         self.timesteps = tuple(int(t) for t in timesteps)
-        if rows.codes.dim() != 2 or rows.codes.shape[0] != len(self.timesteps):
+        if len(rows.shape) != 2 or rows.shape[0] != len(self.timesteps):
             raise CalibrationError(
                 f"a temporal table needs one row of codes per timestep, got "
-                f"{tuple(rows.codes.shape)} for {len(self.timesteps)} timesteps"
+                f"{rows.shape} for {len(self.timesteps)} timesteps"
             )
         self._row = {t: i for i, t in enumerate(self.timesteps)}
         if len(self._row) != len(self.timesteps):
             raise CalibrationError("a temporal table's timesteps must be distinct")
         self.rows = rows
+        self._values = rows.dequantize()
 
     @property
     def bits(self) -> int:
@@ -47,7 +48,7 @@ class TemporalTable:
     @property
     def values(self) -> torch.Tensor:
         """The dequantized features, one row per timestep (read-only by convention)."""
-        return self.rows.dequantized
+        return self._values
 
     def __len__(self) -> int:
         return len(self.timesteps)
@@ -62,25 +63,26 @@ class TemporalTable:
                 else (f"no cached temporal feature for timestep {t}")
             )
             raise CalibrationError(what)
-        return self.rows.dequantized[i]
+        return self._values[i]
 
-    def lookup(self, t: int | None, batch_shape: Sequence[int]) -> torch.Tensor:
-        """A fresh ``(*batch_shape, features)`` tensor holding timestep ``t``'s row in every position."""
+    def lookup(self, t: int | None, batch_shape: Sequence[int], like: torch.Tensor | None = None) -> torch.Tensor:
+        """A fresh ``(*batch_shape, features)`` tensor holding timestep ``t``'s row in every position (in ``like``'s
+        dtype and on its device when given)."""
         v = self.row(t)
+        if like is not None:
+            v = v.to(device=like.device, dtype=like.dtype)
         return v.expand(*batch_shape, v.shape[-1]).clone()
 
     def subset(self, timesteps: Sequence[int]) -> TemporalTable:
         """The rows of ``timesteps`` only (same codes and parameters, so the same values)."""
-        idx = torch.tensor([self._row[int(t)] for t in timesteps], dtype=torch.long, device=self.rows.codes.device)
+        idx = torch.tensor([self._row[int(t)] for t in timesteps], dtype=torch.long, device=self.rows.device)
         p = self.rows.params
         params = UniformParams(p.scale[idx], p.zero_point[idx], p.bits, p.symmetric)
         return TemporalTable(timesteps, QuantizedTensor(self.rows.codes[idx], params))
 
     def to(self, device: str | torch.device) -> TemporalTable:
         """This table on ``device``."""
-        p = self.rows.params
-        params = UniformParams(p.scale.to(device), p.zero_point.to(device), p.bits, p.symmetric)
-        return TemporalTable(self.timesteps, QuantizedTensor(self.rows.codes.to(device), params))
+        return TemporalTable(self.timesteps, self.rows.to(device))
 
     def __repr__(self) -> str:
-        return f"TemporalTable(bits={self.bits}, timesteps={len(self)}, features={self.rows.codes.shape[1]})"
+        return f"TemporalTable(bits={self.bits}, timesteps={len(self)}, features={self.rows.shape[1]})"

@@ -37,6 +37,7 @@ class QuantWeightLayer(nn.Module):
     temporal: dict[int, TemporalTable]
     w_bits: int
     _w: torch.Tensor | None
+    _w_slot: QuantizedTensor | None
     _table: TemporalTable | None
     _ctx: TimestepContext
 
@@ -47,6 +48,7 @@ class QuantWeightLayer(nn.Module):
         self.temporal = {}
         self.w_bits = 32
         self._w = None
+        self._w_slot = None
         self._table = None
         self._ctx = ctx
 
@@ -68,17 +70,30 @@ class QuantWeightLayer(nn.Module):
 
     def activate(self, w_bits: int, a_bits: int) -> None:
         """Select the stored weight for ``w_bits``, the activation parameters for ``a_bits`` and, if calibrated
-        for ``a_bits``, the cached temporal features."""
-        if is_fp(w_bits):
-            w = None
-        else:
+        for ``a_bits``, the cached temporal features.
+
+        The weight of ``w_bits`` is materialised from its codes (in the FP weight's dtype, on its device) unless it
+        already is; the previously assembled one is dropped, so one float copy per site is resident at most.
+        """
+        slot: QuantizedTensor | None = None
+        if not is_fp(w_bits):
             slot = self.slots.get(w_bits)
             if slot is None:
                 raise CalibrationError(f"{self.site}: no weights quantized to {w_bits} bits")
-            w = slot.dequantized
         self.act.activate(a_bits)
-        self._w, self.w_bits = w, w_bits
+        if slot is None:
+            self._w = None
+        elif slot is not self._w_slot or self._w is None:
+            self._w = None  # free the old copy before making the new one
+            self._w = slot.dequantize(self.weight)
+        self._w_slot, self.w_bits = slot, w_bits
         self._table = None if is_fp(a_bits) else self.temporal.get(a_bits)
+
+    def use_weight(self, w: torch.Tensor | None) -> None:
+        """Calibration only: compute with ``w`` (cast to the FP weight's dtype and device; differentiable) instead
+        of the assembled slot, ``None`` for the FP weight, until the next :meth:`activate`."""
+        self._w = None if w is None else w.to(device=self.weight.device, dtype=self.weight.dtype)
+        self._w_slot = None
 
     def _operands(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q, s = self.act.split(x)
@@ -136,6 +151,6 @@ class QLinear(QuantWeightLayer, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         table = self._table
         if table is not None:
-            return table.lookup(self._ctx.timestep, x.shape[:-1])
+            return table.lookup(self._ctx.timestep, x.shape[:-1], self.weight)
         q, w = self._operands(x)
         return F.linear(q, w, self.bias)

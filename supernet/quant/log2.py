@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from supernet.quant.protocol import RangeMethod, check_bits
-from supernet.quant.uniform import lp_error
+from supernet.quant.uniform import HALF_DTYPES, lp_error
 from supernet.settings import RANGE_METHODS
 
 _TINY = 1e-12
@@ -53,6 +53,8 @@ class Log2Params:
         return out.masked_fill_(c >= self.zero_code, 0.0)
 
     def fake_quantize(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dtype in HALF_DTYPES:  # levels from float32 logarithms, as for the uniform quantizer
+            return self.fake_quantize(x.float()).to(x.dtype)
         lv = self._levels(x, out)
         zero = lv > self.zero_code - 1
         return lv.neg_().exp2_().mul_(self.scale).masked_fill_(zero, 0.0)

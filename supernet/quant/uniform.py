@@ -3,6 +3,10 @@
 Per output channel for weights (``axis=0``), per tensor for activations (``axis=None``); symmetric (``z = 0``,
 signed codes) or asymmetric (unsigned codes, zero exactly representable). ``1/s`` is computed once in float32
 and multiplied, as an integer kernel does, so the float fast path and the integer codes agree bit for bit.
+
+Fake quantization keeps the input's dtype and device. A half-precision input (bfloat16, float16) is rounded to codes
+in float32 (its own mantissa would misplace ``x / s`` near a rounding boundary); the codes, integers of at most
+eight bits, are exact in either half type, so the result is the float32 codes cast back.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from supernet.quant.protocol import RangeMethod, check_bits
 from supernet.settings import RANGE_METHODS
 
 _EPS = 1e-8
+
+#: Dtypes whose fake quantization rounds in float32 (see the module docstring).
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def code_range(bits: int, symmetric: bool) -> tuple[int, int]:
@@ -62,18 +69,22 @@ class UniformParams:
         return torch.int8 if self.symmetric else torch.uint8
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """Integer codes of ``x`` (on ``x``'s device), rounded in float32."""
         qmin, qmax = self.qrange
-        q = torch.round(x * self._inv) + self.zero_point
+        q = torch.round(x.to(torch.float32) * self._inv.to(x.device)) + self.zero_point.to(x.device)
         return q.clamp_(qmin, qmax).to(self.code_dtype)
 
     def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
-        return (codes.to(torch.float32) - self.zero_point) * self.scale
+        """``(code - z) · s`` in float32, on the codes' device."""
+        return (codes.to(torch.float32) - self.zero_point.to(codes.device)) * self.scale.to(codes.device)
 
     def split(self, x: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, float | None]:
         """``(code - z, s)`` as float; only per-tensor parameters factor out a Python-float scale."""
         if self._floats is None:
             return self.fake_quantize(x), None
         inv, lo, hi, s = self._floats
+        if x.dtype in HALF_DTYPES:
+            return torch.mul(x.float(), inv).round_().clamp_(lo, hi).to(x.dtype), s
         q = torch.mul(x, inv) if out is None else torch.mul(x, inv, out=out)
         return q.round_().clamp_(lo, hi), s
 
@@ -82,8 +93,10 @@ class UniformParams:
             q, s = self.split(x)
             return q.mul_(s)
         qmin, qmax = self.qrange
-        lo, hi = qmin - self.zero_point, qmax - self.zero_point
-        return torch.clamp(torch.round(x * self._inv), lo, hi).mul_(self.scale)
+        zp, inv, scale = (t.to(x.device) for t in (self.zero_point, self._inv, self.scale))
+        xf = x.float() if x.dtype in HALF_DTYPES else x
+        out = torch.clamp(torch.round(xf * inv), qmin - zp, qmax - zp).mul_(scale)
+        return out.to(x.dtype)
 
 
 def lp_error(x_hat: torch.Tensor, x: torch.Tensor, norm: float, dim: int) -> torch.Tensor:
@@ -153,7 +166,7 @@ class UniformQuantizer:
         flat = x.reshape(-1)
         if flat.numel() > self.max_elems:
             flat = flat[:: -(-flat.numel() // self.max_elems)]
-        ratios = self._ratios()
+        ratios = self._ratios(x.device)
         cand = params_from_range(lo * ratios, hi * ratios, bits, self.symmetric)  # (R,) per-ratio parameters
         per_ratio = UniformParams(cand.scale[:, None], cand.zero_point[:, None], bits, self.symmetric)
         err = lp_error(per_ratio.fake_quantize(flat[None, :]), flat[None, :], self.norm, dim=1)
@@ -165,7 +178,7 @@ class UniformQuantizer:
         if self.method == "mse":
             best_err = torch.full_like(lo, float("inf"))
             best_ratio = torch.ones_like(lo)
-            for r in self._ratios().tolist():
+            for r in self._ratios(rows.device).tolist():
                 p = params_from_range(lo * r, hi * r, bits, self.symmetric)
                 p = UniformParams(p.scale[:, None], p.zero_point[:, None], bits, self.symmetric)
                 err = lp_error(p.fake_quantize(rows), rows, self.norm, dim=1)
@@ -177,5 +190,5 @@ class UniformQuantizer:
         shape = (-1,) + (1,) * (ndim - 1)
         return UniformParams(p.scale.reshape(shape), p.zero_point.reshape(shape), bits, self.symmetric)
 
-    def _ratios(self) -> torch.Tensor:
-        return torch.linspace(1.0, self.min_ratio, self.grid, dtype=torch.float32)
+    def _ratios(self, device: torch.device) -> torch.Tensor:
+        return torch.linspace(1.0, self.min_ratio, self.grid, dtype=torch.float32, device=device)

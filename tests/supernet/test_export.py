@@ -130,7 +130,7 @@ def test_export_samples_equal_the_assembled_candidate(
     modules = dict(pipe.denoiser.named_modules())
     for name in quantized[:5]:
         layer = modules[name]
-        assert torch.equal(layer.weight, sn.site(name).slots[w[name]].dequantized)
+        assert torch.equal(layer.weight, sn.site(name).slots[w[name]].dequantize())
         assert not torch.equal(layer.weight, sn.site(name).weight)
     fp_site = sn.sites[0]
     assert torch.equal(modules[fp_site].weight, sn.site(fp_site).weight)  # FP weights are stored as they are
