@@ -153,15 +153,15 @@ def save_supernet(supernet: QuantSupernet, path: str | Path) -> Path:
         site = supernet.site(name)
         if isinstance(site, QuantWeightLayer):
             for bits, qt in sorted(site.slots.items()):
-                tensors[f"w/{name}/{bits}/codes"] = qt.codes.contiguous()
-                tensors[f"w/{name}/{bits}/scale"] = qt.params.scale.contiguous()
-                tensors[f"w/{name}/{bits}/zero_point"] = qt.params.zero_point.contiguous()
+                tensors[f"w/{name}/{bits}/codes"] = qt.codes.cpu().contiguous()
+                tensors[f"w/{name}/{bits}/scale"] = qt.params.scale.cpu().contiguous()
+                tensors[f"w/{name}/{bits}/zero_point"] = qt.params.zero_point.cpu().contiguous()
         for q in site.act_quantizers():
             for bits, table in sorted(q.tables.items()):
                 tensors[f"a/{name}/{q.role}/{bits}"] = torch.tensor([_act_row(p) for p in table], dtype=torch.float32)
     if supernet.reparam is not None:
         for name, r in supernet.reparam.factors.items():
-            tensors[f"r/{name}"] = r.contiguous()
+            tensors[f"r/{name}"] = r.cpu().contiguous()
     save_file(tensors, str(out / TENSORS_FILE))
     meta = {
         "format_version": FORMAT_VERSION,

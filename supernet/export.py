@@ -591,14 +591,17 @@ class ExportedPipeline:
         """Run the candidate's schedule from the given starting noise."""
         return self.sampler(batch_size).denoise(noise, self.timesteps)
 
-    def to(self, device: str | torch.device) -> ExportedPipeline:
-        """Move the denoiser (and its quantized weights) to ``device``."""
-        dev = torch.device(device)
-        self.denoiser.to(dev)
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> ExportedPipeline:
+        """Move the model (and its quantized weights) to ``device`` and/or cast the denoiser to the compute
+        ``dtype`` (the codes and quantizer parameters are unchanged; weights are dequantized in float32 and cast)."""
+        dev = torch.device(device) if device is not None else None
+        self.model.to(dev, dtype)
         for module in self.denoiser.modules():
             if isinstance(module, QuantWeightLayer):
-                module.slots = {b: qt.to(dev) for b, qt in module.slots.items()}
-                module.temporal = {b: table.to(dev) for b, table in module.temporal.items()}
+                if dev is not None:
+                    module.slots = {b: qt.to(dev) for b, qt in module.slots.items()}
+                    module.temporal = {b: table.to(dev) for b, table in module.temporal.items()}
+                module.use_weight(None)
                 module.activate(module.w_bits, module.a_bits)
         return self
 
@@ -698,12 +701,19 @@ def _temporal_table(
     return TemporalTable([int(t) for t in cache["timesteps"]], qt)
 
 
-def load(path: str | Path, device: str | torch.device = "cpu", *, check: bool = True) -> ExportedPipeline:
+def load(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    check: bool = True,
+    dtype: torch.dtype | None = None,
+) -> ExportedPipeline:
     """Load the export at ``path`` as a pipeline that samples on the candidate's schedule.
 
     Args:
         path: the export directory (:func:`export_candidate`).
         device: where the model runs.
+        dtype: the denoiser's compute dtype (``None``: float32, what the search scored by default).
         check: verify every file's size and SHA-256 against the manifest first.
 
     Raises:
@@ -754,8 +764,8 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, check: bool = 
     except (KeyError, TypeError, ValueError, CalibrationError) as exc:
         raise ModelLoadError(root / QUANT_CONFIG_FILE, f"corrupt: {type(exc).__name__}: {exc}") from None
     pipe = ExportedPipeline(model, tuple(timesteps), manifest, qcfg, sched_cfg, root, hooks)
-    if torch.device(device) != torch.device("cpu"):
-        pipe.to(device)
+    if torch.device(device) != torch.device("cpu") or dtype not in (None, torch.float32):
+        pipe.to(device, dtype)
     log.info(
         "loaded export %s: candidate %s (%s, K=%d)",
         root,

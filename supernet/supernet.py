@@ -3,7 +3,8 @@
 ``QuantSupernet.build`` wraps the model's conv/linear layers and attention matmuls in place (sharing the FP
 parameters). ``calibrate`` sets the whole network to each bit option b in turn (WbAb) and lets the calibration
 strategy fit every site's quantizers with the rest of the net at b; the weight codes of every (site, b) and the
-per-timestep activation parameters are stored. ``assemble(candidate)`` then only swaps references.
+per-timestep activation parameters are stored. ``assemble(candidate)`` then swaps activation tables and
+materialises each changed site's weight from its codes (one float copy per site; ``memory()`` accounts the bytes).
 """
 
 from __future__ import annotations
@@ -294,7 +295,8 @@ class QuantSupernet:
             raise
 
     def assemble(self, candidate: Candidate) -> None:
-        """Set every site's weight and activation width from ``candidate`` (references only, O(sites)).
+        """Set every site's weight and activation width from ``candidate`` (O(sites); a site whose weight width
+        changes dequantizes its codes).
 
         Raises :class:`InvalidCandidate` for an unknown or missing site or a width outside the options, and
         :class:`CalibrationError` if a width has not been calibrated; the previous state is kept on error.

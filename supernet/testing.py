@@ -79,3 +79,16 @@ def write_feature_program(
     program = torch.export.export(net, example, dynamic_shapes=shapes)
     torch.export.save(program, str(path))
     return Path(path)
+
+
+def params_key(p: object) -> tuple:
+    """The values of quantizer parameters (uniform or log2), to compare two calibrations exactly."""
+    scale = getattr(p, "scale")  # noqa: B009 (both kinds have one: a float or a tensor)
+    zero = getattr(p, "zero_point", 0.0)
+    return (
+        type(p).__name__,
+        getattr(p, "bits"),  # noqa: B009
+        getattr(p, "symmetric", None),
+        torch.as_tensor(scale).tolist(),
+        torch.as_tensor(zero).tolist(),
+    )

@@ -27,3 +27,13 @@ def fdd_scorer():
     from supernet.metrics import FDDScorer
 
     return FDDScorer.for_testbed()
+
+
+@pytest.fixture(scope="session")
+def cuda() -> str:
+    """``"cuda"`` when torch sees a GPU; otherwise the test is skipped, saying why (``gpu``-marked tests)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA device")
+    return "cuda"

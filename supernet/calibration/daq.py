@@ -65,14 +65,15 @@ def _ks(tail: torch.Tensor, xmin: float, alpha: float) -> float:
     srt = tail.sort().values
     n = srt.numel()
     model = 1.0 - (srt / xmin).pow(1.0 - alpha)
-    emp_hi = torch.arange(1, n + 1, dtype=srt.dtype) / n
-    emp_lo = torch.arange(0, n, dtype=srt.dtype) / n
+    emp_hi = torch.arange(1, n + 1, dtype=srt.dtype, device=srt.device) / n
+    emp_lo = torch.arange(0, n, dtype=srt.dtype, device=srt.device) / n
     return float(torch.maximum((model - emp_hi).abs(), (model - emp_lo).abs()).max())
 
 
 def power_law_test(values: torch.Tensor, quantiles: Sequence[float] = XMIN_QUANTILES) -> PowerLawTest:
-    """Fit a power law to the positive entries of ``values`` and test it against an exponential."""
-    x = values.detach().reshape(-1).to(torch.float64)
+    """Fit a power law to the positive entries of ``values`` and test it against an exponential (on the CPU, in
+    float64: a few thousand values, wherever they were observed)."""
+    x = values.detach().reshape(-1).to("cpu", torch.float64)
     x = x[x > _TINY]
     if x.numel() < 8:
         return PowerLawTest("uniform", 0.0, 0.0, float("nan"), float("nan"), int(x.numel()), float("nan"))
@@ -113,4 +114,4 @@ def subsample(x: torch.Tensor, max_values: int, generator: torch.Generator) -> t
     flat = x.detach().reshape(-1)
     if flat.numel() <= max_values:
         return flat.clone()
-    return flat[torch.randint(flat.numel(), (max_values,), generator=generator)]
+    return flat[torch.randint(flat.numel(), (max_values,), generator=generator).to(flat.device)]

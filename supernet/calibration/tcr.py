@@ -47,7 +47,10 @@ def collect_input_maxima(
 ) -> dict[str, torch.Tensor]:
     """``{site: m}`` with ``m[t, j]`` the largest |input| of channel ``j`` at grid timestep ``t`` (the model as it
     is, normally FP)."""
-    out = {n: torch.zeros(len(data.timesteps), layer.weight.shape[1]) for n, layer in layers.items()}
+    out = {
+        n: torch.zeros(len(data.timesteps), layer.weight.shape[1], device=layer.weight.device)
+        for n, layer in layers.items()
+    }
     current: list[int] = [0]
 
     def hook_for(name: str, dim: int):

@@ -1,7 +1,8 @@
 """Quantized ``nn.Conv2d`` and ``nn.Linear``: the FP parameters are shared, not copied.
 
 A layer holds one :class:`~supernet.quant.qtensor.QuantizedTensor` per weight bit-width (``slots``) and an
-activation quantizer for its input. :meth:`QuantWeightLayer.activate` swaps references in O(1); at 16/32 bits
+activation quantizer for its input. :meth:`QuantWeightLayer.activate` materialises the selected width's weight
+from its codes (only when it changes; one float copy per layer); at 16/32 bits
 the forward pass is exactly the wrapped layer's. The activation scale is folded into the (smaller) weight:
 ``conv(q · s, ŵ) = conv(q, s · ŵ)`` with the same integer codes ``q``.
 

@@ -32,33 +32,57 @@ def code_range(bits: int, symmetric: bool) -> tuple[int, int]:
     return 0, 2**bits - 1
 
 
-@dataclass(frozen=True, eq=False)
 class UniformParams:
-    """Scale and zero-point (float32 tensors broadcastable to the quantized tensor) for ``bits``.
+    """Scale and zero-point for ``bits`` (float32 values broadcastable to the quantized tensor).
 
-    Per-tensor parameters (0-d tensors) also keep Python-float copies so that the activation fast path costs
-    three in-place passes and no tensor allocation for the constants.
+    Per-tensor parameters (0-d ``scale``) are kept as Python floats only: a supernet holds one per (operand,
+    bit-width, calibration timestep), hundreds of thousands on a large model, and a 0-d tensor costs about 0.7 KB
+    where a float costs 24 bytes. ``scale`` and ``zero_point`` still read as (0-d float32) tensors, and the
+    activation fast path costs three in-place passes and no tensor allocation for the constants. Immutable by
+    convention; compared by identity.
     """
 
-    scale: torch.Tensor
-    zero_point: torch.Tensor
-    bits: int
-    symmetric: bool
-    _inv: torch.Tensor = field(init=False, repr=False)
-    _floats: tuple[float, float, float, float] | None = field(init=False, repr=False)
+    __slots__ = ("_floats", "_inv", "_scale", "_zero", "bits", "symmetric")
 
-    def __post_init__(self) -> None:
-        scale = self.scale.detach().to(torch.float32).clamp_min(_EPS)
-        zp = self.zero_point.detach().to(torch.float32).round()
-        object.__setattr__(self, "scale", scale)
-        object.__setattr__(self, "zero_point", zp)
-        object.__setattr__(self, "_inv", torch.reciprocal(scale))
-        qmin, qmax = self.qrange
-        floats = None
+    def __init__(self, scale: torch.Tensor, zero_point: torch.Tensor, bits: int, symmetric: bool) -> None:
+        self.bits = bits
+        self.symmetric = symmetric
+        scale = torch.as_tensor(scale).detach().to(torch.float32).clamp_min(_EPS)
+        zp = torch.as_tensor(zero_point).detach().to(torch.float32).round()
+        inv = torch.reciprocal(scale)
+        qmin, qmax = code_range(bits, symmetric)
+        self._floats: tuple[float, float, float, float, float] | None = None
+        self._scale: torch.Tensor | None = scale
+        self._zero: torch.Tensor | None = zp
+        self._inv: torch.Tensor | None = inv
         if scale.numel() == 1 and scale.dim() == 0:
             z = float(zp)
-            floats = (float(self._inv), qmin - z, qmax - z, float(scale))
-        object.__setattr__(self, "_floats", floats)
+            self._floats = (float(inv), qmin - z, qmax - z, float(scale), z)
+            self._scale = self._zero = self._inv = None
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """The scale (a fresh 0-d tensor for per-tensor parameters)."""
+        if self._floats is not None:
+            return torch.tensor(self._floats[3], dtype=torch.float32)
+        assert self._scale is not None
+        return self._scale
+
+    @property
+    def zero_point(self) -> torch.Tensor:
+        """The zero-point, integral (a fresh 0-d tensor for per-tensor parameters)."""
+        if self._floats is not None:
+            return torch.tensor(self._floats[4], dtype=torch.float32)
+        assert self._zero is not None
+        return self._zero
+
+    def _tensors(self, device: torch.device) -> tuple[torch.Tensor | float, torch.Tensor | float, torch.Tensor | float]:
+        """``(1/s, z, s)`` on ``device``: Python floats for per-tensor parameters."""
+        if self._floats is not None:
+            inv, _, _, s, z = self._floats
+            return inv, z, s
+        assert self._inv is not None and self._zero is not None and self._scale is not None
+        return self._inv.to(device), self._zero.to(device), self._scale.to(device)
 
     @property
     def qrange(self) -> tuple[int, int]:
@@ -71,18 +95,20 @@ class UniformParams:
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         """Integer codes of ``x`` (on ``x``'s device), rounded in float32."""
         qmin, qmax = self.qrange
-        q = torch.round(x.to(torch.float32) * self._inv.to(x.device)) + self.zero_point.to(x.device)
+        inv, zp, _ = self._tensors(x.device)
+        q = torch.round(x.to(torch.float32) * inv) + zp
         return q.clamp_(qmin, qmax).to(self.code_dtype)
 
     def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
         """``(code - z) · s`` in float32, on the codes' device."""
-        return (codes.to(torch.float32) - self.zero_point.to(codes.device)) * self.scale.to(codes.device)
+        _, zp, scale = self._tensors(codes.device)
+        return (codes.to(torch.float32) - zp) * scale
 
     def split(self, x: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, float | None]:
         """``(code - z, s)`` as float; only per-tensor parameters factor out a Python-float scale."""
         if self._floats is None:
             return self.fake_quantize(x), None
-        inv, lo, hi, s = self._floats
+        inv, lo, hi, s, _ = self._floats
         if x.dtype in HALF_DTYPES:
             return torch.mul(x.float(), inv).round_().clamp_(lo, hi).to(x.dtype), s
         q = torch.mul(x, inv) if out is None else torch.mul(x, inv, out=out)
@@ -93,10 +119,14 @@ class UniformParams:
             q, s = self.split(x)
             return q.mul_(s)
         qmin, qmax = self.qrange
-        zp, inv, scale = (t.to(x.device) for t in (self.zero_point, self._inv, self.scale))
+        inv, zp, scale = self._tensors(x.device)
         xf = x.float() if x.dtype in HALF_DTYPES else x
         out = torch.clamp(torch.round(xf * inv), qmin - zp, qmax - zp).mul_(scale)
         return out.to(x.dtype)
+
+    def __repr__(self) -> str:
+        kind = "per-tensor" if self._floats is not None else f"per-channel x{self.scale.numel()}"
+        return f"UniformParams({kind}, bits={self.bits}, symmetric={self.symmetric})"
 
 
 def lp_error(x_hat: torch.Tensor, x: torch.Tensor, norm: float, dim: int) -> torch.Tensor:

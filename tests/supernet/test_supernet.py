@@ -13,7 +13,7 @@ from search.errors import InvalidCandidate
 from supernet.errors import CalibrationError
 from supernet.qlayers import QuantWeightLayer
 from supernet.supernet import QuantSupernet
-from supernet.testing import TESTBED_SHAPE, TINY_CALIB, TOY_SHAPE, calibrated_toy, random_data, toy_net
+from supernet.testing import TESTBED_SHAPE, TINY_CALIB, TOY_SHAPE, calibrated_toy, params_key, random_data, toy_net
 from supernet.zoo.testbed import testbed_unet as make_testbed
 
 TS = (900, 450, 10)
@@ -41,7 +41,7 @@ def _state_snapshot(sn: QuantSupernet) -> list:
         if isinstance(site, QuantWeightLayer):
             snap.append({b: (id(s), s.codes.clone(), s.dequantize()) for b, s in site.slots.items()})
         for q in site.act_quantizers():
-            snap.append({b: tuple((id(p), repr(vars(p))) for p in table) for b, table in q.tables.items()})
+            snap.append({b: tuple((id(p), params_key(p)) for p in table) for b, table in q.tables.items()})
     return snap
 
 

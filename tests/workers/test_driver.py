@@ -133,3 +133,22 @@ def test_a_feature_program_that_does_not_fit_the_model_fails_before_calibration(
         run_job(spec, sink, options=DriverOptions(evaluator="inprocess", cache_dir=str(tmp_path / "cache")))
     assert info.value.field == "evaluation.features"
     assert not any(a["calibration"] for a in sink.activities) and _artifacts(tmp_path / "cache") == []
+
+
+@pytest.mark.slow
+def test_a_bfloat16_job_evaluates_in_bfloat16_on_the_float32_calibration(tmp_path: Path) -> None:
+    """``model.dtype`` casts the calibrated supernet for evaluation; the calibration (float32) is the float32 job's,
+    so a second job in float32 on the same cache loads it instead of calibrating again."""
+    import torch
+
+    spec = {**SPEC, "model": {**SPEC["model"], "dtype": "bfloat16"}}
+    prepared: dict[str, Any] = {}
+    options = DriverOptions(evaluator="inprocess", cache_dir=str(tmp_path))
+    result = run_job(JobSpec.from_dict(spec), Sink(), options=options, on_prepared=lambda j: prepared.update(job=j))
+    assert prepared["job"].model.dtype == torch.bfloat16
+    assert result.front and all(e.ok and 0 < e.quality < float("inf") for e in result.front)
+    again = Sink()
+    run_job(JobSpec.from_dict(SPEC), again, options=options, on_prepared=lambda j: prepared.update(job=j))
+    assert prepared["job"].model.dtype == torch.float32
+    sources = {a["calibration"].get("source") for a in again.activities if a["calibration"] is not None}
+    assert sources == {"cache"}, sources

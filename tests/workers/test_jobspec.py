@@ -121,6 +121,13 @@ def test_every_bad_value_is_refused_naming_the_dotted_field(path: str, value: An
     assert "\n" not in str(info.value) and len(str(info.value)) < 400
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_every_compute_dtype_and_tf32_are_accepted(dtype: str) -> None:
+    spec = validate_job(_with("model", {"path": "digits-ddpm-16", "dtype": dtype, "tf32": True}), ROOT)
+    assert spec.model.dtype == dtype and spec.model.tf32 is True
+    assert spec.model.to_dict()["dtype"] == dtype
+
+
 def test_a_flat_field_is_pointed_to_its_section() -> None:
     with pytest.raises(ConfigError, match=r"belongs in the search section \(search.population\)"):
         JobSpec.from_dict({"model": "m", "population": 8})
