@@ -1,0 +1,172 @@
+"""Run-time cost of exported models against the FP32 model, measured side by side (issue 17's harness).
+
+For uniform W8A8 and a mixed candidate (block bit-widths drawn from {4, 6, 8} with seed 7) of the shipped testbed,
+each exported with the available backends, it measures in one process, interleaved, at batch 1 and 64:
+
+- ``step_ms``: one denoiser call (the work of one sampling step) of the FP32 model and of each export, median of
+  the repeats; ``per_image_ms`` divides by the batch; ``speedup`` is the FP32 time over the export's;
+- ``peak_rss_bytes``: the peak resident set of a fresh process that loads the model or export and runs one step
+  at batch 64 (``VmHWM``), and the same minus a process that only imported torch and diffusers;
+- ``fidelity_psnr_db``: each backend's samples against the reference export's from the same noise (None while the
+  reference is the only backend).
+
+Backends so far: ``reference`` (the fake-quant export the search evaluates). The JSON keeps the keys issue 17
+names (``speedup_w8a8_cpu_int8_b64``, ``speedup_mix_cpu_int8_b64``, ``fidelity_psnr_db_min``,
+``headline_speedup_vs_fp100``), null until the backends and the FDD-gated headline exist; ``missing`` says why.
+Prints progress to stderr and one JSON object as the last stdout line; ``--quick`` runs in under a minute.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Keep bench/ off the import path so `supernet` is the package, not bench/supernet.py.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse
+import json
+import logging
+import multiprocessing
+import random
+import statistics
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+from search.candidate import Candidate
+from supernet.artifact import SHIPPED_DIR, load_supernet
+from supernet.export import export_candidate, load
+from supernet.models import TESTBED_DIR, load_model
+from supernet.sampling import uniform_schedule
+
+BACKENDS = ("reference",)
+BATCHES = (1, 64)
+TIMESTEP = 500
+
+
+def _log(msg: str) -> None:
+    print(f"[bench/runtime] {msg}", file=sys.stderr, flush=True)
+
+
+def _step(model: Any, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        model.predict_noise(x, TIMESTEP)
+
+
+def _mixed(sn: Any, schedule: list[int]) -> Candidate:
+    rng = random.Random(7)
+    blocks = sorted(set(sn.site_blocks.values()))
+    bits = {b: (rng.choice((4, 6, 8)), rng.choice((6, 8))) for b in blocks}
+    w = {s: bits[b][0] for s, b in sn.site_blocks.items()}
+    a = {s: bits[b][1] for s, b in sn.site_blocks.items()}
+    return Candidate.from_maps(schedule, w, a)
+
+
+def _peak_child(kind: str, path: str, batch: int, out: Any) -> None:
+    """A fresh process: import, (load ``path`` as ``kind`` and run one step at ``batch``), report VmHWM."""
+    torch.set_num_threads(1)
+    if kind == "baseline":
+        import diffusers  # noqa: F401 (the imports every other child pays for)
+    else:
+        model = load_model(path) if kind == "fp32" else load(path).model
+        _step(model, torch.randn(batch, *model.sample_shape))
+    with open("/proc/self/status") as f:
+        peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    out.put(peak)
+
+
+def _peak(kind: str, path: str, batch: int) -> int:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_peak_child, args=(kind, path, batch, queue))
+    child.start()
+    peak = int(queue.get(timeout=300))
+    child.join()
+    return peak
+
+
+def measure(quick: bool, threads: int) -> dict[str, Any]:
+    """Every figure of the module docstring."""
+    torch.set_num_threads(threads)
+    repeats = 5 if quick else 21
+    fp = load_model(TESTBED_DIR)
+    (shipped,) = (TESTBED_DIR / SHIPPED_DIR).iterdir()
+    sn = load_supernet(shipped, load_model(TESTBED_DIR))
+    schedule = uniform_schedule(10, fp.num_train_timesteps)
+    candidates = {"w8a8": sn.uniform(8, 8, schedule), "mix": _mixed(sn, schedule)}
+    result: dict[str, Any] = {"candidates": {k: c.bits_summary() for k, c in candidates.items()}}
+    with tempfile.TemporaryDirectory() as tmp:
+        exports = {
+            (name, backend): export_candidate(
+                sn, cand, Path(tmp) / f"{name}-{backend}", scheduler_config=fp.scheduler_config
+            )
+            for name, cand in candidates.items()
+            for backend in BACKENDS
+        }
+        models = {"fp32": fp, **{f"{n}/{b}": load(p).model for (n, b), p in exports.items()}}
+        timings: dict[str, dict[str, Any]] = {}
+        for batch in BATCHES:
+            x = torch.randn(batch, *fp.sample_shape, generator=torch.Generator().manual_seed(0))
+            times: dict[str, list[float]] = {k: [] for k in models}
+            for model in models.values():
+                _step(model, x)  # warm-up
+            for r in range(repeats):
+                order = list(models.items())
+                for key, model in order if r % 2 == 0 else order[::-1]:
+                    start = time.perf_counter()
+                    _step(model, x)
+                    times[key].append(time.perf_counter() - start)
+            fp_ms = 1e3 * statistics.median(times["fp32"])
+            for key, ts in times.items():
+                ms = 1e3 * statistics.median(ts)
+                timings.setdefault(key, {})[f"b{batch}"] = {
+                    "step_ms": round(ms, 3),
+                    "per_image_ms": round(ms / batch, 4),
+                    "speedup": round(fp_ms / ms, 3),
+                }
+            _log(f"batch {batch}: " + ", ".join(f"{k} {v[f'b{batch}']['step_ms']} ms" for k, v in timings.items()))
+        baseline = _peak("baseline", "", 1)
+        memory = {"baseline_peak_rss_bytes": baseline}
+        for key in models:
+            if key == "fp32":
+                peak = _peak("fp32", str(TESTBED_DIR), 64)
+            else:
+                name, backend = key.split("/")
+                peak = _peak("export", str(exports[(name, backend)]), 64)
+            memory[key] = {"peak_rss_bytes": peak, "over_baseline_bytes": peak - baseline}
+            _log(f"peak memory {key}: {peak / 2**20:.1f} MiB")
+    result.update({"timings": timings, "memory": memory, "repeats": repeats, "timestep": TIMESTEP})
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer repeats (under a minute)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the timed process (default 1)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    start = time.perf_counter()
+    result: dict[str, Any] = {"bench": "runtime", "quick": args.quick, "threads": args.threads}
+    result.update(measure(args.quick, args.threads))
+    result.update(
+        {
+            "backends": list(BACKENDS),
+            "speedup_w8a8_reference_b64": result["timings"]["w8a8/reference"]["b64"]["speedup"],
+            "speedup_mix_reference_b64": result["timings"]["mix/reference"]["b64"]["speedup"],
+            "speedup_w8a8_cpu_int8_b64": None,
+            "speedup_mix_cpu_int8_b64": None,
+            "fidelity_psnr_db_min": None,
+            "headline_speedup_vs_fp100": None,
+            "missing": "no low-bit backend yet (cpu-int8, CUDA); the FDD-gated headline needs a searched front",
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+    )
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
