@@ -10,9 +10,10 @@ each exported with the available backends, it measures in one process, interleav
 - ``fidelity_psnr_db``: each backend's samples against the reference export's from the same noise (None while the
   reference is the only backend).
 
-Backends so far: ``reference`` (the fake-quant export the search evaluates). The JSON keeps the keys issue 17
-names (``speedup_w8a8_cpu_int8_b64``, ``speedup_mix_cpu_int8_b64``, ``fidelity_psnr_db_min``,
-``headline_speedup_vs_fp100``), null until the backends and the FDD-gated headline exist; ``missing`` says why.
+Backends: ``reference`` (the fake-quant export the search evaluates) and, where this torch has oneDNN's int8
+operators, ``cpu-int8`` (:mod:`supernet.runtime`). ``fidelity_psnr_db`` compares 32 samples at the candidate's 10
+steps with the reference's from the same noise. ``headline_speedup_vs_fp100`` stays null until a searched, FDD-gated
+front feeds it; ``missing`` says what is not measured.
 Prints progress to stderr and one JSON object as the last stdout line; ``--quick`` runs in under a minute.
 """
 
@@ -39,10 +40,12 @@ import torch
 from search.candidate import Candidate
 from supernet.artifact import SHIPPED_DIR, load_supernet
 from supernet.export import export_candidate, load
+from supernet.metrics import psnr
 from supernet.models import TESTBED_DIR, load_model
+from supernet.runtime import CPU_INT8, cpu_int8_unavailable
 from supernet.sampling import uniform_schedule
 
-BACKENDS = ("reference",)
+BACKENDS = ("reference",) if cpu_int8_unavailable() else ("reference", CPU_INT8)
 BATCHES = (1, 64)
 TIMESTEP = 500
 
@@ -65,23 +68,23 @@ def _mixed(sn: Any, schedule: list[int]) -> Candidate:
     return Candidate.from_maps(schedule, w, a)
 
 
-def _peak_child(kind: str, path: str, batch: int, out: Any) -> None:
+def _peak_child(kind: str, path: str, batch: int, out: Any, backend: str = "reference") -> None:
     """A fresh process: import, (load ``path`` as ``kind`` and run one step at ``batch``), report VmHWM."""
     torch.set_num_threads(1)
     if kind == "baseline":
         import diffusers  # noqa: F401 (the imports every other child pays for)
     else:
-        model = load_model(path) if kind == "fp32" else load(path).model
+        model = load_model(path) if kind == "fp32" else load(path, backend=backend).model
         _step(model, torch.randn(batch, *model.sample_shape))
     with open("/proc/self/status") as f:
         peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
     out.put(peak)
 
 
-def _peak(kind: str, path: str, batch: int) -> int:
+def _peak(kind: str, path: str, batch: int, backend: str = "reference") -> int:
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    child = ctx.Process(target=_peak_child, args=(kind, path, batch, queue))
+    child = ctx.Process(target=_peak_child, args=(kind, path, batch, queue, backend))
     child.start()
     peak = int(queue.get(timeout=300))
     child.join()
@@ -100,13 +103,22 @@ def measure(quick: bool, threads: int) -> dict[str, Any]:
     result: dict[str, Any] = {"candidates": {k: c.bits_summary() for k, c in candidates.items()}}
     with tempfile.TemporaryDirectory() as tmp:
         exports = {
-            (name, backend): export_candidate(
-                sn, cand, Path(tmp) / f"{name}-{backend}", scheduler_config=fp.scheduler_config
-            )
+            name: export_candidate(sn, cand, Path(tmp) / name, scheduler_config=fp.scheduler_config)
             for name, cand in candidates.items()
-            for backend in BACKENDS
         }
-        models = {"fp32": fp, **{f"{n}/{b}": load(p).model for (n, b), p in exports.items()}}
+        pipes = {f"{n}/{b}": load(p, backend=b) for n, p in exports.items() for b in BACKENDS}
+        models = {"fp32": fp, **{k: pipe.model for k, pipe in pipes.items()}}
+        fidelity: dict[str, float] = {}
+        for name in exports:
+            reference = pipes[f"{name}/reference"].sample(32, seed=0)
+            for backend in BACKENDS[1:]:
+                fidelity[f"{name}/{backend}"] = round(psnr(pipes[f"{name}/{backend}"].sample(32, seed=0), reference), 2)
+        result["fidelity_psnr_db"] = fidelity
+        result["sites"] = {
+            k: {v: sum(x == v for x in pipe.backend_report.values()) for v in set(pipe.backend_report.values())}
+            for k, pipe in pipes.items()
+            if pipe.backend_report
+        }
         timings: dict[str, dict[str, Any]] = {}
         for batch in BATCHES:
             x = torch.randn(batch, *fp.sample_shape, generator=torch.Generator().manual_seed(0))
@@ -135,7 +147,7 @@ def measure(quick: bool, threads: int) -> dict[str, Any]:
                 peak = _peak("fp32", str(TESTBED_DIR), 64)
             else:
                 name, backend = key.split("/")
-                peak = _peak("export", str(exports[(name, backend)]), 64)
+                peak = _peak("export", str(exports[name]), 64, backend)
             memory[key] = {"peak_rss_bytes": peak, "over_baseline_bytes": peak - baseline}
             _log(f"peak memory {key}: {peak / 2**20:.1f} MiB")
     result.update({"timings": timings, "memory": memory, "repeats": repeats, "timestep": TIMESTEP})
@@ -151,16 +163,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     result: dict[str, Any] = {"bench": "runtime", "quick": args.quick, "threads": args.threads}
     result.update(measure(args.quick, args.threads))
+    timings = result["timings"]
+    has_int8 = CPU_INT8 in BACKENDS
     result.update(
         {
             "backends": list(BACKENDS),
-            "speedup_w8a8_reference_b64": result["timings"]["w8a8/reference"]["b64"]["speedup"],
-            "speedup_mix_reference_b64": result["timings"]["mix/reference"]["b64"]["speedup"],
-            "speedup_w8a8_cpu_int8_b64": None,
-            "speedup_mix_cpu_int8_b64": None,
-            "fidelity_psnr_db_min": None,
+            "speedup_w8a8_reference_b64": timings["w8a8/reference"]["b64"]["speedup"],
+            "speedup_mix_reference_b64": timings["mix/reference"]["b64"]["speedup"],
+            "speedup_w8a8_cpu_int8_b64": timings[f"w8a8/{CPU_INT8}"]["b64"]["speedup"] if has_int8 else None,
+            "speedup_mix_cpu_int8_b64": timings[f"mix/{CPU_INT8}"]["b64"]["speedup"] if has_int8 else None,
+            "fidelity_psnr_db_min": min(result["fidelity_psnr_db"].values(), default=None),
             "headline_speedup_vs_fp100": None,
-            "missing": "no low-bit backend yet (cpu-int8, CUDA); the FDD-gated headline needs a searched front",
+            "missing": "the FDD-gated headline (needs a searched front); a CUDA backend"
+            + ("" if has_int8 else f"; {CPU_INT8}: {cpu_int8_unavailable()}"),
             "seconds": round(time.perf_counter() - start, 1),
         }
     )

@@ -542,6 +542,9 @@ class ExportedPipeline:
         timesteps: the candidate's schedule, descending.
         manifest / quant_config / scheduler_config: the export's JSON files.
         path: the export directory.
+        backend: what computes the quantized sites (:mod:`supernet.runtime`): ``reference`` (fake quantization, what
+            the search scored) or ``cpu-int8``.
+        backend_report: per conv/linear site, how the backend runs it (empty for ``reference``).
     """
 
     model: DiffusionAdapter
@@ -551,6 +554,8 @@ class ExportedPipeline:
     scheduler_config: dict[str, Any]
     path: Path
     _hooks: list[Any] = field(default_factory=list, repr=False)
+    backend: str = "reference"
+    backend_report: dict[str, str] = field(default_factory=dict)
 
     @property
     def denoiser(self) -> nn.Module:
@@ -595,6 +600,9 @@ class ExportedPipeline:
         """Move the model (and its quantized weights) to ``device`` and/or cast the denoiser to the compute
         ``dtype`` (the codes and quantizer parameters are unchanged; weights are dequantized in float32 and cast)."""
         dev = torch.device(device) if device is not None else None
+        off_cpu = dev is not None and dev.type != "cpu"
+        if self.backend != "reference" and (off_cpu or dtype not in (None, torch.float32)):
+            raise ConfigError("backend", f"{self.backend} runs in float32 on the CPU; load with backend='reference'")
         self.model.to(dev, dtype)
         for module in self.denoiser.modules():
             if isinstance(module, QuantWeightLayer):
@@ -707,6 +715,7 @@ def load(
     *,
     check: bool = True,
     dtype: torch.dtype | None = None,
+    backend: str = "reference",
 ) -> ExportedPipeline:
     """Load the export at ``path`` as a pipeline that samples on the candidate's schedule.
 
@@ -714,11 +723,19 @@ def load(
         path: the export directory (:func:`export_candidate`).
         device: where the model runs.
         dtype: the denoiser's compute dtype (``None``: float32, what the search scored by default).
+        backend: ``reference`` (fake quantization, bit-identical to what the search evaluated) or ``cpu-int8``
+            (the conv and linear sites on oneDNN's int8 kernels, float32 on the CPU; :mod:`supernet.runtime`).
         check: verify every file's size and SHA-256 against the manifest first.
 
     Raises:
         ModelLoadError: naming the file that is missing, corrupt or of another format version.
     """
+    from supernet.runtime import BACKENDS, CPU_INT8, install_cpu_int8
+
+    if backend not in BACKENDS:
+        raise ConfigError("backend", f"must be one of {list(BACKENDS)}, got {backend!r}")
+    if backend == CPU_INT8 and (torch.device(device).type != "cpu" or dtype not in (None, torch.float32)):
+        raise ConfigError("backend", f"{CPU_INT8} runs in float32 on the CPU (device {device}, dtype {dtype})")
     root = Path(path)
     manifest = read_manifest(root)
     if check:
@@ -766,6 +783,12 @@ def load(
     pipe = ExportedPipeline(model, tuple(timesteps), manifest, qcfg, sched_cfg, root, hooks)
     if torch.device(device) != torch.device("cpu") or dtype not in (None, torch.float32):
         pipe.to(device, dtype)
+    if backend == CPU_INT8:
+        try:
+            pipe.backend_report = install_cpu_int8(pipe.denoiser)
+        except RuntimeError as exc:
+            raise ConfigError("backend", str(exc)) from None
+        pipe.backend = backend
     log.info(
         "loaded export %s: candidate %s (%s, K=%d)",
         root,

@@ -14,6 +14,7 @@ for the current timestep instead of computing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -39,6 +40,7 @@ class QuantWeightLayer(nn.Module):
     w_bits: int
     _w: torch.Tensor | None
     _w_slot: QuantizedTensor | None
+    _kernel: Callable[[torch.Tensor], torch.Tensor | None] | None
     _table: TemporalTable | None
     _ctx: TimestepContext
 
@@ -50,6 +52,7 @@ class QuantWeightLayer(nn.Module):
         self.w_bits = 32
         self._w = None
         self._w_slot = None
+        self._kernel = None
         self._table = None
         self._ctx = ctx
 
@@ -89,6 +92,11 @@ class QuantWeightLayer(nn.Module):
             self._w = slot.dequantize(self.weight)
         self._w_slot, self.w_bits = slot, w_bits
         self._table = None if is_fp(a_bits) else self.temporal.get(a_bits)
+
+    def use_kernel(self, kernel: Callable[[torch.Tensor], torch.Tensor | None] | None) -> None:
+        """A run-time backend's computation of this site (:mod:`supernet.runtime`): called with the input first;
+        its ``None`` means compute as usual. ``None`` removes it."""
+        self._kernel = kernel
 
     def use_weight(self, w: torch.Tensor | None) -> None:
         """Calibration only: compute with ``w`` (cast to the FP weight's dtype and device; differentiable) instead
@@ -131,6 +139,10 @@ class QConv2d(QuantWeightLayer, nn.Conv2d):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._kernel is not None:
+            out = self._kernel(x)
+            if out is not None:
+                return out
         q, w = self._operands(x)
         return self._conv_forward(q, w, self.bias)
 
@@ -153,5 +165,9 @@ class QLinear(QuantWeightLayer, nn.Linear):
         table = self._table
         if table is not None:
             return table.lookup(self._ctx.timestep, x.shape[:-1], self.weight)
+        if self._kernel is not None:
+            out = self._kernel(x)
+            if out is not None:
+                return out
         q, w = self._operands(x)
         return F.linear(q, w, self.bias)
