@@ -606,11 +606,7 @@ class ExportedPipeline:
         self.model.to(dev, dtype)
         for module in self.denoiser.modules():
             if isinstance(module, QuantWeightLayer):
-                if dev is not None:
-                    module.slots = {b: qt.to(dev) for b, qt in module.slots.items()}
-                    module.temporal = {b: table.to(dev) for b, table in module.temporal.items()}
-                module.use_weight(None)
-                module.activate(module.w_bits, module.a_bits)
+                module.follow(dev)
         return self
 
 

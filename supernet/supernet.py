@@ -217,15 +217,10 @@ class QuantSupernet:
         cast its floating-point parameters to ``dtype``, keeping the calibration: the codes and the quantizer
         parameters do not change, so a supernet calibrated in float32 on the CPU evaluates on CUDA in bfloat16.
         Returns ``self``."""
-        state = self.state()
         self.model.to(device, dtype)
         for site in self._sites.values():
             if isinstance(site, QuantWeightLayer):
-                if device is not None:
-                    site.slots = {b: qt.to(device) for b, qt in site.slots.items()}
-                    site.temporal = {b: table.to(device) for b, table in site.temporal.items()}
-                site.use_weight(None)  # rematerialised below, in the new dtype and place
-        self._apply(state)
+                site.follow(device)
         return self
 
     # --- introspection --------------------------------------------------------------------------------------

@@ -104,6 +104,15 @@ class QuantWeightLayer(nn.Module):
         self._w = None if w is None else w.to(device=self.weight.device, dtype=self.weight.dtype)
         self._w_slot = None
 
+    def follow(self, device: str | torch.device | None = None) -> None:
+        """After the layer's parameters were moved or cast: move the codes and cached features to ``device`` (if
+        given) and materialise the assembled weight again, in the parameters' new dtype and place."""
+        if device is not None:
+            self.slots = {b: qt.to(device) for b, qt in self.slots.items()}
+            self.temporal = {b: table.to(device) for b, table in self.temporal.items()}
+        self.use_weight(None)
+        self.activate(self.w_bits, self.a_bits)
+
     def _operands(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q, s = self.act.split(x)
         w = self.weight if self._w is None else self._w
