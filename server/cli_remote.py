@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from search.errors import ConfigError, TmpqError
 from server.cli import EXIT_OK
+from supernet.settings import RUNTIME_BACKENDS
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -558,7 +559,7 @@ def _megabytes(value: Any) -> str:
 def _cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     with _client(args) as client:
-        client.export(args.job, args.candidate, out, overwrite=args.force)
+        client.export(args.job, args.candidate, out, overwrite=args.force, backend=args.backend)
     manifest_path = out / "manifest.json"
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -573,8 +574,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(
         f"exported candidate {manifest.get('candidate_key')} of job {args.job} ({manifest.get('bits')}, "
         f"K={len(candidate.get('timesteps', []))}) to {out}: weights {_megabytes(sizes.get('weights_file_bytes'))}, "
-        f"{_fmt(ratio, '.3f')} of FP32 ({_megabytes(sizes.get('fp32_weights_bytes'))}); "
-        f"sample with supernet.export.load({str(out)!r}).sample(64, seed=0)"
+        f"{_fmt(ratio, '.3f')} of FP32 ({_megabytes(sizes.get('fp32_weights_bytes'))}); backend "
+        f"{manifest.get('backend', 'reference')}; sample with supernet.export.load({str(out)!r}).sample(64, seed=0)"
     )
     return EXIT_OK
 
@@ -657,12 +658,19 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
         "candidate's quantized weights (packed integer codes + scales, safetensors), the per-site bit-widths and "
         "activation parameters per timestep, a DDIM scheduler config with the candidate's timesteps, and a manifest. "
         "The server builds it from the job's calibrated supernet (this needs the server's write token, --token or "
-        "$TMPQ_API_TOKEN, when it has one). Load it with supernet.export.load(DIR).",
+        "$TMPQ_API_TOKEN, when it has one). Load it with supernet.export.load(DIR) (on the --backend it records).",
     )
     p.add_argument("job", type=int, metavar="JOB", help="the job id")
     p.add_argument("candidate", metavar="CANDIDATE", help="a candidate key, or 'knee' (the knee of the job's front)")
     p.add_argument("--out", required=True, metavar="DIR", help="the directory to write (must not exist or be empty)")
     p.add_argument("--force", action="store_true", help="replace the contents of a non-empty --out directory")
+    p.add_argument(
+        "--backend",
+        choices=RUNTIME_BACKENDS,
+        default="reference",
+        help="the run-time backend load(DIR) uses: reference (fake quantization, what the search scored) or cpu-int8 "
+        "(int8 kernels on x86 CPUs, compiled; see docs/runtime.md)",
+    )
     _add_json_flag(p, "the export's manifest")
     _add_remote_flags(p)
     p.set_defaults(handler=_cmd_export)

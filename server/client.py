@@ -35,6 +35,7 @@ import httpx
 
 from search.errors import ConfigError, TmpqError
 from server.version import API_PREFIX
+from supernet.settings import check_backend
 
 #: Server URL used when neither ``base_url`` nor ``$TMPQ_URL`` is given.
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -437,14 +438,22 @@ class TmpqClient:
         return response.content
 
     def export(
-        self, job_id: int, key: str, out_dir: str | os.PathLike[str], *, overwrite: bool = False, timeout: float = 600
+        self,
+        job_id: int,
+        key: str,
+        out_dir: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        timeout: float = 600,
+        backend: str = "reference",
     ) -> Path:
         """Export a candidate as a runnable quantized model into the directory ``out_dir``; returns it.
 
         The server builds the export (``POST .../export``: the first time takes seconds; it needs the write token
         when the server has one) and sends it as a zip; it is unpacked here into ``out_dir`` (created; it must not
         exist or be empty unless ``overwrite``), ready for ``supernet.export.load(out_dir)``. ``key`` may be
-        ``"knee"``: the knee point of the job's current front.
+        ``"knee"``: the knee point of the job's current front. ``backend`` is the run-time backend the export's
+        manifest records (``load(out_dir)`` uses it): ``reference`` or ``cpu-int8``.
 
         Raises:
             ConfigError: ``out_dir`` is not empty (checked before anything is sent).
@@ -453,12 +462,15 @@ class TmpqClient:
         """
         out = Path(out_dir)
         _check_out_dir(out, overwrite)
+        check_backend(backend)
         if key == "knee":
             knee = self.front(job_id, knee=True).get("knee")
             if not knee:
                 raise TmpqError(f"job {int(job_id)} has no knee point yet (its front is empty)")
             key = str(knee["key"])
         path = f"/jobs/{int(job_id)}/candidates/{quote(str(key), safe='')}/export"
+        if backend != "reference":
+            path += f"?backend={quote(backend)}"
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.parent / f".{out.name}.download-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()

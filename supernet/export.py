@@ -63,7 +63,7 @@ from supernet.quant.protocol import QParams, is_fp
 from supernet.quant.qtensor import QuantizedTensor
 from supernet.quant.uniform import UniformParams, code_range
 from supernet.sampling import Sampler, validate_schedule
-from supernet.settings import SupernetSettings
+from supernet.settings import SupernetSettings, check_backend
 from supernet.supernet import QuantSupernet
 
 log = logging.getLogger(__name__)
@@ -358,6 +358,7 @@ def export_candidate(
     job: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     solver: str = "ddim",
+    backend: str = "reference",
 ) -> Path:
     """Write ``candidate`` of a calibrated ``supernet`` as a runnable quantized model directory.
 
@@ -374,6 +375,8 @@ def export_candidate(
         overwrite: replace a non-empty ``out_dir`` (else :class:`ConfigError`).
         solver: what samples the schedule (``ddim`` or ``dpmsolver++``): the search's, recorded with its
             diffusers scheduler config.
+        backend: the run-time backend :func:`load` uses by default (:data:`supernet.settings.RUNTIME_BACKENDS`);
+            the files are the same for every backend.
 
     Returns:
         ``out_dir``.
@@ -385,6 +388,7 @@ def export_candidate(
         ConfigError: the model cannot be exported (not a diffusers model), it has no scheduler config, or
             ``out_dir`` is not empty.
     """
+    check_backend(backend)
     if not supernet.calibrated:
         raise CalibrationError("only a calibrated supernet can be exported")
     explicit = _explicit_factors(supernet)
@@ -442,6 +446,7 @@ def export_candidate(
             ),
             "model_hash": supernet.model_hash,
             "solver": solver,
+            "backend": backend,
             "conditioning": model.conditioning.to_dict() if getattr(model, "conditioning", None) else None,
             "fp_components": sorted({c.split("/")[0] for c in components}),
             "seed": seed,
@@ -544,7 +549,7 @@ class ExportedPipeline:
         path: the export directory.
         backend: what computes the quantized sites (:mod:`supernet.runtime`): ``reference`` (fake quantization, what
             the search scored) or ``cpu-int8``.
-        backend_report: per conv/linear site, how the backend runs it (empty for ``reference``).
+        backend_report: per conv/linear site (and fused attention), how the backend runs it (empty for ``reference``).
     """
 
     model: DiffusionAdapter
@@ -711,7 +716,8 @@ def load(
     *,
     check: bool = True,
     dtype: torch.dtype | None = None,
-    backend: str = "reference",
+    backend: str | None = None,
+    compile: bool = True,
 ) -> ExportedPipeline:
     """Load the export at ``path`` as a pipeline that samples on the candidate's schedule.
 
@@ -720,20 +726,25 @@ def load(
         device: where the model runs.
         dtype: the denoiser's compute dtype (``None``: float32, what the search scored by default).
         backend: ``reference`` (fake quantization, bit-identical to what the search evaluated) or ``cpu-int8``
-            (the conv and linear sites on oneDNN's int8 kernels, float32 on the CPU; :mod:`supernet.runtime`).
+            (the conv and linear sites on oneDNN's int8 kernels, float32 on the CPU; :mod:`supernet.runtime`);
+            ``None``: the one the export was made for (its manifest's ``backend``, ``reference`` if none).
+        compile: ``cpu-int8`` only: compile the denoiser with ``torch.compile`` (the first call at each batch size
+            compiles; needs a C++ compiler). ``False`` calls the int8 kernels eagerly: no compiler, less speed.
         check: verify every file's size and SHA-256 against the manifest first.
 
     Raises:
         ModelLoadError: naming the file that is missing, corrupt or of another format version.
     """
-    from supernet.runtime import BACKENDS, CPU_INT8, install_cpu_int8
+    from supernet.runtime import CPU_INT8, install_cpu_int8
 
-    if backend not in BACKENDS:
-        raise ConfigError("backend", f"must be one of {list(BACKENDS)}, got {backend!r}")
-    if backend == CPU_INT8 and (torch.device(device).type != "cpu" or dtype not in (None, torch.float32)):
-        raise ConfigError("backend", f"{CPU_INT8} runs in float32 on the CPU (device {device}, dtype {dtype})")
+    if backend is not None:
+        check_backend(backend)
     root = Path(path)
     manifest = read_manifest(root)
+    if backend is None:
+        backend = check_backend(manifest.get("backend", "reference"), f"{MANIFEST_FILE}: backend")
+    if backend == CPU_INT8 and (torch.device(device).type != "cpu" or dtype not in (None, torch.float32)):
+        raise ConfigError("backend", f"{CPU_INT8} runs in float32 on the CPU (device {device}, dtype {dtype})")
     if check:
         verify(root, manifest)
     index = _read_json(root, MODEL_INDEX_FILE)
@@ -781,7 +792,7 @@ def load(
         pipe.to(device, dtype)
     if backend == CPU_INT8:
         try:
-            pipe.backend_report = install_cpu_int8(pipe.denoiser)
+            pipe.backend_report = install_cpu_int8(pipe.denoiser, compile=compile)
         except RuntimeError as exc:
             raise ConfigError("backend", str(exc)) from None
         pipe.backend = backend

@@ -20,6 +20,16 @@ SUPERNET_SETTINGS_VERSION = 1
 #: quantizers in :mod:`supernet.quant` implement them).
 RANGE_METHODS: tuple[str, ...] = ("minmax", "mse")
 QUANT_KINDS: tuple[str, ...] = ("uniform", "log2")
+#: What computes an export's quantized sites at run time (torch-free names; :mod:`supernet.runtime` implements them):
+#: ``reference`` fake-quantizes as the search evaluated, ``cpu-int8`` runs oneDNN's int8 kernels on x86 CPUs.
+RUNTIME_BACKENDS: tuple[str, ...] = ("reference", "cpu-int8")
+
+
+def check_backend(name: object, field: str = "backend") -> str:
+    """``name`` if it is a run-time backend, else ConfigError naming ``field``."""
+    if name not in RUNTIME_BACKENDS:
+        raise ConfigError(field, f"must be one of {list(RUNTIME_BACKENDS)}, got {name!r}")
+    return str(name)
 
 
 def canonical_key(payload: Mapping[str, Any], length: int = 16) -> str:

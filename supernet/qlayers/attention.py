@@ -71,6 +71,13 @@ class QuantAttnProcessor:
         self.fp_processor = fp_processor
         self.qk = qk
         self.pv = pv
+        self._kernel: Any = None
+
+    def use_kernel(self, kernel: Any) -> None:
+        """A run-time backend's computation of the quantized attention (:mod:`supernet.runtime`): called as
+        ``kernel(query, key, value, scale, mask)`` in place of :meth:`_attend`; its ``None`` means compute as usual.
+        ``None`` removes it."""
+        self._kernel = kernel
 
     def __call__(
         self,
@@ -114,7 +121,10 @@ class QuantAttnProcessor:
         value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
         query = attn.head_to_batch_dim(query)
         # every operand below is a fresh tensor of this method: the quantizers may work in place
-        hidden_states = attn.batch_to_head_dim(self._attend(query, key, value, attn.scale, attention_mask))
+        out = None if self._kernel is None else self._kernel(query, key, value, attn.scale, attention_mask)
+        if out is None:
+            out = self._attend(query, key, value, attn.scale, attention_mask)
+        hidden_states = attn.batch_to_head_dim(out)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
         if input_ndim == 4:
             hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from search.candidate import Candidate
+from search.errors import ConfigError
 from search.evaluator import Evaluation
 from search.pareto import pareto_front
 from search.space import ddim_uniform_schedule
@@ -231,6 +232,26 @@ def test_client_exports_the_knee_into_a_directory(service: Service, tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["knee"], "a temporary download was left behind"
 
 
+def test_an_export_records_its_run_time_backend_and_load_uses_it(service: Service, tmp_path: Path) -> None:
+    from supernet.export import load
+
+    with TmpqClient(service.url) as client:
+        out = client.export(service.job, service.knee, tmp_path / "int8", backend="cpu-int8")
+        with pytest.raises(ConfigError, match="backend"):
+            client.export(service.job, service.knee, tmp_path / "bad", backend="tensorrt")
+    assert json.loads((out / "manifest.json").read_text())["backend"] == "cpu-int8"
+    assert load(out, compile=False).backend == "cpu-int8"  # what the manifest records...
+    assert load(out, backend="reference").backend == "reference"  # ...unless the caller names another
+    api = f"{service.url}/api/v1/jobs/{service.job}/candidates/{service.knee}/export"
+    bad = httpx.post(api, params={"backend": "tensorrt"}, timeout=60)
+    assert bad.status_code == 422 and "backend" in json.dumps(bad.json()["detail"])
+    built = httpx.get(api, params={"backend": "cpu-int8"}, timeout=60)
+    assert built.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(built.content)) as zf:
+        name = next(n for n in zf.namelist() if n.endswith("manifest.json"))
+        assert json.loads(zf.read(name))["backend"] == "cpu-int8"
+
+
 def test_tmpq_export(service: Service, cli: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
     key = next(k for k, c in service.candidates.items() if c.bits_summary() == "W4A8")
     out = tmp_path / "w4a8"
@@ -281,7 +302,10 @@ def test_export_help_and_bad_usage_exit_without_contacting_anyone(
         main(["export", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: tmpq export") and all(f in out for f in ("--out", "--force", "--url", "--token"))
+    assert out.startswith("usage: tmpq export") and all(f in out for f in ("--out", "--force", "--url", "--backend"))
+    with pytest.raises(SystemExit) as exc:
+        main(["export", "1", "knee", "--out", str(tmp_path / "o"), "--backend", "tensorrt"])
+    assert exc.value.code == 2 and "--backend" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["export", "1", "knee", "--url", "http://127.0.0.1:9"])  # no --out
     assert exc.value.code == 2 and "--out" in capsys.readouterr().err

@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import FileResponse
 
 from search.errors import Conflict, ModelLoadError
@@ -28,6 +28,7 @@ from server.api.deps import JobId, ReadAuth, SettingsDep, StoreDep, WriteAuth
 from server.modelcheck import check_model_dir
 from server.records import CandidateRecord, JobRecord
 from server.settings import Settings
+from supernet.settings import RUNTIME_BACKENDS, check_backend
 from workers.jobspec import JobSpec
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,16 @@ ARCHIVE_STEM = "tmpq-job{job_id}-{key}"
 MANIFEST_FILE = "manifest.json"
 
 _ZIP_RESPONSE = {"content": {"application/zip": {}}, "description": "The export directory as a zip archive"}
+
+#: The ``backend`` query parameter: which run-time backend the export's manifest names (``load(dir)`` uses it).
+Backend = Annotated[
+    str,
+    Query(
+        max_length=32,
+        description=f"The run-time backend the export is made for, one of {list(RUNTIME_BACKENDS)}: "
+        "supernet.export.load(dir) uses it unless told otherwise (the files are the same for every backend).",
+    ),
+]
 
 
 def exports_dir(settings: Settings) -> FilePath:
@@ -86,7 +97,7 @@ def _load_job_supernet(job: JobRecord, spec: JobSpec, settings: Settings) -> tup
     )
 
 
-def _build(job: JobRecord, record: CandidateRecord, settings: Settings, out: FilePath) -> None:
+def _build(job: JobRecord, record: CandidateRecord, settings: Settings, out: FilePath, backend: str) -> None:
     from search.candidate import Candidate
     from supernet.export import export_candidate
 
@@ -102,6 +113,7 @@ def _build(job: JobRecord, record: CandidateRecord, settings: Settings, out: Fil
         seed=spec.search.seed,
         overwrite=True,
         solver=spec.search.solver,
+        backend=backend,
         job={
             "id": job.id,
             "created_at": job.created_at.isoformat(),
@@ -124,15 +136,18 @@ def _zip(directory: FilePath, archive: FilePath, top: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _paths(job: JobRecord, record: CandidateRecord, settings: Settings) -> tuple[FilePath, FilePath]:
-    """``(export directory, zip archive)`` of a candidate's export."""
+def _paths(job: JobRecord, record: CandidateRecord, settings: Settings, backend: str) -> tuple[FilePath, FilePath]:
+    """``(export directory, zip archive)`` of a candidate's export for ``backend``."""
     root = job_exports_dir(settings, job.id)
-    return root / record.key, root / f"{ARCHIVE_STEM.format(job_id=job.id, key=record.key)}.zip"
+    name = record.key if backend == "reference" else f"{record.key}.{backend}"
+    return root / name, root / f"{ARCHIVE_STEM.format(job_id=job.id, key=name)}.zip"
 
 
-def built_archive(job: JobRecord, record: CandidateRecord, settings: Settings) -> FilePath | None:
+def built_archive(
+    job: JobRecord, record: CandidateRecord, settings: Settings, backend: str = "reference"
+) -> FilePath | None:
     """The zip of the candidate's export when it was built for this job already, else None (never builds)."""
-    directory, archive = _paths(job, record, settings)
+    directory, archive = _paths(job, record, settings, backend)
     if not archive.is_file():
         return None
     try:
@@ -140,19 +155,21 @@ def built_archive(job: JobRecord, record: CandidateRecord, settings: Settings) -
     except (OSError, ValueError) as exc:
         logger.warning("the export of job %d candidate %s has no readable manifest: %s", job.id, record.key, exc)
         return None
-    built_for = (manifest.get("job") or {}).get("created_at") if isinstance(manifest, dict) else None
+    if not isinstance(manifest, dict) or manifest.get("backend", "reference") != backend:
+        return None
+    built_for = (manifest.get("job") or {}).get("created_at")
     return archive if built_for == job.created_at.isoformat() else None  # not a deleted job's whose id was reused
 
 
-def build_archive(job: JobRecord, record: CandidateRecord, settings: Settings) -> FilePath:
-    """The zip of the candidate's export, built now unless an earlier request built it; returns its path."""
-    directory, archive = _paths(job, record, settings)
-    with file_lock(directory.parent / f".{record.key}.lock"):
-        built = built_archive(job, record, settings)
+def build_archive(job: JobRecord, record: CandidateRecord, settings: Settings, backend: str = "reference") -> FilePath:
+    """The zip of the candidate's export for ``backend``, built now unless an earlier request built it."""
+    directory, archive = _paths(job, record, settings, backend)
+    with file_lock(directory.parent / f".{directory.name}.lock"):
+        built = built_archive(job, record, settings, backend)
         if built is not None:
             return built
         archive.unlink(missing_ok=True)
-        _build(job, record, settings, directory)  # atomic: a failed build leaves no half-written directory
+        _build(job, record, settings, directory, backend)  # atomic: a failed build leaves no half-written directory
         _zip(directory, archive, archive.name.removesuffix(".zip"))
     logger.info("exported job %d candidate %s to %s", job.id, record.key, archive)
     return archive
@@ -170,19 +187,24 @@ def build_archive(job: JobRecord, record: CandidateRecord, settings: Settings) -
     },
 )
 def build_candidate_export(
-    job_id: JobId, key: Annotated[str, Path(max_length=64)], store: StoreDep, settings: SettingsDep
+    job_id: JobId,
+    key: Annotated[str, Path(max_length=64)],
+    store: StoreDep,
+    settings: SettingsDep,
+    backend: Backend = "reference",
 ) -> FileResponse:
     """Build the candidate as a runnable quantized model, unless it was built already, and answer it as a zip of
     the directory ``tmpq export`` writes (the UNet's packed integer weight codes and scales, per-site bit-widths and
     activation parameters per timestep, the DDIM scheduler with the candidate's timesteps, and a manifest). Load it
-    with ``supernet.export.load(dir)``.
+    with ``supernet.export.load(dir)``; ``backend`` names the run-time backend its manifest records for ``load``.
 
     Needs the write token when the server has one: building loads the job's model and its calibrated supernet
     (seconds) and writes into the server's data directory. Later requests, and ``GET``, are served from there.
     """
+    check_backend(backend)
     record = store.get_candidate(job_id, key)
     job = store.get_job(job_id)
-    archive = build_archive(job, record, settings)
+    archive = build_archive(job, record, settings, backend)
     return FileResponse(archive, media_type="application/zip", filename=archive.name)
 
 
@@ -197,13 +219,18 @@ def build_candidate_export(
     },
 )
 def download_candidate_export(
-    job_id: JobId, key: Annotated[str, Path(max_length=64)], store: StoreDep, settings: SettingsDep
+    job_id: JobId,
+    key: Annotated[str, Path(max_length=64)],
+    store: StoreDep,
+    settings: SettingsDep,
+    backend: Backend = "reference",
 ) -> FileResponse:
     """Download a candidate's export built earlier by ``POST`` (the same zip). Never builds anything: an export
     not built yet is a 409."""
+    check_backend(backend)
     record = store.get_candidate(job_id, key)
     job = store.get_job(job_id)
-    archive = built_archive(job, record, settings)
+    archive = built_archive(job, record, settings, backend)
     if archive is None:
         raise Conflict(
             f"the export of job {job_id} candidate {key} is not built yet; build it with POST "
