@@ -8,6 +8,7 @@ fake-quantized and the scales folded into the matmuls' ``alpha`` (same integer c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -133,17 +134,26 @@ class QuantAttnProcessor:
         return hidden_states / attn.rescale_output_factor
 
     def _attend(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, mask: torch.Tensor | None
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        scale: float,
+        mask: torch.Tensor | None,
+        probs: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        inplace: bool = True,
     ) -> torch.Tensor:
         """``softmax(scale · Q̂ K̂ᵀ + mask)`` quantized, times V̂, on ``(batch·heads, tokens, head_dim)`` inputs.
 
-        Q, K, V are quantized whole (they are fresh tensors of the caller: in place). The scores are computed
-        in chunks of heads that fit in cache (per-tensor parameters make chunking exact), except while a
-        calibration observes the probabilities, which must see them whole.
+        Q, K, V are quantized whole (in place unless ``inplace=False``: the processor's caller hands over fresh
+        tensors). The scores are computed in chunks of heads that fit in cache (per-tensor parameters make chunking
+        exact), except while a calibration observes the probabilities, which must see them whole. ``probs`` (a
+        run-time backend's) maps a chunk of scores to its quantized probabilities, as values, in place of the softmax
+        and the ``.pv`` site's quantizer.
         """
-        qq, sq = self.qk.a.split(query, inplace=True)
-        kk, sk = self.qk.b.split(key, inplace=True)
-        vv, sv = self.pv.b.split(value, inplace=True)
+        qq, sq = self.qk.a.split(query, inplace=inplace)
+        kk, sk = self.qk.b.split(key, inplace=inplace)
+        vv, sv = self.pv.b.split(value, inplace=inplace)
         alpha_qk = scale * (sq or 1.0) * (sk or 1.0)
         n, n_q, n_kv = qq.shape[0], qq.shape[1], kk.shape[1]
         step = n if self.pv.a.observing or mask is not None else max(1, SCORE_CHUNK_ELEMS // (n_q * n_kv))
@@ -160,6 +170,9 @@ class QuantAttnProcessor:
             )
             if mask is not None:
                 scores += mask
-            probs, sp = self.pv.a.split(scores.softmax(dim=-1), inplace=True)
-            torch.baddbmm(out[i:j], probs, vv[i:j], beta=0.0, alpha=(sp or 1.0) * (sv or 1.0), out=out[i:j])
+            if probs is None:
+                p, sp = self.pv.a.split(scores.softmax(dim=-1), inplace=True)
+            else:
+                p, sp = probs(scores), None
+            torch.baddbmm(out[i:j], p, vv[i:j], beta=0.0, alpha=(sp or 1.0) * (sv or 1.0), out=out[i:j])
         return out

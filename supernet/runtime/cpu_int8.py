@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from supernet.qlayers.attention import SCORE_CHUNK_ELEMS, QuantAttnProcessor
+from supernet.qlayers.attention import QuantAttnProcessor
 from supernet.qlayers.context import TimestepContext
 from supernet.qlayers.weighted import QConv2d, QLinear, QuantWeightLayer
 from supernet.quant.log2 import Log2Params
@@ -112,16 +112,15 @@ def _symmetric_int8(slot: QuantizedTensor, groups: int) -> tuple[torch.Tensor, t
     return q.to(torch.int8), new_scale.contiguous(), None, "requantized"
 
 
-def _code_table(layer: QuantWeightLayer) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per grid timestep: ``(inv, lo, hi, zero_point + offset, scale)`` as float32 rows, and the uint8 zero-points."""
-    rows, zeros = [], []
+def _code_table(layer: QuantWeightLayer) -> torch.Tensor:
+    """Per grid timestep: ``(inv, lo, hi, uint8 zero-point, scale)`` as float32 rows (the zero-point is an integer:
+    signed codes are shifted into uint8 by 128, the zero-point with them)."""
+    rows = []
     for p in layer.act.tables[layer.a_bits]:
         assert isinstance(p, UniformParams) and p._floats is not None
         inv, lo, hi, s, z = p._floats
-        offset = 128.0 if p.symmetric else 0.0
-        rows.append([inv, lo, hi, z + offset, s])
-        zeros.append(int(z + offset))
-    return torch.tensor(rows, dtype=torch.float32), torch.tensor(zeros, dtype=torch.long)
+        rows.append([inv, lo, hi, z + (128.0 if p.symmetric else 0.0), s])
+    return torch.tensor(rows, dtype=torch.float32)
 
 
 class _Int8Kernel:
@@ -130,12 +129,11 @@ class _Int8Kernel:
     def __init__(self, layer: QuantWeightLayer, slot: QuantizedTensor, step: StepIndex) -> None:
         self.layer = layer
         self.step = step
-        self.table, self.zeros = _code_table(layer)
+        self.table = _code_table(layer)
         groups = int(layer.groups) if isinstance(layer, QConv2d) else 1
         weight, self.w_scale, self.offset, self.how = _symmetric_int8(slot, groups)
-        bias = None if layer.bias is None else layer.bias.detach().to(torch.float32)
         self.w_zero = torch.zeros(self.w_scale.numel(), dtype=torch.long)
-        self.bias = bias
+        self.bias = None if layer.bias is None else layer.bias.detach().to(torch.float32)
         if isinstance(layer, QConv2d):
             self.conv = (list(layer.stride), list(layer.padding), list(layer.dilation), int(layer.groups))
             self.kernel_size = list(layer.kernel_size)
@@ -152,7 +150,7 @@ class _Int8Kernel:
         if torch.compiler.is_compiling():  # the timestep's parameters from tensors: one graph for every timestep
             row = self.table[self.step.tensor][0]
             r = torch.clamp(torch.round(x * row[0]), row[1], row[2])
-            out = self._int8(r.add(row[3]).to(torch.uint8), row[4], self.zeros[self.step.tensor][0], x, True)
+            out = self._int8(r.add(row[3]).to(torch.uint8), row[4], row[3].to(torch.long), x, True)
             return out if self.offset is None else out + self._offset_term(r, row[4])
         p = self.layer.act.params()
         if not isinstance(p, UniformParams) or p._floats is None or x.dtype != torch.float32:
@@ -248,25 +246,12 @@ class _FusedAttention:
         return self._attend(query, key, value, scale)
 
     def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
-        proc = self.proc
-        p = proc.pv.a.params()
+        p = self.proc.pv.a.params()
         assert isinstance(p, UniformParams | Log2Params)  # _fusable
         fused = softmax_log2 if isinstance(p, Log2Params) else softmax_uniform
         args = self._tensors(p)
-        qq, sq = proc.qk.a.split(query)  # not in place: the operator's inputs are not its to change
-        kk, sk = proc.qk.b.split(key)
-        vv, sv = proc.pv.b.split(value)
-        alpha_qk = scale * (sq or 1.0) * (sk or 1.0)
-        n, n_q, n_kv = qq.shape[0], qq.shape[1], kk.shape[1]
-        step = max(1, SCORE_CHUNK_ELEMS // (n_q * n_kv))
-        out = torch.empty((n, n_q, vv.shape[2]), dtype=vv.dtype)
-        kt = kk.transpose(-1, -2)
-        scores = torch.empty((min(step, n), n_q, n_kv), dtype=qq.dtype)
-        for i in range(0, n, step):
-            j = min(i + step, n)
-            s = torch.baddbmm(scores[: j - i], qq[i:j], kt[i:j], beta=0.0, alpha=alpha_qk)
-            torch.baddbmm(out[i:j], fused(s, *args), vv[i:j], beta=0.0, alpha=sv or 1.0, out=out[i:j])
-        return out
+        # not in place: an operator's inputs are not its to change
+        return self.proc._attend(query, key, value, scale, None, probs=lambda s: fused(s, *args), inplace=False)
 
 
 def _why_not(layer: QuantWeightLayer) -> str | None:
