@@ -1,0 +1,207 @@
+"""Measure a :class:`search.latency.LatencyTable`: what each conv/linear site costs on a run-time backend.
+
+For ``cpu-int8`` (the only backend with integer kernels so far) every site the backend can run in int8 is timed
+alone, eagerly, at its real input shape (captured by a forward hook during one denoiser call) and the table's batch
+size, in each kernel class: ``fp`` (a float32 convolution or matmul of the FP weights), ``int8`` (oneDNN's int8
+kernel on the codes of the site's 8-bit slot) and, for sites whose 8-bit weights are asymmetric, ``int8-offset``
+(the same plus the offset term). The rest of a step (norms, activations, attention, the rounding of inputs to codes,
+which the compiled graph fuses into neighbouring loops) is not timed per site: a whole uniform candidate at the
+widest quantized width is exported, loaded on the backend (compiled) and timed, and ``base_ms`` is that measured
+step minus the sum of its sites' times, so that the table reproduces the anchor exactly and prices other candidates
+by the differences between classes.
+
+A table is cached as JSON under ``<cache>/latency/`` by supernet, backend, batch size and machine, so it is measured
+once per (machine, backend, batch size): the anchor's compilation takes about a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from search.latency import FP_CLASS, INT8_CLASS, INT8_OFFSET_CLASS, LatencyTable, kernel_class
+from supernet.qlayers.weighted import QConv2d, QLinear
+from supernet.runtime.cpu_int8 import CPU_INT8, StepIndex, _Int8Kernel, _why_not, cpu_int8_unavailable
+from supernet.supernet import QuantSupernet
+
+log = logging.getLogger(__name__)
+
+#: Backends a latency table can be measured for (``reference`` has no kernels whose cost depends on the bits).
+LATENCY_BACKENDS = (CPU_INT8,)
+
+
+def machine_id() -> str:
+    """What a latency table depends on besides the model: CPU model, cores, torch threads and version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}; {os.cpu_count()} cpus; {torch.get_num_threads()} threads; torch {torch.__version__}"
+
+
+def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
+    with torch.no_grad():
+        for _ in range(2):
+            fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def _site_inputs(supernet: QuantSupernet, batch_size: int) -> dict[str, tuple[int, ...]]:
+    """``{site: input shape}`` of every conv/linear site at ``batch_size`` (one denoiser call, FP)."""
+    model = supernet.model
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+    for layer in model.denoiser.modules():
+        if isinstance(layer, QConv2d | QLinear):
+
+            def hook(module: Any, args: tuple[Any, ...], site: str = layer.site) -> None:
+                shapes.setdefault(site, tuple(args[0].shape))
+
+            handles.append(layer.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad(), supernet.assembled(supernet.uniform(32, 32, (0,))):
+            x = torch.zeros(batch_size, *model.sample_shape)
+            model.predict_noise(x, 0, model.example_condition(batch_size))
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def _site_times(layer: QConv2d | QLinear, shape: tuple[int, ...], step: StepIndex, repeats: int) -> dict[str, float]:
+    """The site's milliseconds in each kernel class at input ``shape`` (the layer assembled at its int8 width)."""
+    kernel = _Int8Kernel(layer, layer.slots[layer.w_bits], step)
+    x = torch.randn(shape)
+    weight = layer.weight.detach().to(torch.float32)
+    bias = None if layer.bias is None else layer.bias.detach().to(torch.float32)
+    if isinstance(layer, QConv2d):
+
+        def fp() -> Any:
+            return F.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+    else:
+
+        def fp() -> Any:
+            return F.linear(x, weight, bias)
+
+    inv, lo, hi, zero, scale = (float(v) for v in kernel.table[0])
+    r = torch.clamp(torch.round(x * inv), lo, hi)
+    q = r.add(zero).to(torch.uint8)
+    times = {
+        FP_CLASS: _median_ms(fp, repeats),
+        INT8_CLASS: _median_ms(lambda: kernel._int8(q, scale, int(zero), x, False), repeats),
+    }
+    if kernel.offset is not None:
+        offset = _median_ms(lambda: kernel._offset_term(r, scale), repeats)
+        times[INT8_OFFSET_CLASS] = times[INT8_CLASS] + offset
+    return times
+
+
+def _anchor_ms(supernet: QuantSupernet, bits: int, backend: str, batch_size: int, repeats: int) -> float:
+    """Measured milliseconds of one denoiser step of uniform W``bits``A``bits`` exported and loaded on ``backend``."""
+    from supernet.export import export_candidate, load
+
+    model = supernet.model
+    t = model.num_train_timesteps // 2
+    with tempfile.TemporaryDirectory() as tmp:
+        out = export_candidate(
+            supernet, supernet.uniform(bits, bits, (t,)), Path(tmp) / "anchor", scheduler_config=model.scheduler_config
+        )
+        runtime = load(out, backend=backend).model
+        x = torch.randn(batch_size, *runtime.sample_shape)
+        condition = runtime.example_condition(batch_size)
+        return _median_ms(lambda: runtime.predict_noise(x, t, condition), repeats)
+
+
+def measure_latency_table(
+    supernet: QuantSupernet, backend: str = CPU_INT8, batch_size: int = 64, repeats: int = 7
+) -> LatencyTable:
+    """Measure ``supernet``'s per-site latency table on ``backend`` at ``batch_size`` (see the module docstring).
+
+    Raises:
+        ValueError: a backend without integer kernels to price.
+        RuntimeError: the backend cannot run here (:func:`~supernet.runtime.cpu_int8_unavailable`).
+    """
+    if backend not in LATENCY_BACKENDS:
+        raise ValueError(f"latency tables are measured for {LATENCY_BACKENDS}, not {backend!r}")
+    reason = cpu_int8_unavailable(compile=True)
+    if reason is not None:
+        raise RuntimeError(f"{backend}: {reason}")
+    device = next(supernet.model.denoiser.parameters()).device
+    if device.type != "cpu":
+        raise RuntimeError(f"{backend}: the supernet is on {device}, the backend runs on the CPU")
+    kernel_bits = max(b for b in supernet.bit_options if b <= 8)
+    start = time.perf_counter()
+    shapes = _site_inputs(supernet, batch_size)
+    site_ms: dict[str, dict[str, float]] = {}
+    offset_sites: set[str] = set()
+    anchor = supernet.uniform(kernel_bits, kernel_bits, (0,))
+    with supernet.assembled(anchor):
+        layers = [m for m in supernet.model.denoiser.modules() if isinstance(m, QConv2d | QLinear)]
+        step = StepIndex(layers[0]._ctx)
+        for layer in layers:
+            if _why_not(layer) is not None or layer.site not in shapes:
+                continue
+            site_ms[layer.site] = _site_times(layer, shapes[layer.site], step, repeats)
+            if INT8_OFFSET_CLASS in site_ms[layer.site]:
+                offset_sites.add(layer.site)
+    measured = _anchor_ms(supernet, kernel_bits, backend, batch_size, repeats)
+    priced = sum(site_ms[s][kernel_class(kernel_bits, kernel_bits, kernel_bits, s in offset_sites)] for s in site_ms)
+    table = LatencyTable(
+        backend=backend,
+        batch_size=batch_size,
+        machine=machine_id(),
+        base_ms=measured - priced,
+        site_ms=site_ms,
+        offset_sites=frozenset(offset_sites),
+        kernel_bits=kernel_bits,
+        anchor={"candidate": f"W{kernel_bits}A{kernel_bits}", "measured_ms": measured},
+    )
+    log.info(
+        "latency table (%s, batch %d): %d sites priced, anchor W%dA%d %.2f ms/step (%.1f ms outside the sites), %.0f s",
+        backend, batch_size, len(site_ms), kernel_bits, kernel_bits, measured, table.base_ms,
+        time.perf_counter() - start,
+    )  # fmt: skip
+    return table
+
+
+def latency_table_path(cache_dir: str | Path, supernet_name: str, backend: str, batch_size: int) -> Path:
+    """Where the table of ``supernet_name`` (its artifact's name) on this machine is cached."""
+    machine = hashlib.sha256(machine_id().encode()).hexdigest()[:12]
+    return Path(cache_dir) / "latency" / f"{supernet_name}-{backend}-b{batch_size}-{machine}.json"
+
+
+def get_or_measure_latency_table(
+    supernet: QuantSupernet, cache_dir: str | Path, supernet_name: str, backend: str = CPU_INT8, batch_size: int = 64
+) -> LatencyTable:
+    """The cached table of ``supernet`` on this machine, measured (and cached) the first time."""
+    path = latency_table_path(cache_dir, supernet_name, backend, batch_size)
+    if path.exists():
+        try:
+            return LatencyTable.from_dict(json.loads(path.read_text()))
+        except (ValueError, KeyError, json.JSONDecodeError) as exc:
+            log.warning("re-measuring the latency table: %s is unreadable (%s)", path, exc)
+    table = measure_latency_table(supernet, backend, batch_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(table.to_dict(), indent=1))
+    tmp.replace(path)
+    return table
