@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 from search.candidate import Candidate
 from search.cost import CostModel
 from search.errors import TmpqError
+from search.spec import COSTS
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ class Evaluation:
         weight_bytes: weight storage of the assembled network.
         extra: other metrics (PSNR, FDD, seconds, …), JSON-ready values.
         error: why the evaluation failed; ``None`` when it succeeded.
+        latency_ms: predicted milliseconds of the schedule's denoiser steps on the job's run-time backend, from
+            its measured latency table (NaN when the job has none).
     """
 
     key: str
@@ -39,11 +42,20 @@ class Evaluation:
     weight_bytes: float
     extra: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    latency_ms: float = math.nan
 
     @property
     def ok(self) -> bool:
         """Succeeded with a finite quality."""
         return self.error is None and math.isfinite(self.quality)
+
+    def cost(self, axis: str = "bitops") -> float:
+        """The cost objective on ``axis``: ``bitops`` or ``latency`` (milliseconds)."""
+        if axis == "bitops":
+            return self.bitops
+        if axis == "latency":
+            return self.latency_ms
+        raise ValueError(f"unknown cost axis {axis!r} (expected one of {COSTS})")
 
     @classmethod
     def failure(
@@ -73,12 +85,14 @@ class Evaluation:
             "weight_bytes": self.weight_bytes,
             "extra": dict(self.extra),
             "error": self.error,
+            "latency_ms": self.latency_ms if math.isfinite(self.latency_ms) else None,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Evaluation:
         """Inverse of :meth:`to_dict`."""
         quality = data.get("quality")
+        latency = data.get("latency_ms")
         return cls(
             key=str(data["key"]),
             quality=math.nan if quality is None else float(quality),
@@ -86,6 +100,7 @@ class Evaluation:
             weight_bytes=float(data["weight_bytes"]),
             extra=dict(data.get("extra") or {}),
             error=data.get("error"),
+            latency_ms=math.nan if latency is None else float(latency),
         )
 
 
@@ -138,7 +153,7 @@ def evaluate_safely(evaluator: Evaluator, candidates: Sequence[Candidate], cost_
 
 
 def priced(evaluation: Evaluation, candidate: Candidate, cost_model: CostModel) -> Evaluation:
-    """``evaluation`` sanitised, with the cost model's BitOps and weight bytes for ``candidate``."""
+    """``evaluation`` sanitised, with the cost model's BitOps, weight bytes and latency for ``candidate``."""
     cost = cost_model.cost(candidate)
     reported = evaluation.bitops
     if evaluation.ok and math.isfinite(reported) and not math.isclose(reported, cost.bitops, rel_tol=1e-6):
@@ -148,4 +163,6 @@ def priced(evaluation: Evaluation, candidate: Candidate, cost_model: CostModel) 
             reported,
             cost.bitops,
         )
-    return replace(evaluation.sanitized(), bitops=cost.bitops, weight_bytes=cost.weight_bytes)
+    return replace(
+        evaluation.sanitized(), bitops=cost.bitops, weight_bytes=cost.weight_bytes, latency_ms=cost.latency_ms
+    )

@@ -1,4 +1,5 @@
-"""Pareto utilities for the two objectives (quality, BitOps), both minimised.
+"""Pareto utilities for the two objectives (quality, cost), both minimised; the cost axis is BitOps or, for a job
+that searches latency, the milliseconds of its measured latency table (``Evaluation.cost(axis)``).
 
 - :func:`non_dominated_mask`: non-dominated filter with constraints (feasible first, as pymoo does it).
 - :func:`pareto_front`: the feasible non-dominated evaluations (failed and over-budget ones never appear).
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from search.evaluator import Evaluation
+from search.spec import COSTS
 
 
 def non_dominated_mask(
@@ -74,20 +76,27 @@ def _non_dominated_2d(points: np.ndarray) -> np.ndarray:
     return keep
 
 
-def is_feasible(evaluation: Evaluation, budget: float | None = None) -> bool:
-    """Succeeded, and within the BitOps budget when there is one."""
-    return evaluation.ok and (budget is None or evaluation.bitops <= budget)
+def is_feasible(evaluation: Evaluation, budget: float | None = None, axis: str = "bitops") -> bool:
+    """Succeeded, within the BitOps budget when there is one, and priced on ``axis``."""
+    return evaluation.ok and (budget is None or evaluation.bitops <= budget) and math.isfinite(evaluation.cost(axis))
 
 
-def pareto_front(evaluations: Iterable[Evaluation], budget: float | None = None) -> list[Evaluation]:
-    """Feasible non-dominated evaluations in (quality, BitOps), sorted by BitOps, then quality, then key.
+def pareto_front(
+    evaluations: Iterable[Evaluation], budget: float | None = None, axis: str = "bitops"
+) -> list[Evaluation]:
+    """Feasible non-dominated evaluations in (quality, cost on ``axis``), sorted by that cost, then quality, then key.
 
-    Failed evaluations and those over ``budget`` are never part of it (an empty list if none is feasible).
+    Failed evaluations and those over ``budget`` (BitOps, whatever the axis) are never part of it (an empty list if
+    none is feasible).
     """
-    feasible = sorted((e for e in evaluations if is_feasible(e, budget)), key=lambda e: (e.bitops, e.quality, e.key))
+    if axis not in COSTS:
+        raise ValueError(f"unknown cost axis {axis!r} (expected one of {COSTS})")
+    feasible = sorted(
+        (e for e in evaluations if is_feasible(e, budget, axis)), key=lambda e: (e.cost(axis), e.quality, e.key)
+    )
     if not feasible:
         return []
-    mask = non_dominated_mask([(e.quality, e.bitops) for e in feasible])
+    mask = non_dominated_mask([(e.quality, e.cost(axis)) for e in feasible])
     return [e for e, keep in zip(feasible, mask, strict=True) if keep]
 
 
@@ -109,19 +118,21 @@ def hypervolume_2d(points: Sequence[Sequence[float]] | np.ndarray, reference: Se
 
 @dataclass(frozen=True)
 class ObjectiveScale:
-    """Normalisation of (quality, BitOps) for hypervolume; see the module docstring.
+    """Normalisation of (quality, cost) for hypervolume; see the module docstring.
 
     Attributes:
-        bitops_low: BitOps of the cheapest candidate of the space (x = 0).
-        bitops_high: BitOps of the dearest candidate of the space (x = 1).
+        bitops_low: cost of the cheapest candidate of the space (x = 0), in BitOps or milliseconds (``axis``).
+        bitops_high: cost of the dearest candidate of the space (x = 1).
         quality_ref: quality mapped to y = 1.
         margin: the reference point is ``(1 + margin, 1 + margin)``.
+        axis: the cost axis (``bitops`` or ``latency``).
     """
 
     bitops_low: float
     bitops_high: float
     quality_ref: float
     margin: float = 0.1
+    axis: str = "bitops"
 
     def __post_init__(self) -> None:
         if not (0 < self.bitops_low <= self.bitops_high) or not math.isfinite(self.bitops_high):
@@ -141,7 +152,7 @@ class ObjectiveScale:
 
     def hypervolume(self, front: Iterable[Evaluation]) -> float:
         """Hypervolume of evaluations (normally a front) in the normalised space."""
-        points = [self.transform(e.quality, e.bitops) for e in front if e.ok]
+        points = [self.transform(e.quality, e.cost(self.axis)) for e in front if e.ok]
         return hypervolume_2d(points, self.reference) if points else 0.0
 
 
@@ -169,7 +180,8 @@ def knee_index(points: Sequence[Sequence[float]] | np.ndarray) -> int:
     return best if distance[best] > 0 else int(np.argmin(norm.sum(axis=1)))
 
 
-def knee_point(front: Sequence[Evaluation], log_bitops: bool = True) -> Evaluation:
-    """The knee of a front of evaluations; BitOps on a log scale by default (as for the hypervolume)."""
-    points = [(math.log(e.bitops) if log_bitops else e.bitops, e.quality) for e in front]
+def knee_point(front: Sequence[Evaluation], log_bitops: bool = True, axis: str = "bitops") -> Evaluation:
+    """The knee of a front of evaluations; the cost on ``axis`` on a log scale by default (as for the
+    hypervolume)."""
+    points = [(math.log(e.cost(axis)) if log_bitops else e.cost(axis), e.quality) for e in front]
     return front[knee_index(points)]

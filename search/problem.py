@@ -1,7 +1,8 @@
 """The search as a pymoo problem: bounds, objectives and constraints, repair and duplicate elimination.
 
 Evaluation happens outside pymoo (ask/tell): :class:`SearchProblem` only carries the bounds, and
-:func:`objectives` turns outcomes into pymoo's ``F`` (quality, BitOps) and ``G`` rows:
+:func:`objectives` turns outcomes into pymoo's ``F`` (quality, cost: BitOps or predicted milliseconds) and ``G``
+rows:
 
 - ``g_budget = (bitops − budget) / budget`` (≤ 0 feasible; normalised so that it is commensurate with the
   other constraint; −1 without a budget),
@@ -34,9 +35,10 @@ class Outcome:
     Attributes:
         key: the candidate's key.
         quality: measured quality; NaN when failed or not evaluated (over budget).
-        bitops: analytic BitOps.
+        bitops: analytic BitOps (what the budget constrains).
         failed: evaluation failed (error or non-finite quality).
         evaluated: the evaluator measured it (False: skipped for being over budget, or never evaluated).
+        cost: the cost objective when it is not BitOps (predicted milliseconds); ``None``: BitOps.
     """
 
     key: str
@@ -44,6 +46,12 @@ class Outcome:
     bitops: float
     failed: bool = False
     evaluated: bool = True
+    cost: float | None = None
+
+    @property
+    def objective(self) -> float:
+        """The second objective: :attr:`cost`, or BitOps."""
+        return self.bitops if self.cost is None else self.cost
 
     def feasible(self, budget: float | None) -> bool:
         return self.evaluated and not self.failed and (budget is None or self.bitops <= budget)
@@ -55,7 +63,7 @@ def objectives(outcomes: Sequence[Outcome], budget: float | None) -> tuple[np.nd
     G = np.empty((len(outcomes), 2))
     for i, o in enumerate(outcomes):
         usable = o.evaluated and not o.failed
-        F[i] = (o.quality if usable else FAILED_QUALITY, o.bitops)
+        F[i] = (o.quality if usable else FAILED_QUALITY, o.objective)
         G[i, 0] = (o.bitops - budget) / budget if budget is not None else -1.0
         G[i, 1] = -1.0 if usable else 1.0
     return F, G

@@ -36,10 +36,11 @@ from search.encoding import Encoding
 from search.errors import ConfigError
 from search.evaluator import Evaluation, Evaluator, evaluate_safely, priced
 from search.evolution import EvolutionParams
+from search.fields import read_choice
 from search.pareto import ObjectiveScale, knee_point, pareto_front
 from search.problem import Outcome
 from search.space import SearchSpace
-from search.spec import ALGORITHMS, SearchSettings, UniformBudget, parse_budget
+from search.spec import ALGORITHMS, COSTS, SearchSettings, UniformBudget, parse_budget
 from search.strategy import BudgetGuard
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class RunnerConfig:
         generations: generations to run (a resumed run continues up to this number).
         seed: seed of every random choice of the search.
         budget: ``None``, BitOps, or ``"WxAy@K"`` / :class:`UniformBudget`.
+        cost: the second objective, ``bitops`` or ``latency`` (the cost model's latency table must be measured).
         max_evaluations: stop after this many evaluations (``None``: no cap).
         evolution: settings of ``tmpq_evolution``.
         quality_ref: quality mapped to 1 in the hypervolume (``None``: the worst successful quality of
@@ -69,6 +71,7 @@ class RunnerConfig:
     generations: int = 20
     seed: int = 0
     budget: float | UniformBudget | str | None = None
+    cost: str = "bitops"
     max_evaluations: int | None = None
     evolution: EvolutionParams = field(default_factory=EvolutionParams)
     quality_ref: float | None = None
@@ -86,6 +89,7 @@ class RunnerConfig:
             raise ConfigError("quality_ref", f"must be positive and finite, got {self.quality_ref!r}")
         if not isinstance(self.budget, UniformBudget):
             object.__setattr__(self, "budget", parse_budget(self.budget))
+        object.__setattr__(self, "cost", read_choice(self.cost, "cost", COSTS))
         self.evolution.resolve(self.population)
 
     @classmethod
@@ -97,6 +101,7 @@ class RunnerConfig:
             "generations": spec.generations,
             "seed": spec.seed,
             "budget": spec.budget,
+            "cost": spec.cost,
         }
         return cls(**{**base, **overrides})
 
@@ -108,6 +113,7 @@ class RunnerConfig:
             "population": self.population,
             "seed": self.seed,
             "budget": budget,
+            "cost": self.cost,
             "evolution": dataclasses.asdict(self.evolution),
             "quality_ref": self.quality_ref,
         }
@@ -148,7 +154,7 @@ class GenerationResult:
         generation: index, from 0.
         evaluations: evaluations first belonging to this generation (failed ones included), in ask order.
         candidates: the candidates of ``evaluations`` and of ``front``, by key.
-        front: the feasible non-dominated evaluations of the whole search so far, by BitOps.
+        front: the feasible non-dominated evaluations of the whole search so far, by cost (BitOps or latency).
         hypervolume: of ``front`` under the job's :class:`~search.pareto.ObjectiveScale` (0 before there is a
             reference quality).
         evaluated: evaluations so far (the evaluation budget used).
@@ -177,10 +183,11 @@ class SearchResult:
     evaluated: int
     failed: int
     stopped: str
+    axis: str = "bitops"
 
     def knee(self) -> Evaluation | None:
         """The knee point of the front (None when the front is empty)."""
-        return knee_point(self.front) if self.front else None
+        return knee_point(self.front, axis=self.axis) if self.front else None
 
 
 def _digest(data: Mapping[str, Any]) -> str:
@@ -199,7 +206,8 @@ class SearchRunner:
         config: a :class:`RunnerConfig` or the job's :class:`SearchSettings`.
         space: the search space (from the spec and the model).
         evaluator: measures candidates.
-        cost_model: prices candidates (BitOps for the objective and the budget).
+        cost_model: prices candidates (BitOps for the budget, and BitOps or its latency table's milliseconds for
+            the objective).
         checkpoint_path: where to write the checkpoint after each generation (None: keep it in memory only;
             :meth:`checkpoint` still returns it).
     """
@@ -218,13 +226,17 @@ class SearchRunner:
         self.encoding = Encoding(space)
         self.evaluator = evaluator
         self.cost_model = cost_model
+        self.axis = self.config.cost
+        if self.axis == "latency" and cost_model.latency is None:
+            raise ConfigError("cost", "searching latency needs a measured latency table (evaluation.latency_backend)")
         self.budget = resolve_budget(self.config.budget, cost_model, space, self.config.algorithm)
         self.guard = BudgetGuard(cost_model, self.budget)
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
-        self._bitops_range = (
-            cost_model.cost(space.cheapest()).bitops,
-            cost_model.cost(space.dearest()).bitops,
-        )
+        cheapest, dearest = cost_model.cost(space.cheapest()), cost_model.cost(space.dearest())
+        if self.axis == "latency":
+            self._cost_range = (cheapest.latency_ms, dearest.latency_ms)
+        else:
+            self._cost_range = (cheapest.bitops, dearest.bitops)
         self._state: Checkpoint | None = None
         self._stop_requested = False
 
@@ -279,6 +291,7 @@ class SearchRunner:
             **self.config.fingerprint(),
             "budget_bitops": self.budget,
             "cost_model": _digest(self.cost_model.to_dict()),
+            "latency": self._latency_key(),
             "space": {
                 "T": s.num_train_timesteps,
                 "steps": list(s.steps),
@@ -289,6 +302,14 @@ class SearchRunner:
                 "units": list(s.units),
             },
         }
+
+    def _latency_key(self) -> dict[str, Any] | None:
+        """What a resumed latency search must share: the table's backend and batch size (not its measured values,
+        which a re-measurement changes by noise)."""
+        table = self.cost_model.latency
+        if self.axis != "latency" or table is None:
+            return None
+        return {"backend": table.backend, "batch_size": table.batch_size}
 
     @property
     def cache(self) -> EvaluationCache:
@@ -395,16 +416,21 @@ class SearchRunner:
 
     def _outcome(self, candidate: Candidate, action: str) -> Outcome:
         if action == _SKIP:
-            return Outcome(candidate.key(), math.nan, self.guard.bitops(candidate), evaluated=False)
+            cost = self.cost_model.cost(candidate)
+            return Outcome(candidate.key(), math.nan, cost.bitops, evaluated=False, cost=self._objective(cost))
         e = self._entry(candidate.key()).evaluation
-        return Outcome(e.key, e.quality, e.bitops, failed=not e.ok)
+        return Outcome(e.key, e.quality, e.bitops, failed=not e.ok, cost=self._objective(e))
+
+    def _objective(self, value: Any) -> float | None:
+        """The latency objective of a :class:`Cost` or :class:`Evaluation` (``None``: the objective is BitOps)."""
+        return value.latency_ms if self.axis == "latency" else None
 
     # -- reporting --------------------------------------------------------------------------------------
 
     def _report(self, gen: int, new: list[Candidate], skipped: int) -> GenerationResult:
         state = self._require_state()
         evaluations = [self._entry(c.key()).evaluation for c in new]
-        state.front = pareto_front([*state.front, *evaluations], self.budget)
+        state.front = pareto_front([*state.front, *evaluations], self.budget, self.axis)
         if state.quality_ref is None:
             state.quality_ref = self._first_quality_ref()
         hv = self._hypervolume(state.front, state.quality_ref)
@@ -440,10 +466,10 @@ class SearchRunner:
         return worst if worst > 0 else 1.0
 
     def _hypervolume(self, front: list[Evaluation], quality_ref: float | None) -> float:
-        low, high = self._bitops_range
-        if quality_ref is None or not front or low <= 0:
+        low, high = self._cost_range
+        if quality_ref is None or not front or not low > 0:
             return 0.0
-        return ObjectiveScale(low, high, quality_ref).hypervolume(front)
+        return ObjectiveScale(low, high, quality_ref, axis=self.axis).hypervolume(front)
 
     def _result(self) -> SearchResult:
         state = self._require_state()
@@ -456,6 +482,7 @@ class SearchRunner:
             state.cache.evaluated,
             state.cache.failed,
             state.stopped or "unknown",
+            self.axis,
         )
 
     def _save(self) -> None:

@@ -29,6 +29,9 @@ GRANULARITIES = ("site", "block")
 ALGORITHMS = ("nsga2", "tmpq_evolution", "random")
 #: The solvers that run a candidate's schedule (and the FP reference): DDIM (η = 0; TMPQ-DM's) and DPM-Solver++(2M).
 SOLVERS = ("ddim", "dpmsolver++")
+#: The cost objective beside quality: analytic BitOps, or the milliseconds a latency table measured on the job's
+#: run-time backend predicts (``evaluation.latency_backend``); ``Evaluation.cost(axis)`` reads either.
+COSTS = ("bitops", "latency")
 
 #: ``"W6A6@10"``: the BitOps of every site at W6A6 for 10 steps.
 BUDGET_PATTERN = re.compile(r"^\s*W(\d{1,2})\s*A(\d{1,2})\s*@\s*(\d{1,6})\s*$", re.IGNORECASE)
@@ -100,7 +103,10 @@ class SearchSettings:
         granularity: ``site`` (genes per quantizable site) or ``block`` (sites of a block share genes).
         solver: what samples a candidate's timesteps, its uniform baselines and the FP reference: ``ddim`` or
             ``dpmsolver++`` (DPM-Solver++(2M)).
-        budget: ``None``, BitOps, or :class:`UniformBudget` (``"W6A6@10"``).
+        budget: ``None``, BitOps, or :class:`UniformBudget` (``"W6A6@10"``); a constraint in BitOps whatever
+            ``cost`` is.
+        cost: the second objective, ``bitops`` or ``latency`` (milliseconds predicted by the latency table the
+            job measures on its run-time backend).
         algorithm: ``nsga2``, ``tmpq_evolution`` or ``random``.
         population: individuals per generation (2..:data:`MAX_POPULATION`).
         generations: number of generations (1..:data:`MAX_GENERATIONS`).
@@ -114,6 +120,7 @@ class SearchSettings:
     granularity: str = "site"
     solver: str = "ddim"
     budget: float | UniformBudget | None = None
+    cost: str = "bitops"
     algorithm: str = "nsga2"
     population: int = 50
     generations: int = 20
@@ -133,6 +140,7 @@ class SearchSettings:
         put(self, "solver", read_choice(self.solver, "solver", SOLVERS))
         if not isinstance(self.budget, UniformBudget):
             put(self, "budget", parse_budget(self.budget))
+        put(self, "cost", read_choice(self.cost, "cost", COSTS))
         put(self, "algorithm", read_choice(self.algorithm, "algorithm", ALGORITHMS))
         put(self, "population", read_int(self.population, "population", 2, MAX_POPULATION))
         put(self, "generations", read_int(self.generations, "generations", 1, MAX_GENERATIONS))
@@ -155,6 +163,7 @@ class SearchSettings:
             "granularity": self.granularity,
             "solver": self.solver,
             "budget": str(self.budget) if isinstance(self.budget, UniformBudget) else self.budget,
+            "cost": self.cost,
             "algorithm": self.algorithm,
             "population": self.population,
             "generations": self.generations,

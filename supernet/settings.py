@@ -23,6 +23,9 @@ QUANT_KINDS: tuple[str, ...] = ("uniform", "log2")
 #: What computes an export's quantized sites at run time (torch-free names; :mod:`supernet.runtime` implements them):
 #: ``reference`` fake-quantizes as the search evaluated, ``cpu-int8`` runs oneDNN's int8 kernels on x86 CPUs.
 RUNTIME_BACKENDS: tuple[str, ...] = ("reference", "cpu-int8")
+#: The backends a latency table can be measured on: those whose integer kernels make a site's cost depend on its
+#: bits (``reference`` computes everything in float32 whatever the bits).
+LATENCY_BACKENDS: tuple[str, ...] = ("cpu-int8",)
 
 
 def check_backend(name: object, field: str = "backend") -> str:

@@ -186,8 +186,31 @@ def prepare_job(
         model.path, bits, spec.calibration, known_hash=model.model_hash, condition_key=model.condition_key
     )
     space = _search_space(spec, supernet)
+    cost_model = supernet.cost_model
+    if evaluation.latency_backend is not None:
+        start = time.perf_counter()
+        cost_model = cost_model.with_latency(_latency_table(spec, supernet, root, path.name, report))
+        timings["latency_table_s"] = time.perf_counter() - start
     features_path = str(features) if features is not None else None
-    return PreparedJob(spec, model, supernet, path, space, supernet.cost_model, features_path, timings, conditioning)
+    return PreparedJob(spec, model, supernet, path, space, cost_model, features_path, timings, conditioning)
+
+
+def _latency_table(spec: JobSpec, supernet: Any, root: Path, name: str, report: ProgressReporter) -> Any:
+    """The job's latency table on its backend (measured on this machine the first time, then cached)."""
+    from supernet.runtime import cpu_int8_unavailable
+    from supernet.runtime.latency import get_or_measure_latency_table, latency_table_path
+
+    backend = spec.evaluation.latency_backend
+    device = next(supernet.model.denoiser.parameters()).device
+    if device.type != "cpu":
+        raise ConfigError("evaluation.latency_backend", f"{backend} runs on the CPU; the model was loaded on {device}")
+    why = cpu_int8_unavailable(compile=True)
+    if why is not None:
+        raise ConfigError("evaluation.latency_backend", f"{backend} cannot run on this worker: {why}")
+    batch = spec.evaluation.latency_batch
+    if not latency_table_path(root, name, backend, batch).exists():
+        report("calibrating", f"measuring the {backend} latency table at batch {batch} (once per machine)")
+    return get_or_measure_latency_table(supernet, root, name, backend, batch)
 
 
 def _check_feature_program(path: str, model: Any, report: ProgressReporter) -> None:

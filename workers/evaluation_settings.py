@@ -1,7 +1,8 @@
 """The ``evaluation`` section of a job spec: :class:`EvaluationSettings`, torch-free (the server validates it).
 
 How each candidate is measured: the objective, how many samples from the same noise, the FP reference schedule,
-how many samples re-score the final front with FDD, and the batch size.
+how many samples re-score the final front with FDD, the batch size, and the run-time backend whose latency is
+measured (a per-site table, once per machine and batch size) so the search can rank candidates by milliseconds.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from search.errors import ConfigError, ModelLoadError
 from search.fields import check_known, read_choice, read_int, shown
 from supernet.model_settings import resolve_model_path
+from supernet.settings import LATENCY_BACKENDS
 
 EVALUATION_SETTINGS_VERSION = 1
 #: ``latent_mse`` compares the samples before the VAE decodes them: cheaper on a latent model (no decode); ``fd`` is
@@ -47,6 +49,10 @@ class EvaluationSettings:
         batch_size: images per forward pass.
         features: a feature extractor the user supplies, a ``torch.export`` program file (see
             :mod:`supernet.feature_space`), absolute or under the model root; every evaluation then records ``fd``.
+        latency_backend: a run-time backend (``cpu-int8``) to measure a per-site latency table on (cached per
+            machine and batch size): every candidate then records ``latency_ms``, its predicted milliseconds of
+            denoising on that backend, and ``search.cost: latency`` can minimise it. ``None``: no latency.
+        latency_batch_size: the batch size the latency is measured at (``None``: ``batch_size``).
         version: format version of this section.
     """
 
@@ -56,6 +62,8 @@ class EvaluationSettings:
     rescore_samples: int | None = None
     batch_size: int = 64
     features: str | None = None
+    latency_backend: str | None = None
+    latency_batch_size: int | None = None
     version: int = EVALUATION_SETTINGS_VERSION
 
     def __post_init__(self) -> None:
@@ -73,6 +81,12 @@ class EvaluationSettings:
         read_int(self.batch_size, "batch_size", 1, MAX_BATCH_SIZE)
         if self.features is not None and (not isinstance(self.features, str) or not self.features.strip()):
             raise ConfigError("features", f"expected the path of a feature program file, got {shown(self.features)}")
+        if self.latency_backend is not None:
+            read_choice(self.latency_backend, "latency_backend", LATENCY_BACKENDS)
+        if self.latency_batch_size is not None:
+            read_int(self.latency_batch_size, "latency_batch_size", 1, MAX_BATCH_SIZE)
+            if self.latency_backend is None:
+                raise ConfigError("latency_batch_size", "is set but latency_backend is not (nothing is measured)")
         if self.objective == "fd" and self.features is None:
             raise ConfigError("objective", "fd needs a feature space: set evaluation.features to a program file")
         if self.objective == "fd" and self.samples < 4:
@@ -89,6 +103,11 @@ class EvaluationSettings:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-ready form."""
         return dataclasses.asdict(self)
+
+    @property
+    def latency_batch(self) -> int:
+        """The batch size the latency table is measured at."""
+        return self.latency_batch_size if self.latency_batch_size is not None else self.batch_size
 
     def replace(self, **changes: Any) -> EvaluationSettings:
         """A copy with some fields changed (validated again)."""

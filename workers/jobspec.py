@@ -78,6 +78,24 @@ class JobSpec:
     execution: ExecutionSettings = field(default_factory=ExecutionSettings)
     version: int = JOB_SPEC_VERSION
 
+    def __post_init__(self) -> None:
+        """Checks across sections (each section validated itself)."""
+        if self.search.cost == "latency" and self.evaluation.latency_backend is None:
+            raise ConfigError(
+                "search.cost", "latency needs a backend to measure it on: set evaluation.latency_backend (cpu-int8)"
+            )
+        if self.evaluation.latency_backend is not None and self.model.device.startswith("cuda"):
+            raise ConfigError(
+                "evaluation.latency_backend",
+                f"{self.evaluation.latency_backend} runs on the CPU; the job's model.device is {self.model.device}",
+            )
+        if self.evaluation.latency_backend is not None and self.model.dtype != "float32":
+            raise ConfigError(
+                "evaluation.latency_backend",
+                f"{self.evaluation.latency_backend} is measured on the float32 supernet; model.dtype is "
+                f"{self.model.dtype}",
+            )
+
     # -- construction ----------------------------------------------------------------------------------
 
     @classmethod

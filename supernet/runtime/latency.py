@@ -34,12 +34,12 @@ import torch.nn.functional as F
 from search.latency import FP_CLASS, INT8_CLASS, INT8_OFFSET_CLASS, LatencyTable, kernel_class
 from supernet.qlayers.weighted import QConv2d, QLinear
 from supernet.runtime.cpu_int8 import CPU_INT8, StepIndex, _Int8Kernel, _why_not, cpu_int8_unavailable
+from supernet.settings import LATENCY_BACKENDS
 from supernet.supernet import QuantSupernet
 
 log = logging.getLogger(__name__)
 
-#: Backends a latency table can be measured for (``reference`` has no kernels whose cost depends on the bits).
-LATENCY_BACKENDS = (CPU_INT8,)
+assert CPU_INT8 in LATENCY_BACKENDS
 
 
 def machine_id() -> str:

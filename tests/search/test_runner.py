@@ -15,7 +15,7 @@ from search.errors import ConfigError
 from search.evaluator import Evaluation
 from search.evolution import EvolutionParams
 from search.exhaustive import exhaustive_front
-from search.pareto import ObjectiveScale
+from search.pareto import ObjectiveScale, pareto_front
 from search.runner import GenerationResult, RunnerConfig, SearchResult, SearchRunner
 from search.space import SearchSpace, blocks_by_prefix
 from search.spec import SearchSettings
@@ -311,3 +311,50 @@ def test_resume_refuses_another_cost_model(space: SearchSpace, cost_model: CostM
     )
     with pytest.raises(ConfigError, match="cost_model"):
         other.resume(runner.checkpoint())
+
+
+def _latency_model(cost_model: CostModel) -> CostModel:
+    from search.latency import LatencyTable
+
+    table = LatencyTable(
+        backend="cpu-int8",
+        batch_size=8,
+        machine="test",
+        base_ms=10.0,
+        site_ms={
+            "down.0.conv": {"fp": 5.0, "int8": 1.0, "int8-offset": 3.0},  # 8-bit weights cost more than 6-bit
+            "mid.0.conv": {"fp": 4.0, "int8": 2.0},
+            "up.1.conv": {"fp": 4.0, "int8": 1.5},
+        },
+        offset_sites=frozenset({"down.0.conv"}),
+    )
+    return cost_model.with_latency(table)
+
+
+def test_latency_search_ranks_by_the_tables_milliseconds(space: SearchSpace, cost_model: CostModel) -> None:
+    priced = _latency_model(cost_model)
+    evaluator = SyntheticEvaluator(cost_model, 1000)  # reports no latency: the runner prices it
+    result, gens, _ = run(space, priced, evaluator, cost="latency", population=12, generations=4, seed=3)
+    evaluated = {e.key: e for g in gens for e in g.evaluations}
+    by_key = {c.key(): c for c in evaluator.evaluated}
+    for key, e in evaluated.items():
+        assert e.latency_ms == pytest.approx(priced.latency.latency_ms(by_key[key]))
+    assert [e.key for e in result.front] == [e.key for e in pareto_front(evaluated.values(), axis="latency")]
+    latencies = [e.latency_ms for e in result.front]
+    assert latencies == sorted(latencies) and result.axis == "latency"
+    assert result.knee() is not None and gens[-1].hypervolume > 0
+
+
+def test_latency_search_needs_a_table_and_resumes_only_as_one(space: SearchSpace, cost_model: CostModel) -> None:
+    evaluator = SyntheticEvaluator(cost_model, 1000)
+    with pytest.raises(ConfigError, match="latency table") as info:
+        SearchRunner(RunnerConfig(cost="latency"), space, evaluator, cost_model)
+    assert info.value.field == "cost"
+    with pytest.raises(ConfigError, match="cost"):
+        RunnerConfig(cost="watts")
+    priced = _latency_model(cost_model)
+    first = SearchRunner(RunnerConfig(cost="latency", population=6, generations=1), space, evaluator, priced)
+    first.run()
+    bitops = SearchRunner(RunnerConfig(population=6, generations=2), space, evaluator, priced)
+    with pytest.raises(ConfigError, match="cost"):
+        bitops.resume(first.checkpoint())

@@ -37,6 +37,8 @@ def test_round_trip() -> None:
     assert SearchSettings.from_dict(data) == search
     single = SearchSettings.from_dict({"steps": 8, "budget": 1.5e9})
     assert single.to_dict()["steps"] == 8 and SearchSettings.from_dict(single.to_dict()) == single
+    latency = SearchSettings.from_dict({"cost": "latency"})
+    assert latency.to_dict()["cost"] == "latency" and SearchSettings.from_dict(latency.to_dict()) == latency
 
 
 @pytest.mark.parametrize(
@@ -60,6 +62,8 @@ def test_round_trip() -> None:
         ({"grouping": "cosine"}, "grouping"),
         ({"granularity": "layer"}, "granularity"),
         ({"algorithm": "cmaes"}, "algorithm"),
+        ({"cost": "watts"}, "cost"),
+        ({"cost": 3}, "cost"),
         ({"budget": "W6A6"}, "budget"),
         ({"budget": "W9A6@10"}, "budget"),
         ({"budget": "W6A6@" + "9" * 5000}, "budget"),

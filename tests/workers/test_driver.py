@@ -152,3 +152,26 @@ def test_a_bfloat16_job_evaluates_in_bfloat16_on_the_float32_calibration(tmp_pat
     assert prepared["job"].model.dtype == torch.float32
     sources = {a["calibration"].get("source") for a in again.activities if a["calibration"] is not None}
     assert sources == {"cache"}, sources
+
+
+@pytest.mark.slow
+def test_a_latency_job_measures_its_table_once_and_ranks_by_milliseconds(tmp_path: Path) -> None:
+    spec = JobSpec.from_dict(
+        {
+            **SPEC,
+            "search": {**SPEC["search"], "cost": "latency"},
+            "evaluation": {**SPEC["evaluation"], "latency_backend": "cpu-int8", "latency_batch_size": 16},
+        }
+    )
+    sink = Sink()
+    options = DriverOptions(evaluator="inprocess", cache_dir=str(tmp_path))
+    result = run_job(spec, sink, options=options)
+    assert result.axis == "latency" and result.front
+    latencies = [e.latency_ms for e in result.front]
+    assert all(ms > 0 for ms in latencies) and latencies == sorted(latencies)
+    (table,) = (tmp_path / "latency").glob("*-cpu-int8-b16-*.json")
+    assert any("latency table" in a["message"] for a in sink.activities)
+    again = Sink()
+    run_job(spec, again, options=options)  # the cached table: not measured again
+    assert not any("latency table" in a["message"] for a in again.activities)
+    assert list((tmp_path / "latency").glob("*.json")) == [table]

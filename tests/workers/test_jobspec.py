@@ -99,6 +99,11 @@ def _with(path: str, value: Any) -> dict[str, Any]:
         ("evaluation.features", "", "evaluation.features"),
         ("evaluation.features", 3, "evaluation.features"),
         ("evaluation.objective", "fd", "evaluation.objective"),  # fd without a feature program
+        ("evaluation.latency_backend", "reference", "evaluation.latency_backend"),  # no kernels to price
+        ("evaluation.latency_backend", "tpu-int4", "evaluation.latency_backend"),
+        ("evaluation.latency_batch_size", 8, "evaluation.latency_batch_size"),  # without a backend
+        ("search.cost", "latency", "search.cost"),  # without evaluation.latency_backend
+        ("search.cost", "joules", "search.cost"),
         ("execution.ray.address", "attacker:6379", "execution.ray.address"),
         ("execution.ray.num_actors", 0, "execution.ray.num_actors"),
         ("execution.ray.num_actors", 100_000, "execution.ray.num_actors"),
@@ -119,6 +124,16 @@ def test_every_bad_value_is_refused_naming_the_dotted_field(path: str, value: An
         validate_job(_with(path, value), ROOT)
     assert info.value.field == field
     assert "\n" not in str(info.value) and len(str(info.value)) < 400
+
+
+def test_a_latency_search_needs_a_cpu_backend() -> None:
+    spec = validate_job(_with("evaluation.latency_backend", "cpu-int8") | {"search": {"cost": "latency"}}, ROOT)
+    assert spec.search.cost == "latency" and spec.evaluation.latency_batch == spec.evaluation.batch_size
+    on_gpu = _with("evaluation.latency_backend", "cpu-int8")
+    on_gpu["model"]["device"] = "cuda:1"
+    with pytest.raises(ConfigError, match="runs on the CPU") as info:
+        validate_job(on_gpu, ROOT)
+    assert info.value.field == "evaluation.latency_backend"
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
