@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 #: Job states, for ``tmpq jobs --state``.
 STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 #: Sort keys of the front (``tmpq front --sort``).
-SORT_KEYS = ("bitops", "quality", "weight_bytes", "steps")
+SORT_KEYS = ("bitops", "quality", "weight_bytes", "steps", "latency_ms")
 #: Spec fields that only mean something to a local ``tmpq search`` (not sent to the server).
 LOCAL_ONLY_FIELDS = ("output",)
 
@@ -85,6 +85,7 @@ def _positive_seconds(text: str) -> float:
 _bitops = _number("BitOps, e.g. 2.5e9", minimum=0)
 _bytes = _number("bytes", minimum=0)
 _quality = _number("quality")
+_milliseconds = _number("milliseconds", minimum=0)
 
 
 # -- shared helpers -----------------------------------------------------------------------------------------
@@ -456,8 +457,9 @@ def print_front(
     front: Mapping[str, Any], job: Mapping[str, Any], *, console: Console | None = None, fp_cost: float | None = None
 ) -> None:
     """The front as a rich table: key, K, timesteps, bits, quality, PSNR, the re-scored FDD (when any point has
-    it), GBitOps, the relative cost (BitOps / ``fp_cost``, the FP model at the largest K, when given) and whether
-    the point is a uniform baseline; the knee (if asked) marked."""
+    it), GBitOps, the predicted milliseconds on the job's latency backend (when measured), the relative cost
+    (BitOps / ``fp_cost``, the FP model at the largest K, when given) and whether the point is a uniform baseline;
+    the knee (if asked) marked."""
     from rich.table import Table
 
     items: Sequence[Mapping[str, Any]] = front["items"]
@@ -494,6 +496,9 @@ def print_front(
             columns.append((header, lambda p, name=name: _fmt(p["objectives"].get(name), ".3f"), False, False))
             break
     columns.append(("GBitOps", lambda p: _gbitops(p.get("bitops")), False, True))
+    if any(p.get("latency_ms") is not None for p in items):
+        backend = spec_value(job["spec"], "evaluation.latency_backend", "")
+        columns.append((f"ms ({backend})", lambda p: _fmt(p.get("latency_ms"), ".4g"), False, True))
     if fp_cost:
         columns.append(
             (
@@ -515,7 +520,9 @@ def print_front(
     if knee:
         console.print(
             f"knee: {knee['key']} ({knee['bits']}, K={knee['steps']}, {objective} {_fmt(knee.get('quality'))}, "
-            f"{_gbitops(knee.get('bitops'))} GBitOps)"
+            f"{_gbitops(knee.get('bitops'))} GBitOps"
+            + (f", {_fmt(knee['latency_ms'], '.4g')} ms" if knee.get("latency_ms") is not None else "")
+            + ")"
         )
 
 
@@ -528,6 +535,7 @@ def _cmd_front(args: argparse.Namespace) -> int:
             max_steps=args.max_steps,
             max_weight_bytes=args.max_weight_bytes,
             max_quality=args.max_quality,
+            max_latency_ms=args.max_latency_ms,
             sort=args.sort,
             order="desc" if args.desc else "asc",
             knee=args.knee,
@@ -643,6 +651,12 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=_positive_int, metavar="K", help="only points with at most K sampling steps")
     p.add_argument("--max-weight-bytes", type=_bytes, metavar="B", help="only points whose weights take ≤ B bytes")
     p.add_argument("--max-quality", type=_quality, metavar="Q", help="only points with quality ≤ Q (lower is better)")
+    p.add_argument(
+        "--max-latency-ms",
+        type=_milliseconds,
+        metavar="MS",
+        help="only points whose measured latency (ms of denoising on the job's latency backend) is ≤ MS",
+    )
     p.add_argument("--sort", choices=SORT_KEYS, default="bitops", help="sort key (default bitops; ties by key)")
     p.add_argument("--desc", action="store_true", help="sort in descending order")
     p.add_argument("--knee", action="store_true", help="mark the knee point of the selected points")

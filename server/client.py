@@ -386,25 +386,29 @@ class TmpqClient:
         sort: str = "bitops",
         knee: bool = False,
         order: str = "asc",
+        max_latency_ms: float | None = None,
     ) -> dict[str, Any]:
         """The job's current Pareto front within the given limits (``{"job_id", "generation", "count", "items",
         "knee"}``; each item a candidate with ``key``, ``candidate``, ``bits``, ``steps``, ``quality``,
-        ``bitops``, ``weight_bytes``, ``objectives``, ``is_baseline``, ...).
+        ``bitops``, ``weight_bytes``, ``latency_ms``, ``objectives``, ``is_baseline``, ...).
 
         Args:
             max_bitops: only points with BitOps ≤ this (a number, e.g. ``2.5e9``).
             max_steps: only points with at most this many sampling steps.
             max_weight_bytes: only points whose weights take ≤ this many bytes.
             max_quality: only points with quality ≤ this (lower is better).
-            sort: ``bitops``, ``quality``, ``weight_bytes`` or ``steps`` (ties by key).
+            sort: ``bitops``, ``quality``, ``weight_bytes``, ``steps`` or ``latency_ms`` (ties by key).
             knee: also return the knee point of the selected points (``"knee"``; null otherwise).
             order: ``asc`` or ``desc``.
+            max_latency_ms: only points whose measured latency (ms of denoising on the job's latency backend) is ≤
+                this; points of a job that measured none are left out.
         """
         params = {
             "max_bitops": _number(max_bitops),
             "max_steps": max_steps,
             "max_weight_bytes": _number(max_weight_bytes),
             "max_quality": _number(max_quality),
+            "max_latency_ms": _number(max_latency_ms),
             "sort": sort,
             "order": order,
             "knee": "true" if knee else None,

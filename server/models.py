@@ -3,7 +3,8 @@
 - ``jobs``: one row per search job (spec, state, progress, lease, cancel flag, and what a RUNNING job is doing now:
   ``activity``, its driver's last report, with ``activity_at``).
 - ``candidates``: one row per evaluated candidate, unique per (job, key), with the front-query columns
-  (``quality``, ``bitops``, ``weight_bytes``, ``steps``) as real indexed columns and a stored non-dominated flag.
+  (``quality``, ``bitops``, ``weight_bytes``, ``steps``, ``latency_ms`` where measured) as real columns and a stored
+  non-dominated flag.
 - ``objective_values``: one row per (candidate, objective name): every metric, core and extra.
 - ``hypervolume_history``: one row per (job, generation).
 - ``job_checkpoints``: the resumable checkpoint of a job's last stored generation (kept off the job row so listings
@@ -143,6 +144,7 @@ class CandidateModel(Base):
     quality: Mapped[float | None] = mapped_column(Float)
     bitops: Mapped[float | None] = mapped_column(Float)
     weight_bytes: Mapped[float | None] = mapped_column(Float)
+    latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     feasible: Mapped[bool] = mapped_column(Boolean)
     non_dominated: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)

@@ -107,6 +107,7 @@ class CandidateRecord:
     feasible: bool
     non_dominated: bool
     error: str | None
+    latency_ms: float | None = None
     objectives: dict[str, float | None] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 

@@ -216,6 +216,11 @@ class CandidateOut(BaseModel):
     quality: float | None
     bitops: float | None
     weight_bytes: float | None
+    latency_ms: float | None = Field(
+        default=None,
+        description="Predicted milliseconds of the candidate's denoising on the job's latency backend (its "
+        "measured per-site table, at ``evaluation.latency_batch_size``); null when the job measured none.",
+    )
     feasible: bool
     non_dominated: bool
     is_baseline: bool = Field(
@@ -243,6 +248,7 @@ class CandidateOut(BaseModel):
             quality=record.quality,
             bitops=record.bitops,
             weight_bytes=record.weight_bytes,
+            latency_ms=record.latency_ms,
             feasible=record.feasible,
             non_dominated=record.non_dominated,
             is_baseline=is_uniform_baseline(record.candidate, num_train_timesteps),

@@ -63,10 +63,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: Metrics stored as real columns of the candidate row (and as objective rows).
-CORE_OBJECTIVES = ("quality", "bitops", "weight_bytes", "steps")
+CORE_OBJECTIVES = ("quality", "bitops", "weight_bytes", "steps", "latency_ms")
 
 #: Columns the front may be sorted by.
-FRONT_SORT_KEYS = ("bitops", "quality", "weight_bytes", "steps")
+FRONT_SORT_KEYS = ("bitops", "quality", "weight_bytes", "steps", "latency_ms")
 
 #: Most warnings a job keeps, and the longest line of one.
 MAX_WARNINGS = 50
@@ -737,6 +737,7 @@ class Store:
                 "quality": _finite(evaluation.quality),
                 "bitops": _finite(evaluation.bitops),
                 "weight_bytes": _finite(evaluation.weight_bytes),
+                "latency_ms": _finite(evaluation.latency_ms),
                 "feasible": evaluation.ok,
                 "error": evaluation.error,
                 "info": _json_safe(info),
@@ -747,6 +748,7 @@ class Store:
                 ("bitops", _finite(evaluation.bitops)),
                 ("weight_bytes", _finite(evaluation.weight_bytes)),
                 ("steps", float(candidate.steps)),
+                *([("latency_ms", evaluation.latency_ms)] if math.isfinite(evaluation.latency_ms) else []),
                 *((name, _finite(value)) for name, value in sorted(numeric.items())),
             ]
         if not rows:
@@ -889,6 +891,7 @@ class Store:
         max_steps: int | None = None,
         max_weight_bytes: float | None = None,
         max_quality: float | None = None,
+        max_latency_ms: float | None = None,
         sort: str = "bitops",
         descending: bool = False,
     ) -> FrontRecord:
@@ -907,6 +910,7 @@ class Store:
             (CandidateModel.steps, max_steps),
             (CandidateModel.weight_bytes, max_weight_bytes),
             (CandidateModel.quality, max_quality),
+            (CandidateModel.latency_ms, max_latency_ms),
         ):
             if limit is not None:
                 where.append(col <= limit)
@@ -1022,6 +1026,7 @@ class Store:
                 feasible=bool(r["feasible"]),
                 non_dominated=bool(r["non_dominated"]),
                 error=r["error"],
+                latency_ms=r["latency_ms"],
                 objectives=metrics[r["id"]],
                 info=dict(r["info"] or {}),
             )
@@ -1056,6 +1061,7 @@ def _evaluation(record: CandidateRecord) -> Evaluation:
         weight_bytes=nan if record.weight_bytes is None else record.weight_bytes,
         extra=extra,
         error=record.error,
+        latency_ms=nan if record.latency_ms is None else record.latency_ms,
     )
 
 

@@ -30,16 +30,17 @@ _DRAW_LOCK = threading.Lock()
 
 @dataclass(frozen=True)
 class PlotPoint:
-    """One point: total BitOps of the schedule, quality, and a short label."""
+    """One point: its cost (total BitOps of the schedule, or predicted milliseconds on a latency plot), quality,
+    and a short label."""
 
-    bitops: float
+    cost: float
     quality: float
     label: str = ""
 
     @property
     def drawable(self) -> bool:
-        """Both coordinates are finite numbers and BitOps are positive (the x axis is logarithmic)."""
-        return math.isfinite(self.bitops) and math.isfinite(self.quality) and self.bitops > 0
+        """Both coordinates are finite numbers and the cost is positive (the x axis is logarithmic)."""
+        return math.isfinite(self.cost) and math.isfinite(self.quality) and self.cost > 0
 
 
 def _plain_log_labels(axis: Any) -> None:
@@ -101,6 +102,7 @@ def plot_front(
     quality: str = "mse",
     title: str = "",
     budget: float | None = None,
+    latency: str | None = None,
 ) -> Path | BinaryIO:
     """Draw the front (line + points), every other evaluated candidate (grey) and the uniform baselines as a PNG.
 
@@ -111,7 +113,9 @@ def plot_front(
         baselines: the uniform baselines (red squares, labelled).
         quality: the quality objective (``mse``, ``fdd`` or any name, used as the y label).
         title: the plot's title.
-        budget: a BitOps budget drawn as a dashed vertical line.
+        budget: a BitOps budget drawn as a dashed vertical line (not on a latency plot).
+        latency: the points' cost is milliseconds measured on this backend (e.g. ``cpu-int8 at batch 64``), not
+            BitOps: the x axis says so.
 
     Points with a non-finite coordinate or non-positive BitOps are left out; with nothing left the plot says
     "no points yet". The quality axis is logarithmic when every drawn quality is positive. Returns the written
@@ -120,8 +124,9 @@ def plot_front(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    scale = 1.0 if latency else 1e9
     others = [p for p in others if p.drawable]
-    front = sorted((p for p in front if p.drawable), key=lambda p: p.bitops)
+    front = sorted((p for p in front if p.drawable), key=lambda p: p.cost)
     baselines = [p for p in baselines if p.drawable]
     drawn = [*others, *front, *baselines]
 
@@ -131,7 +136,7 @@ def plot_front(
         ax = fig.add_subplot()
         if others:
             ax.scatter(
-                [p.bitops / 1e9 for p in others],
+                [p.cost / scale for p in others],
                 [p.quality for p in others],
                 s=10,
                 c="#bbbbbb",
@@ -140,7 +145,7 @@ def plot_front(
             )
         if front:
             ax.plot(
-                [p.bitops / 1e9 for p in front],
+                [p.cost / scale for p in front],
                 [p.quality for p in front],
                 "-o",
                 c="#1f77b4",
@@ -150,7 +155,7 @@ def plot_front(
             )
         if baselines:
             ax.scatter(
-                [p.bitops / 1e9 for p in baselines],
+                [p.cost / scale for p in baselines],
                 [p.quality for p in baselines],
                 marker="s",
                 s=40,
@@ -162,13 +167,13 @@ def plot_front(
             for p in baselines:
                 ax.annotate(
                     p.label,
-                    (p.bitops / 1e9, p.quality),
+                    (p.cost / scale, p.quality),
                     textcoords="offset points",
                     xytext=(4, 4),
                     fontsize=7,
                     color="#d62728",
                 )
-        if budget is not None and math.isfinite(budget) and budget > 0:
+        if budget is not None and math.isfinite(budget) and budget > 0 and not latency:
             ax.axvline(budget / 1e9, ls="--", c="#555555", lw=1, label=f"budget ({budget / 1e9:.4g} GBitOps)")
         if drawn:
             ax.set_xscale("log")
@@ -183,7 +188,10 @@ def plot_front(
             ax.text(
                 0.5, 0.5, EMPTY_NOTE, transform=ax.transAxes, ha="center", va="center", fontsize=14, color="#777777"
             )
-        ax.set_xlabel("BitOps per sample over the whole schedule (GBitOps, log scale)")
+        if latency:
+            ax.set_xlabel(f"predicted denoising latency on {latency} (ms, log scale)")
+        else:
+            ax.set_xlabel("BitOps per sample over the whole schedule (GBitOps, log scale)")
         ax.set_ylabel(QUALITY_LABELS.get(quality, quality))
         ax.set_title(title or "tmpq: quality vs cost")
         ax.grid(True, which="both", alpha=0.3)

@@ -153,6 +153,7 @@ function specField(spec, dotted, fallback = null) {
 
 const modelName = (spec) => String(specField(spec, "model.path", "")).split("/").filter(Boolean).pop() || "—";
 const objectiveOf = (spec, fallback = "mse") => specField(spec, "evaluation.objective", fallback);
+const latencyBackendOf = (spec) => specField(spec, "evaluation.latency_backend", "measured");
 
 function badge(state) {
   return h("span", { class: `badge ${String(state).toLowerCase()}` }, state);
@@ -926,11 +927,12 @@ function renderSelection(state) {
     ["Steps (K)", String(c.steps)],
     [objective.toUpperCase(), fmtNumber(c.quality)],
     ["Cost", fmtBitOps(c.bitops)],
+    ...(isNum(c.latency_ms) ? [["Latency", `${fmtNumber(c.latency_ms)} ms (${latencyBackendOf(state.job.spec)})`]] : []),
     ["Weights", fmtBytes(c.weight_bytes)],
     ["Generation", String(c.generation)],
   ];
   for (const [name, value] of Object.entries(c.objectives || {})) {
-    if (["quality", "bitops", "weight_bytes", "steps"].includes(name)) continue;
+    if (["quality", "bitops", "weight_bytes", "steps", "latency_ms"].includes(name)) continue;
     rows.push([name, fmtNumber(value)]);
   }
   if (c.error) rows.push(["Error", c.error]);

@@ -281,6 +281,34 @@ def test_missing_values_sort_last_in_store_and_api(client: TestClient, store: St
     assert [p["key"] for p in capped["items"]] == [b.key(), c.key()]  # an unknown size is never within a limit
 
 
+def test_front_by_measured_latency(client: TestClient, store: Store) -> None:
+    """A latency job's points carry ``latency_ms``: the front filters and sorts by it, its knee is in milliseconds,
+    and a point without a latency is never within a latency limit."""
+    job_id = submit(client)["id"]
+    store.claim_job("runner-x", 60)
+    sites = ("down.0.conv", "mid.attn.qk", "up.1.conv")
+    a, b, c, d = (Candidate.uniform((90, 10), sites, bits, bits) for bits in (4, 5, 6, 8))
+    pairs = [
+        (a, Evaluation(a.key(), 4.0, 1.0, 1.0, latency_ms=30.0)),
+        (b, Evaluation(b.key(), 2.0, 2.0, 2.0, latency_ms=31.0)),
+        (c, Evaluation(c.key(), 1.9, 3.0, 3.0, latency_ms=60.0)),
+        (d, Evaluation(d.key(), 1.0, 4.0, 4.0)),
+    ]
+    store.record_generation(job_id, 0, pairs, [a.key(), b.key(), c.key(), d.key()], 0.1, owner="runner-x")
+    url = f"{API}/jobs/{job_id}/front"
+    body = client.get(url, params={"sort": "latency_ms", "knee": "true"}).json()
+    assert [p["key"] for p in body["items"]] == [a.key(), b.key(), c.key(), d.key()]  # no latency: last
+    assert [p["latency_ms"] for p in body["items"]] == [30.0, 31.0, 60.0, None]
+    assert body["items"][0]["objectives"]["latency_ms"] == 30.0
+    fast = client.get(url, params={"max_latency_ms": 45, "knee": "true"}).json()
+    assert [p["key"] for p in fast["items"]] == [a.key(), b.key()]
+    assert [p.key for p in store.front(job_id, max_latency_ms=45).points] == [a.key(), b.key()]
+    priced = client.get(url, params={"max_latency_ms": 100, "knee": "true"}).json()
+    assert priced["knee"]["key"] == b.key()  # in ms, b is the bend: as fast as a, nearly as good as c
+    bad = client.get(url, params={"max_latency_ms": -1})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "max_latency_ms"]
+
+
 def test_front_is_never_stale(client: TestClient, store: Store) -> None:
     job_id, _ = job_with_results(store, client)
     before = client.get(f"{API}/jobs/{job_id}/front").json()
@@ -376,7 +404,7 @@ def test_token_can_guard_reads(store: Store, model_root: Path, tmp_path: Path) -
 def test_meta_and_docs(client: TestClient, backend: str) -> None:
     assert client.get(f"{API}/healthz").json() == {"status": "ok", "database": backend}
     version = client.get(f"{API}/version").json()
-    assert version["api"] == "v1" and version["schema_revision"] == "0003" and version["version"]
+    assert version["api"] == "v1" and version["schema_revision"] == "0004" and version["version"]
     assert client.get("/docs").status_code == 200
     paths = client.get(f"{API}/openapi.json").json()["paths"]
     assert all(p.startswith(API) for p in paths)

@@ -375,6 +375,27 @@ def test_front_json_budget_filter_and_knee(
     assert qualities == sorted(qualities) and all(p["steps"] <= 4 for p in steps["items"])
 
 
+def test_front_by_latency(server: Server) -> None:
+    """A latency job: ``--max-latency-ms`` keeps the points measured within it, the table shows the milliseconds."""
+    store = server.store
+    job_id = new_job(server, search={"cost": "latency"}, evaluation={"latency_backend": "cpu-int8"})
+    claim(store, job_id)
+    pairs = [(c, replace(e, latency_ms=10.0 * (i + 1))) for i, (c, e) in enumerate(generation(5))]
+    record(store, job_id, 0, pairs, [])
+    store.finish_job(job_id, OWNER, JobState.SUCCEEDED)
+    front = json.loads(tmpq(server, "front", str(job_id), "--json").stdout)["items"]
+    assert front and all(p["latency_ms"] is not None for p in front)
+    limit = sorted(p["latency_ms"] for p in front)[len(front) // 2]
+    result = tmpq(server, "front", str(job_id), "--max-latency-ms", str(limit), "--sort", "latency_ms", "--json")
+    assert result.returncode == 0, result.stderr
+    within = [p["latency_ms"] for p in json.loads(result.stdout)["items"]]
+    assert within == sorted(x["latency_ms"] for x in front if x["latency_ms"] <= limit) and within
+    table = tmpq(server, "front", str(job_id), "--knee")
+    assert table.returncode == 0 and re.search(r"GBitOps, [\d.]+ ms\)$", table.stdout, re.MULTILINE), table.stdout
+    bad = tmpq(server, "front", str(job_id), "--max-latency-ms", "-3")
+    assert bad.returncode == 2 and "--max-latency-ms" in bad.stderr
+
+
 def test_front_table_with_knee_and_plot(server: Server, finished_job: tuple[int, list[Evaluation]]) -> None:
     job_id, _ = finished_job
     plot = server.tmp / "plots" / "front.png"

@@ -53,12 +53,13 @@ def test_migration_scripts_ship_inside_the_package() -> None:
     location = Path(script.dir)
     assert location == Path(__file__).resolve().parents[2] / "server" / "migrations"
     assert (location / "env.py").is_file() and (location / "script.py.mako").is_file()
-    assert [rev.revision for rev in script.walk_revisions()][::-1] == ["0001", "0002", "0003"]
+    assert [rev.revision for rev in script.walk_revisions()][::-1] == ["0001", "0002", "0003", "0004"]
 
 
-def test_0002_and_0003_add_activity_and_warnings_and_keep_every_row_both_ways(empty_url: str) -> None:
+def test_0002_to_0004_add_activity_warnings_and_latency_and_keep_every_row_both_ways(empty_url: str) -> None:
     """A database at 0001 with a job and a candidate: upgraded, the job reads with no activity and no warnings and
-    takes both; downgraded again, the columns go and nothing else does (no table copy, so no ON DELETE CASCADE)."""
+    takes both, and the candidate has no latency; downgraded again, the columns go and nothing else does (no table
+    copy, so no ON DELETE CASCADE)."""
     import sqlalchemy as sa
 
     from server.models import utcnow
@@ -102,10 +103,13 @@ def test_0002_and_0003_add_activity_and_warnings_and_keep_every_row_both_ways(em
         assert store.get_job(job_id).activity == {"stage": "loading", "message": "m"}
         assert job.warnings == () and store.add_warning(job_id, "w") is True
         assert store.get_job(job_id).warnings == ("w",)
+        (point,) = store.front(job_id).points
+        assert point.key == "k" and point.latency_ms is None
         with store.engine.begin() as connection:
             command.downgrade(alembic_config(connection), "0001")
         columns = {c["name"] for c in inspect(store.engine).get_columns("jobs")}
         assert not {"activity", "activity_at", "warnings"} & columns and "spec" in columns
+        assert "latency_ms" not in {c["name"] for c in inspect(store.engine).get_columns("candidates")}
         with store.engine.connect() as connection:
             assert connection.execute(sa.text("SELECT count(*) FROM candidates")).scalar_one() == 1
             assert connection.execute(sa.text("SELECT count(*) FROM jobs")).scalar_one() == 1

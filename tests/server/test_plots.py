@@ -32,6 +32,7 @@ API = "/api/v1"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BASELINE_RED = (0xD6, 0x27, 0x28)
 NOTE_GREY = (0x77, 0x77, 0x77)
+FRONT_BLUE = (0x1F, 0x77, 0xB4)
 
 
 def decode(png: bytes) -> np.ndarray:
@@ -60,6 +61,18 @@ def test_plot_front_to_a_path_and_to_a_file_object(tmp_path: Path) -> None:
     image = decode(buffer.getvalue())
     assert image.shape == (550, 825, 3)  # 7.5 x 5 inches at 110 dpi
     assert pixels_near(image, BASELINE_RED).sum() > 50  # the baselines' squares and labels
+
+
+def test_a_latency_plot_draws_milliseconds_without_a_bitops_budget() -> None:
+    """The same points read as milliseconds draw the same front; the BitOps budget line (dashed grey) is not drawn
+    on a latency axis, and the axis label differs."""
+    ms = [PlotPoint(p.cost / 1e8, p.quality) for p in FRONT]  # 20, 30, 60 ms
+    latency = decode(plot_front(io.BytesIO(), ms, budget=40.0, latency="cpu-int8 at batch 16").getvalue())
+    plain = decode(plot_front(io.BytesIO(), ms).getvalue())
+    with_budget = decode(plot_front(io.BytesIO(), ms, budget=40.0).getvalue())
+    assert pixels_near(latency, FRONT_BLUE).sum() == pixels_near(plain, FRONT_BLUE).sum() > 100
+    assert not np.array_equal(latency, plain)  # the x label
+    assert not np.array_equal(with_budget, plain)  # a BitOps plot draws the budget line
 
 
 def test_plot_search_still_writes_its_file(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from server.schemas import FrontOut
 
 router = APIRouter(prefix="/jobs/{job_id}/front", tags=["front"])
 
-SortKey = Literal["bitops", "quality", "weight_bytes", "steps"]
+SortKey = Literal["bitops", "quality", "weight_bytes", "steps", "latency_ms"]
 
 
 async def get_front_cache(request: Request) -> FrontCache:
@@ -31,12 +31,18 @@ FrontCacheDep = Annotated[FrontCache, Depends(get_front_cache)]
 
 
 def knee_of(points: Sequence[CandidateRecord]) -> CandidateRecord | None:
-    """The knee of front points (``search.pareto.knee_point``, BitOps on a log scale when all are positive)."""
+    """The knee of front points (``search.pareto.knee_point``): in milliseconds when every point has a measured
+    latency, else in BitOps; on a log scale when all are positive."""
     usable = [p for p in points if p.quality is not None and p.bitops is not None]
     if not usable:
         return None
-    evaluations = [Evaluation(p.key, p.quality, p.bitops, p.weight_bytes or math.nan) for p in usable]
-    knee = knee_point(evaluations, log_bitops=all(p.bitops > 0 for p in usable))
+    axis = "latency" if all(p.latency_ms is not None for p in usable) else "bitops"
+    evaluations = [
+        Evaluation(p.key, p.quality, p.bitops, p.weight_bytes or math.nan, latency_ms=p.latency_ms or math.nan)
+        for p in usable
+    ]
+    log_scale = all(e.cost(axis) > 0 for e in evaluations)
+    knee = knee_point(evaluations, log_bitops=log_scale, axis=axis)
     return next(p for p in usable if p.key == knee.key)
 
 
@@ -83,6 +89,14 @@ class FrontQuery(BaseModel):
         allow_inf_nan=False,
         description="Only points with quality ≤ this (lower is better).",
     )
+    max_latency_ms: float | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_QUERY_FLOAT,
+        allow_inf_nan=False,
+        description="Only points whose measured latency (ms of denoising on the job's latency backend) is ≤ this; "
+        "points without one are left out.",
+    )
     sort: SortKey = Field(default="bitops", description="Sort key (ties by candidate key).")
     order: Literal["asc", "desc"] = Field(default="asc", description="Sort order.")
     knee: bool = Field(default=False, description="Also return the knee point of the selected points.")
@@ -102,6 +116,7 @@ class FrontQuery(BaseModel):
             "steps": self.max_steps,
             "weight_bytes": self.max_weight_bytes,
             "quality": self.max_quality,
+            "latency_ms": self.max_latency_ms,
         }
 
 

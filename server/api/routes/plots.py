@@ -6,6 +6,7 @@ Imports neither torch nor Ray: :mod:`workers.plots` needs only matplotlib, impor
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -36,9 +37,10 @@ def all_candidates(store: Store, job_id: int) -> Iterator[CandidateRecord]:
         after = page.next_after
 
 
-def _point(record: CandidateRecord, label: str = "") -> PlotPoint:
+def _point(record: CandidateRecord, label: str = "", latency: bool = False) -> PlotPoint:
     assert record.bitops is not None and record.quality is not None
-    return PlotPoint(record.bitops, record.quality, label)
+    cost = record.bitops if not latency else (record.latency_ms if record.latency_ms is not None else math.nan)
+    return PlotPoint(cost, record.quality, label)
 
 
 @router.get(
@@ -66,8 +68,9 @@ def get_front_png(
     ] = None,
     if_none_match: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
-    """The job's evaluated candidates as quality against BitOps: the current Pareto front (blue line), every other
-    evaluated candidate (grey), the uniform baselines (red squares) and the budget (dashed line).
+    """The job's evaluated candidates as quality against BitOps (or, for a job searching latency, the milliseconds
+    its latency table predicts): the current Pareto front (blue line), every other evaluated candidate (grey), the
+    uniform baselines (red squares) and the budget (dashed line, BitOps only).
 
     A job without evaluated candidates gets a plot saying "no points yet". The ETag changes with every stored
     generation.
@@ -86,14 +89,21 @@ def get_front_png(
     title = f"job {job.id}: {model}, {spec_field(job.spec, 'search.algorithm', 'search')}"
     if job.generation is not None:
         title += f" after {job.generation + 1} generation{'s' if job.generation else ''}"
+    latency = None
+    if spec_field(job.spec, "search.cost", "bitops") == "latency":
+        batch = spec_field(job.spec, "evaluation.latency_batch_size") or spec_field(job.spec, "evaluation.batch_size")
+        latency = f"{spec_field(job.spec, 'evaluation.latency_backend', '?')} at batch {batch}"
     buffer = io.BytesIO()
     plot_front(
         buffer,
-        [_point(r) for r in records if r.non_dominated],
-        others=[_point(r) for r in records if not r.non_dominated and r.key not in baseline_keys],
-        baselines=[_point(r, f"{r.bits} K={r.steps}") for r in baselines],
+        [_point(r, latency=bool(latency)) for r in records if r.non_dominated],
+        others=[
+            _point(r, latency=bool(latency)) for r in records if not r.non_dominated and r.key not in baseline_keys
+        ],
+        baselines=[_point(r, f"{r.bits} K={r.steps}", bool(latency)) for r in baselines],
         quality=objective,
         title=title,
         budget=budget if budget is not None else budget_bitops(job.spec, baselines),
+        latency=latency,
     )
     return Response(buffer.getvalue(), media_type="image/png", headers=headers)
