@@ -209,7 +209,8 @@ def _latency_table(spec: JobSpec, supernet: Any, root: Path, name: str, report: 
         raise ConfigError("evaluation.latency_backend", f"{backend} cannot run on this worker: {why}")
     batch = spec.evaluation.latency_batch
     if not latency_table_path(root, name, backend, batch).exists():
-        report("calibrating", f"measuring the {backend} latency table at batch {batch} (once per machine)")
+        message = f"measuring the {backend} latency table at batch {batch} (once per machine)"
+        report("calibrating", message, force=True)
     return get_or_measure_latency_table(supernet, root, name, backend, batch)
 
 

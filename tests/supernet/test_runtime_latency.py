@@ -5,8 +5,6 @@ and it is measured once per machine, backend and batch size, then read from the 
 from __future__ import annotations
 
 import random
-import statistics
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,12 @@ from supernet.artifact import SHIPPED_DIR, load_supernet
 from supernet.export import export_candidate, load
 from supernet.models import TESTBED_DIR, load_model
 from supernet.runtime import cpu_int8_unavailable
-from supernet.runtime.latency import get_or_measure_latency_table, latency_table_path, measure_latency_table
+from supernet.runtime.latency import (
+    best_ms,
+    get_or_measure_latency_table,
+    latency_table_path,
+    measure_latency_table,
+)
 from tests.torch_threads import one_torch_thread  # noqa: F401
 
 pytestmark = [
@@ -40,15 +43,7 @@ def _mixed(sn, seed: int) -> Candidate:
 def _measured_step_ms(path: Path) -> float:
     model = load(path, backend="cpu-int8").model
     x = torch.randn(BATCH, *model.sample_shape)
-    times = []
-    with torch.no_grad():
-        for _ in range(2):
-            model.predict_noise(x, 500)  # the first call compiles
-        for _ in range(9):
-            start = time.perf_counter()
-            model.predict_noise(x, 500)
-            times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return best_ms(lambda: model.predict_noise(x, 500), repeats=9)  # the first warm-up call compiles
 
 
 def test_table_predicts_a_mixed_candidates_step_within_20_percent(tmp_path: Path) -> None:
