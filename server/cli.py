@@ -202,9 +202,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from search.runner import resolve_budget
     from server.settings import Settings
     from workers.driver import DriverOptions, describe_calibration, run_job
-    from workers.jobspec import JobSpec
+    from workers.jobspec import JobSpec, latency_label
     from workers.local import FRONT_FILE, PLOT_FILE, DirectorySink
-    from workers.report import front_rows, knee_key, plot_search, write_front_json
+    from workers.report import front_rows, plot_search, write_front_json
 
     spec = JobSpec.from_yaml(args.config).resolved(Settings().model_root)  # the server's checks, before any work
     torch.set_num_threads(args.threads)
@@ -248,7 +248,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     fp = job.cost_model.uniform_cost(32, 32, spec.search.max_steps).bitops
     candidates = {**sink.candidates, **dict(result.candidates)}
     rows = front_rows(result.front, candidates, fp)
-    knee = knee_key(result.front)
+    knee_point = result.knee()  # on the search's cost axis
+    knee = knee_point.key if knee_point is not None else None
     budget = resolve_budget(spec.search.budget, job.cost_model, job.space, spec.search.algorithm)
     write_front_json(
         out / FRONT_FILE,
@@ -274,6 +275,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         budget=budget,
         title=f"{Path(spec.model.path).name}: {spec.search.algorithm}",
         num_train_timesteps=job.space.num_train_timesteps,
+        latency=latency_label(spec.to_dict()),
     )
     _print_front(rows, knee, spec.evaluation.objective)
     print(

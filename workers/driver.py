@@ -197,16 +197,12 @@ def prepare_job(
 
 def _latency_table(spec: JobSpec, supernet: Any, root: Path, name: str, report: ProgressReporter) -> Any:
     """The job's latency table on its backend (measured on this machine the first time, then cached)."""
-    from supernet.runtime import cpu_int8_unavailable
-    from supernet.runtime.latency import get_or_measure_latency_table, latency_table_path
+    from supernet.runtime.latency import get_or_measure_latency_table, latency_table_path, latency_unavailable
 
     backend = spec.evaluation.latency_backend
-    device = next(supernet.model.denoiser.parameters()).device
-    if device.type != "cpu":
-        raise ConfigError("evaluation.latency_backend", f"{backend} runs on the CPU; the model was loaded on {device}")
-    why = cpu_int8_unavailable(compile=True)
+    why = latency_unavailable(supernet)
     if why is not None:
-        raise ConfigError("evaluation.latency_backend", f"{backend} cannot run on this worker: {why}")
+        raise ConfigError("evaluation.latency_backend", f"{backend} cannot be measured on this worker: {why}")
     batch = spec.evaluation.latency_batch
     if not latency_table_path(root, name, backend, batch).exists():
         message = f"measuring the {backend} latency table at batch {batch} (once per machine)"

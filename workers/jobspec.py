@@ -240,3 +240,12 @@ def spec_field(spec: Mapping[str, Any], dotted: str, default: Any = None) -> Any
             return default
         value = value[part]
     return value
+
+
+def latency_label(spec: Mapping[str, Any]) -> str | None:
+    """What a latency search's milliseconds were measured on (``"cpu-int8 at batch 64"``), for plot axes; ``None``
+    when the stored ``spec`` searched BitOps."""
+    if spec_field(spec, "search.cost", "bitops") != "latency":
+        return None
+    batch = spec_field(spec, "evaluation.latency_batch_size") or spec_field(spec, "evaluation.batch_size", 64)
+    return f"{spec_field(spec, 'evaluation.latency_backend', '?')} at batch {batch}"

@@ -11,7 +11,6 @@ from typing import Any
 from search.baselines import is_uniform_baseline, uniform_bits
 from search.candidate import Candidate
 from search.evaluator import Evaluation
-from search.pareto import knee_point
 from workers.plots import PlotPoint, plot_front
 
 
@@ -77,10 +76,6 @@ def write_front_json(
     return out
 
 
-def knee_key(front: Sequence[Evaluation]) -> str | None:
-    return knee_point(list(front)).key if front else None
-
-
 def baseline_keys(
     candidates: Mapping[str, Candidate],
     num_train_timesteps: int | None = None,
@@ -110,23 +105,27 @@ def plot_search(
     budget: float | None = None,
     title: str = "",
     num_train_timesteps: int | None = None,
+    latency: str | None = None,
 ) -> Path:
     """The Pareto plot of a search: every evaluation, the front and the uniform baselines (every evaluated candidate
     :func:`baseline_keys` names: pass the model's ``num_train_timesteps``; ``baselines``, the seeds, are only used
-    without it)."""
+    without it). ``latency`` (what was measured, e.g. ``cpu-int8 at batch 64``): the search ranked milliseconds,
+    drawn instead of BitOps."""
+    axis = "latency" if latency else "bitops"
     front_keys = {e.key for e in front}
     base_keys = baseline_keys(candidates, num_train_timesteps, baselines)
     ok = [e for e in evaluations if e.ok]
     return plot_front(
         path,
-        [PlotPoint(e.bitops, e.quality) for e in front],
-        others=[PlotPoint(e.bitops, e.quality) for e in ok if e.key not in front_keys and e.key not in base_keys],
+        [PlotPoint(e.cost(axis), e.quality) for e in front],
+        others=[PlotPoint(e.cost(axis), e.quality) for e in ok if e.key not in front_keys and e.key not in base_keys],
         baselines=[
-            PlotPoint(e.bitops, e.quality, f"{candidates[e.key].bits_summary()} K={candidates[e.key].steps}")
+            PlotPoint(e.cost(axis), e.quality, f"{candidates[e.key].bits_summary()} K={candidates[e.key].steps}")
             for e in ok
             if e.key in base_keys
         ],
         quality=quality,
         budget=budget,
         title=title,
+        latency=latency,
     )

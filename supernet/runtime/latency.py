@@ -24,13 +24,14 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from search.latency import FP_CLASS, INT8_CLASS, INT8_OFFSET_CLASS, LatencyTable, kernel_class
+from search.latency import FP_CLASS, INT8_CLASS, INT8_OFFSET_CLASS, LatencyTable
 from supernet.qlayers.weighted import QConv2d, QLinear
 from supernet.runtime.cpu_int8 import CPU_INT8, StepIndex, _Int8Kernel, _why_not, cpu_int8_unavailable
 from supernet.settings import LATENCY_BACKENDS
@@ -50,6 +51,15 @@ def machine_id() -> str:
     except OSError:
         pass
     return f"{cpu}; {os.cpu_count()} cpus; {torch.get_num_threads()} threads; torch {torch.__version__}"
+
+
+def latency_unavailable(supernet: QuantSupernet) -> str | None:
+    """Why a ``cpu-int8`` latency table cannot be measured for ``supernet`` here (``None``: it can)."""
+    reason = cpu_int8_unavailable(compile=True)
+    if reason is not None:
+        return reason
+    device = next(supernet.model.denoiser.parameters()).device
+    return None if device.type == "cpu" else f"the model is on {device}; the backend runs on the CPU"
 
 
 def best_ms(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> float:
@@ -143,12 +153,9 @@ def measure_latency_table(
     """
     if backend not in LATENCY_BACKENDS:
         raise ValueError(f"latency tables are measured for {LATENCY_BACKENDS}, not {backend!r}")
-    reason = cpu_int8_unavailable(compile=True)
+    reason = latency_unavailable(supernet)
     if reason is not None:
         raise RuntimeError(f"{backend}: {reason}")
-    device = next(supernet.model.denoiser.parameters()).device
-    if device.type != "cpu":
-        raise RuntimeError(f"{backend}: the supernet is on {device}, the backend runs on the CPU")
     kernel_bits = max(b for b in supernet.bit_options if b <= 8)
     start = time.perf_counter()
     shapes = _site_inputs(supernet, batch_size)
@@ -165,17 +172,17 @@ def measure_latency_table(
             if INT8_OFFSET_CLASS in site_ms[layer.site]:
                 offset_sites.add(layer.site)
     measured = _anchor_ms(supernet, kernel_bits, backend, batch_size, repeats)
-    priced = sum(site_ms[s][kernel_class(kernel_bits, kernel_bits, kernel_bits, s in offset_sites)] for s in site_ms)
-    table = LatencyTable(
+    sites_only = LatencyTable(
         backend=backend,
         batch_size=batch_size,
         machine=machine_id(),
-        base_ms=measured - priced,
+        base_ms=0.0,
         site_ms=site_ms,
         offset_sites=frozenset(offset_sites),
         kernel_bits=kernel_bits,
         anchor={"candidate": f"W{kernel_bits}A{kernel_bits}", "measured_ms": measured},
     )
+    table = replace(sites_only, base_ms=measured - sites_only.step_ms(anchor))
     log.info(
         "latency table (%s, batch %d): %d sites priced, anchor W%dA%d %.2f ms/step (%.1f ms outside the sites), %.0f s",
         backend, batch_size, len(site_ms), kernel_bits, kernel_bits, measured, table.base_ms,

@@ -279,3 +279,13 @@ def test_the_spec_is_torch_and_ray_free() -> None:
         "assert not {'torch', 'ray', 'diffusers'} & set(sys.modules), sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_latency_label_names_the_backend_and_batch_of_a_latency_search() -> None:
+    from workers.jobspec import latency_label
+
+    searched = validate_job(_with("evaluation.latency_backend", "cpu-int8") | {"search": {"cost": "latency"}}, ROOT)
+    assert latency_label(searched.to_dict()) == f"cpu-int8 at batch {searched.evaluation.batch_size}"
+    sized = searched.replace(evaluation=searched.evaluation.replace(latency_batch_size=8))
+    assert latency_label(sized.to_dict()) == "cpu-int8 at batch 8"
+    assert latency_label(validate_job(FULL, ROOT).to_dict()) is None  # a BitOps search

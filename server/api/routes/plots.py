@@ -18,7 +18,7 @@ from server.api.routes.candidates import TrainTimestepsDep
 from server.baselines import budget_bitops, is_uniform_baseline
 from server.records import CandidateRecord
 from server.store import Store
-from workers.jobspec import spec_field
+from workers.jobspec import latency_label, spec_field
 from workers.plots import PlotPoint, plot_front
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["plots"])
@@ -89,10 +89,7 @@ def get_front_png(
     title = f"job {job.id}: {model}, {spec_field(job.spec, 'search.algorithm', 'search')}"
     if job.generation is not None:
         title += f" after {job.generation + 1} generation{'s' if job.generation else ''}"
-    latency = None
-    if spec_field(job.spec, "search.cost", "bitops") == "latency":
-        batch = spec_field(job.spec, "evaluation.latency_batch_size") or spec_field(job.spec, "evaluation.batch_size")
-        latency = f"{spec_field(job.spec, 'evaluation.latency_backend', '?')} at batch {batch}"
+    latency = latency_label(job.spec)
     buffer = io.BytesIO()
     plot_front(
         buffer,
