@@ -148,6 +148,20 @@ def test_compiled_backend_matches_eager_and_compiles_nothing_per_timestep(export
     assert graphs and counters["stats"]["unique_graphs"] == graphs
 
 
+def test_every_export_compiles_its_own_graph_past_dynamos_recompile_limit(exports) -> None:
+    """Dynamo runs a code object eagerly once it holds ``recompile_limit`` graphs; every export shares
+    ``UNet2DModel.forward``, so (limit 8) a process's ninth export ran eager. Each export now compiles its own."""
+    from torch._dynamo.utils import counters
+
+    x = torch.randn(8, *load(exports["w8a8"]).model.sample_shape, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=1):
+        for _ in range(2):
+            pipe = load(exports["w8a8"], backend="cpu-int8")
+            before = counters["stats"]["unique_graphs"]
+            pipe.model.predict_noise(x, 500)
+            assert counters["stats"]["unique_graphs"] == before + 1  # compiled, not run eagerly
+
+
 def test_load_picks_the_backend_and_refuses_what_it_cannot_run(exports) -> None:
     from search.errors import ConfigError
 

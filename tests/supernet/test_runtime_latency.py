@@ -64,7 +64,7 @@ def test_table_predicts_a_mixed_candidates_step_within_20_percent(tmp_path: Path
     path = export_candidate(sn, candidate, tmp_path / "mix", scheduler_config=model.scheduler_config)
     measured = _measured_step_ms(path)
     predicted = table.step_ms(candidate)
-    assert abs(predicted - measured) / measured < 0.20, (predicted, measured)
+    assert abs(predicted - measured) / measured < 0.20, (predicted, measured, table.anchor, table.base_ms)
     assert table.latency_ms(candidate) == pytest.approx(2 * predicted)
 
 
