@@ -4,7 +4,8 @@ A run-time backend has kernels at some widths only: ``cpu-int8`` runs every conv
 inputs have at most 8 bits on an int8 kernel (a site at 5 bits costs what one at 8 does), and a site left in FP on
 float kernels. So a site's cost depends on its *kernel class*, not on its bits:
 
-- ``fp``: weights or inputs in FP (or wider than the backend's kernels);
+- ``fp``: weights or inputs in FP (or wider than the backend's kernels), or widths whose int8 products the CPU
+  would saturate (one without VNNI: the table lists them per site in ``reference_widths``);
 - ``int8``: an int8 kernel;
 - ``int8-offset``: an int8 kernel plus the per-channel offset term that 8-bit asymmetric weights need.
 
@@ -29,7 +30,7 @@ FP_CLASS = "fp"
 INT8_CLASS = "int8"
 INT8_OFFSET_CLASS = "int8-offset"
 KERNEL_CLASSES = (FP_CLASS, INT8_CLASS, INT8_OFFSET_CLASS)
-LATENCY_TABLE_VERSION = 1
+LATENCY_TABLE_VERSION = 2
 
 
 def kernel_class(w_bits: int, a_bits: int, kernel_bits: int, offset_at_widest: bool) -> str:
@@ -54,6 +55,8 @@ class LatencyTable:
         site_ms: ``{site: {class: ms}}`` for every priced site; sites not in it (attention matmuls, cached
             time-embedding projections) are in ``base_ms``.
         offset_sites: sites whose weights at ``kernel_bits`` are asymmetric (the ``int8-offset`` class).
+        reference_widths: per site, the ``(w_bits, a_bits)`` the backend runs in the ``fp`` class although both fit
+            the kernel (on a CPU without VNNI, where their int8 products would saturate).
         kernel_bits: the widest integer kernel; narrower widths run on it.
         anchor: the candidate whose measured step anchors ``base_ms`` (its bits summary) and that measurement,
             ``{"candidate": ..., "measured_ms": ...}``.
@@ -65,6 +68,7 @@ class LatencyTable:
     base_ms: float
     site_ms: Mapping[str, Mapping[str, float]]
     offset_sites: frozenset[str] = frozenset()
+    reference_widths: Mapping[str, frozenset[tuple[int, int]]] = field(default_factory=dict)
     kernel_bits: int = 8
     anchor: Mapping[str, Any] = field(default_factory=dict)
 
@@ -76,6 +80,8 @@ class LatencyTable:
                 raise ValueError(f"site {site}: unknown kernel classes {sorted(unknown)}")
         object.__setattr__(self, "site_ms", site_ms)
         object.__setattr__(self, "offset_sites", frozenset(self.offset_sites))
+        widths = {str(s): frozenset((int(w), int(a)) for w, a in pairs) for s, pairs in self.reference_widths.items()}
+        object.__setattr__(self, "reference_widths", widths)
         object.__setattr__(self, "anchor", dict(self.anchor))
 
     def classes(self, candidate: Candidate) -> dict[str, str]:
@@ -84,7 +90,12 @@ class LatencyTable:
         missing = sorted(set(self.site_ms) - set(w))
         if missing:
             raise InvalidCandidate(f"the latency table prices sites the candidate lacks: {missing[:3]}")
-        return {s: kernel_class(w[s], a[s], self.kernel_bits, s in self.offset_sites) for s in sorted(self.site_ms)}
+        return {
+            s: FP_CLASS
+            if (w[s], a[s]) in self.reference_widths.get(s, ())
+            else kernel_class(w[s], a[s], self.kernel_bits, s in self.offset_sites)
+            for s in sorted(self.site_ms)
+        }
 
     def step_ms(self, candidate: Candidate) -> float:
         """Predicted milliseconds of one denoiser step of ``candidate`` at :attr:`batch_size`."""
@@ -110,6 +121,7 @@ class LatencyTable:
             "base_ms": self.base_ms,
             "site_ms": {s: dict(row) for s, row in self.site_ms.items()},
             "offset_sites": sorted(self.offset_sites),
+            "reference_widths": {s: sorted([w, a] for w, a in pairs) for s, pairs in self.reference_widths.items()},
             "kernel_bits": self.kernel_bits,
             "anchor": dict(self.anchor),
         }
@@ -126,6 +138,7 @@ class LatencyTable:
             base_ms=float(data["base_ms"]),
             site_ms=data["site_ms"],
             offset_sites=frozenset(data.get("offset_sites", ())),
+            reference_widths={s: frozenset(tuple(p) for p in pairs) for s, pairs in data["reference_widths"].items()},
             kernel_bits=int(data.get("kernel_bits", 8)),
             anchor=data.get("anchor", {}),
         )

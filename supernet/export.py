@@ -678,6 +678,8 @@ def _install(
                 raise ModelLoadError(qcfg_file, f"{name}: only a linear site can read cached temporal features")
             site.temporal[int(cache["bits"])] = _temporal_table(name, cache, tensors, weights_file)
         site.activate(w_bits, a_bits)
+        if isinstance(site, QuantWeightLayer) and name in slots:
+            site.adopt_parameter()  # its parameter is this slot, dequantized above: no second copy
     return hooks + ctx.install(denoiser)
 
 

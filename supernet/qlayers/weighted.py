@@ -98,6 +98,19 @@ class QuantWeightLayer(nn.Module):
         its ``None`` means compute as usual. ``None`` removes it."""
         self._kernel = kernel
 
+    def adopt_parameter(self) -> None:
+        """The FP parameter already holds the selected slot's dequantized weights (an export's, rebuilt from these
+        codes): compute with it instead of a second float copy. A later :meth:`activate` materialises again."""
+        self._w = None
+
+    def drop_weights(self) -> None:
+        """A run-time kernel (:meth:`use_kernel`) computes this site from its own packed weights: free the float
+        weights and the codes. The parameter becomes an empty tensor of its dtype and device (so a model's
+        ``dtype`` still reads); the site cannot select another width or compute without the kernel afterwards."""
+        self._w = self._w_slot = None
+        self.slots = {}
+        self.weight = nn.Parameter(self.weight.detach().new_empty(0), requires_grad=False)
+
     def use_weight(self, w: torch.Tensor | None) -> None:
         """Calibration only: compute with ``w`` (cast to the FP weight's dtype and device; differentiable) instead
         of the assembled slot, ``None`` for the FP weight, until the next :meth:`activate`."""

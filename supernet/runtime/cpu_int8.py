@@ -14,8 +14,9 @@ exactly. (An extra output channel of ones in the int8 kernel computes the same s
 channels leave oneDNN's fast path.) Only grouped convolutions re-quantize such weights symmetrically (one rounding
 more, reported ``requantized``).
 Everything else (sites left in FP, log2-quantized inputs, cached temporal features) runs as the reference backend
-does. A site's kernel falls back to the reference computation at a timestep whose activation parameters are not
-uniform per-tensor ones.
+does. A site runs on the int8 kernel only when every timestep's activation parameters are uniform per-tensor ones;
+its float weights and codes are then freed (the kernel holds packed int8 weights), so an installed site has no
+reference computation to fall back to: a non-float32 input is a TypeError.
 
 Attention matmuls stay float32 products of the dequantized codes (at the testbeds' head widths of 8-32 an int8
 matmul has nothing to gain); their post-softmax quantization is fused with the softmax (:mod:`supernet.runtime.fused`).
@@ -31,6 +32,7 @@ compiled code on disk, which makes a later process's compile much shorter).
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import types
@@ -58,6 +60,42 @@ _OPS = ("qconv_prepack", "qconv2d_pointwise", "qlinear_prepack", "qlinear_pointw
 
 
 _COMPILERS = ("g++", "c++", "clang++")
+#: Without VNNI, oneDNN's x86 int8 kernels add each pair of uint8 x int8 products in int16 (``vpmaddubsw``),
+#: saturating: a site is exact there only while ``2 · max |weight code| · max input code`` fits in int16.
+INT16_MAX = 32767
+
+
+@functools.cache
+def int8_pairs_saturate() -> bool:
+    """Whether this CPU's int8 kernels saturate pairs of products in int16 (a CPU without VNNI), probed once on
+    oneDNN's own linear kernel: 64 products of 255 and 127 must sum exactly."""
+    weight = torch.ops.onednn.qlinear_prepack(torch.full((1, 64), 127, dtype=torch.int8), None)
+    ones, zero = torch.ones(1), torch.zeros(1, dtype=torch.long)
+    x = torch.full((1, 64), 255, dtype=torch.uint8)
+    out = torch.ops.onednn.qlinear_pointwise(
+        x, 1.0, 0, weight, ones, zero, None, 1.0, 0, torch.float32, "none", [], ""
+    )  # fmt: skip
+    saturates = float(out) != 64 * 127 * 255
+    if saturates:
+        log.info("%s: this CPU adds int8 products in int16 (no VNNI): wide sites run as the reference", CPU_INT8)
+    return saturates
+
+
+def saturates(w_absmax: int, max_code: int) -> bool:
+    """Whether a site whose int8 weights reach ``w_absmax`` and whose uint8 input codes reach ``max_code`` would
+    saturate on this CPU's kernels (never on a CPU with VNNI)."""
+    return 2 * w_absmax * max_code > INT16_MAX and int8_pairs_saturate()
+
+
+def max_input_code(table: list[Any] | tuple[Any, ...]) -> int:
+    """The largest uint8 input code of a site's per-timestep activation parameters (uniform ones): ``hi - lo``, the
+    centred codes shifted by ``-lo`` (see :func:`_code_table`)."""
+    best = 0
+    for p in table:
+        assert isinstance(p, UniformParams) and p._floats is not None
+        _, lo, hi, _, _ = p._floats
+        best = max(best, round(hi - lo))
+    return best
 
 
 def cpu_int8_unavailable(compile: bool = False) -> str | None:
@@ -115,14 +153,35 @@ def _symmetric_int8(slot: QuantizedTensor, groups: int) -> tuple[torch.Tensor, t
 
 
 def _code_table(layer: QuantWeightLayer) -> torch.Tensor:
-    """Per grid timestep: ``(inv, lo, hi, uint8 zero-point, scale)`` as float32 rows (the zero-point is an integer:
-    signed codes are shifted into uint8 by 128, the zero-point with them)."""
+    """Per grid timestep: ``(inv, lo, hi, uint8 zero-point, scale)`` as float32 rows. The kernel's input codes are
+    the centred codes shifted by ``-lo`` into ``[0, hi - lo]`` (the narrowest uint8 range: on a CPU without VNNI the
+    largest code bounds what saturates), so its zero-point is ``-lo``."""
     rows = []
     for p in layer.act.tables[layer.a_bits]:
         assert isinstance(p, UniformParams) and p._floats is not None
-        inv, lo, hi, s, z = p._floats
-        rows.append([inv, lo, hi, z + (128.0 if p.symmetric else 0.0), s])
+        inv, lo, hi, s, _ = p._floats
+        rows.append([inv, lo, hi, -lo, s])
     return torch.tensor(rows, dtype=torch.float32)
+
+
+def saturating_widths(layer: QuantWeightLayer) -> list[tuple[int, int]]:
+    """The ``(w_bits, a_bits)`` of ``layer``'s calibrated widths (both at most 8) whose int8 products would
+    saturate on this CPU, so that the backend runs them as the reference (empty on a CPU with VNNI)."""
+    if not int8_pairs_saturate():
+        return []
+    groups = int(layer.groups) if isinstance(layer, QConv2d) else 1
+    inputs = {
+        a: max_input_code(table)
+        for a, table in layer.act.tables.items()
+        if a <= 8 and table and all(isinstance(p, UniformParams) and p._floats is not None for p in table)
+    }
+    pairs = []
+    for w, slot in sorted(layer.slots.items()):
+        if w > 8:
+            continue
+        w_absmax = int(_symmetric_int8(slot, groups)[0].to(torch.int16).abs().max())
+        pairs += [(w, a) for a, code in sorted(inputs.items()) if saturates(w_absmax, code)]
+    return pairs
 
 
 class _Int8Kernel:
@@ -134,6 +193,9 @@ class _Int8Kernel:
         self.table = _code_table(layer)
         groups = int(layer.groups) if isinstance(layer, QConv2d) else 1
         weight, self.w_scale, self.offset, self.how = _symmetric_int8(slot, groups)
+        self.saturates = saturates(
+            int(weight.to(torch.int16).abs().max()), max_input_code(layer.act.tables[layer.a_bits])
+        )
         self.w_zero = torch.zeros(self.w_scale.numel(), dtype=torch.long)
         self.bias = None if layer.bias is None else layer.bias.detach().to(torch.float32)
         if isinstance(layer, QConv2d):
@@ -148,20 +210,36 @@ class _Int8Kernel:
             self.conv = None
             self.packed = torch.ops.onednn.qlinear_prepack(weight, None)
 
+    def use_float(self) -> None:
+        """Compute with float products of the same codes (the reference's computation) instead of the int8 kernel,
+        whose products would saturate on this CPU; compiled, the timestep's parameters still come from the table,
+        so one graph serves every timestep. Eager calls return ``None`` (the layer computes as the reference)."""
+        self.packed = None
+        self.w_float = self.layer.weight if self.layer._w is None else self.layer._w
+
+    def _float(self, v: torch.Tensor) -> torch.Tensor:
+        if self.conv is not None:
+            stride, padding, dilation, groups = self.conv
+            return F.conv2d(v, self.w_float, self.bias, stride, padding, dilation, groups)
+        return F.linear(v, self.w_float, self.bias)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
         if torch.compiler.is_compiling():  # the timestep's parameters from tensors: one graph for every timestep
             row = self.table[self.step.tensor][0]
             r = torch.clamp(torch.round(x * row[0]), row[1], row[2])
+            if self.packed is None:
+                return self._float(r * row[4])
             out = self._int8(r.add(row[3]).to(torch.uint8), row[4], row[3].to(torch.long), x, True)
             return out if self.offset is None else out + self._offset_term(r, row[4])
         p = self.layer.act.params()
-        if not isinstance(p, UniformParams) or p._floats is None or x.dtype != torch.float32:
-            return None
-        inv, lo, hi, s, z = p._floats
-        shift = 128.0 if p.symmetric else 0.0  # signed codes shifted into uint8, the zero-point with them
-        r = torch.mul(x, inv).round_().clamp_(lo, hi)
+        if x.dtype != torch.float32:
+            raise TypeError(f"{CPU_INT8}: {self.layer.site} computes float32 inputs, got {x.dtype}")
+        if self.packed is None or not isinstance(p, UniformParams) or p._floats is None:
+            return None  # float products (use_float); the parameters test never fails on an installed site
+        inv, lo, hi, s, _ = p._floats
+        r = torch.mul(x, inv).round_().clamp_(lo, hi)  # centred codes; shifted by -lo into uint8 (see _code_table)
         term = None if self.offset is None else self._offset_term(r, s)
-        out = self._int8(r.add_(z + shift).to(torch.uint8), s, int(z + shift), x, False)
+        out = self._int8(r.sub_(lo).to(torch.uint8), s, int(-lo), x, False)
         return out if term is None else out.add_(term)
 
     def _int8(self, q: torch.Tensor, s: Any, zero: Any, x: torch.Tensor, traced: bool) -> torch.Tensor:
@@ -325,6 +403,11 @@ def install_cpu_int8(denoiser: nn.Module, *, compile: bool = True) -> dict[str, 
         assert slot is not None
         kernel = _Int8Kernel(layer, slot, step)
         layer.use_kernel(kernel)
+        if kernel.saturates:
+            kernel.use_float()
+            report[layer.site] = "reference: its int8 products would saturate (a CPU without VNNI)"
+            continue
+        layer.drop_weights()  # the kernel holds its packed int8 weights; nothing computes with the float ones
         report[layer.site] = "int8" if kernel.how == "exact" else "int8-requantized"
     denoiser.register_forward_pre_hook(step.hook, with_kwargs=True)
     if compile:
@@ -338,5 +421,6 @@ def install_cpu_int8(denoiser: nn.Module, *, compile: bool = True) -> dict[str, 
 
 
 def kernel_of(layer: Any) -> Any:
-    """The int8 kernel installed on ``layer`` (``None``: it computes as the reference backend)."""
+    """The kernel installed on ``layer`` (``None``: it computes as the reference backend; a kernel whose
+    ``packed`` is ``None`` computes float products of the codes, see ``use_float``)."""
     return getattr(layer, "_kernel", None)

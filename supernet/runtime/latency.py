@@ -3,11 +3,12 @@
 For ``cpu-int8`` (the only backend with integer kernels so far) every site the backend can run in int8 is timed
 alone, eagerly, at its real input shape (captured by a forward hook during one denoiser call) and the table's batch
 size, in each kernel class: ``fp`` (a float32 convolution or matmul of the FP weights), ``int8`` (oneDNN's int8
-kernel on the codes of the site's 8-bit slot) and, for sites whose 8-bit weights are asymmetric, ``int8-offset``
-(the same plus the offset term). The rest of a step (norms, activations, attention, the rounding of inputs to codes,
-which the compiled graph fuses into neighbouring loops) is not timed per site: a whole uniform candidate at the
-widest quantized width is exported, loaded on the backend (compiled) and timed, and ``base_ms`` is that measured
-step minus the sum of its sites' times, so that the table reproduces the anchor exactly and prices other candidates
+kernel on the codes of the site's 8-bit slot, the rounding of its input to codes included) and, for sites whose
+8-bit weights are asymmetric, ``int8-offset`` (the same plus the offset term). The rest of a step (norms,
+activations, attention, which the compiled graph fuses into neighbouring loops) is not timed per site: a whole
+uniform candidate (the widest whose sites all run on int8 kernels on this CPU; W8A8 where it has VNNI) is exported,
+loaded on the backend (compiled) and timed, and ``base_ms`` is that measured step minus the sum of its sites' times,
+so that the table reproduces the anchor exactly and prices other candidates
 by the differences between classes.
 
 A table is cached as JSON under ``<cache>/latency/`` by supernet, backend, batch size and machine, so it is measured
@@ -33,7 +34,15 @@ import torch.nn.functional as F
 
 from search.latency import FP_CLASS, INT8_CLASS, INT8_OFFSET_CLASS, LatencyTable
 from supernet.qlayers.weighted import QConv2d, QLinear
-from supernet.runtime.cpu_int8 import CPU_INT8, StepIndex, _Int8Kernel, _why_not, cpu_int8_unavailable
+from supernet.runtime.cpu_int8 import (
+    CPU_INT8,
+    StepIndex,
+    _Int8Kernel,
+    _why_not,
+    cpu_int8_unavailable,
+    int8_pairs_saturate,
+    saturating_widths,
+)
 from supernet.settings import LATENCY_BACKENDS
 from supernet.supernet import QuantSupernet
 
@@ -50,7 +59,8 @@ def machine_id() -> str:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return f"{cpu}; {os.cpu_count()} cpus; {torch.get_num_threads()} threads; torch {torch.__version__}"
+    int8 = "none" if cpu_int8_unavailable() else "int16 pairs" if int8_pairs_saturate() else "int32"
+    return f"{cpu}; {os.cpu_count()} cpus; {torch.get_num_threads()} threads; torch {torch.__version__}; int8 {int8}"
 
 
 def latency_unavailable(supernet: QuantSupernet) -> str | None:
@@ -115,26 +125,35 @@ def _site_times(layer: QConv2d | QLinear, shape: tuple[int, ...], step: StepInde
 
     inv, lo, hi, zero, scale = (float(v) for v in kernel.table[0])
     r = torch.clamp(torch.round(x * inv), lo, hi)
-    q = r.add(zero).to(torch.uint8)
-    times = {
-        FP_CLASS: best_ms(fp, repeats),
-        INT8_CLASS: best_ms(lambda: kernel._int8(q, scale, int(zero), x, False), repeats),
-    }
+
+    def int8() -> Any:  # the rounding of the input to codes too: a pass over it that the FP class does not make
+        q = torch.clamp(torch.round(x * inv), lo, hi).add_(zero).to(torch.uint8)
+        return kernel._int8(q, scale, int(zero), x, False)
+
+    times = {FP_CLASS: best_ms(fp, repeats), INT8_CLASS: best_ms(int8, repeats)}
     if kernel.offset is not None:
         offset = best_ms(lambda: kernel._offset_term(r, scale), repeats)
         times[INT8_OFFSET_CLASS] = times[INT8_CLASS] + offset
     return times
 
 
-def _anchor_ms(supernet: QuantSupernet, bits: int, backend: str, batch_size: int, repeats: int) -> float:
-    """Measured milliseconds of one denoiser step of uniform W``bits``A``bits`` exported and loaded on ``backend``."""
+def _anchor_bits(bit_options: list[int], kernel_bits: int, reference_widths: dict[str, Any]) -> tuple[int, int]:
+    """The uniform ``(w_bits, a_bits)`` to anchor on: the one whose sites run on int8 kernels most (on a CPU
+    without VNNI the widest ones run as the reference), the widest among equals."""
+    widths = [b for b in bit_options if b <= kernel_bits]
+    pairs = [(w, a) for w in widths for a in widths]
+    return min(pairs, key=lambda p: (sum(p in ws for ws in reference_widths.values()), -sum(p), -p[0]))
+
+
+def _anchor_ms(supernet: QuantSupernet, bits: tuple[int, int], backend: str, batch_size: int, repeats: int) -> float:
+    """Measured milliseconds of one denoiser step of uniform ``bits`` (W, A) exported and loaded on ``backend``."""
     from supernet.export import export_candidate, load
 
     model = supernet.model
     t = model.num_train_timesteps // 2
     with tempfile.TemporaryDirectory() as tmp:
         out = export_candidate(
-            supernet, supernet.uniform(bits, bits, (t,)), Path(tmp) / "anchor", scheduler_config=model.scheduler_config
+            supernet, supernet.uniform(*bits, (t,)), Path(tmp) / "anchor", scheduler_config=model.scheduler_config
         )
         runtime = load(out, backend=backend).model
         x = torch.randn(batch_size, *runtime.sample_shape)
@@ -161,6 +180,7 @@ def measure_latency_table(
     shapes = _site_inputs(supernet, batch_size)
     site_ms: dict[str, dict[str, float]] = {}
     offset_sites: set[str] = set()
+    reference_widths: dict[str, frozenset[tuple[int, int]]] = {}
     anchor = supernet.uniform(kernel_bits, kernel_bits, (0,))
     with supernet.assembled(anchor):
         layers = [m for m in supernet.model.denoiser.modules() if isinstance(m, QConv2d | QLinear)]
@@ -169,9 +189,14 @@ def measure_latency_table(
             if _why_not(layer) is not None or layer.site not in shapes:
                 continue
             site_ms[layer.site] = _site_times(layer, shapes[layer.site], step, repeats)
+            widths = saturating_widths(layer)
+            if widths:
+                reference_widths[layer.site] = frozenset(widths)
             if INT8_OFFSET_CLASS in site_ms[layer.site]:
                 offset_sites.add(layer.site)
-    measured = _anchor_ms(supernet, kernel_bits, backend, batch_size, repeats)
+    w_bits, a_bits = _anchor_bits(list(supernet.bit_options), kernel_bits, reference_widths)
+    anchor = supernet.uniform(w_bits, a_bits, (0,))
+    measured = _anchor_ms(supernet, (w_bits, a_bits), backend, batch_size, repeats)
     sites_only = LatencyTable(
         backend=backend,
         batch_size=batch_size,
@@ -179,13 +204,14 @@ def measure_latency_table(
         base_ms=0.0,
         site_ms=site_ms,
         offset_sites=frozenset(offset_sites),
+        reference_widths=reference_widths,
         kernel_bits=kernel_bits,
-        anchor={"candidate": f"W{kernel_bits}A{kernel_bits}", "measured_ms": measured},
+        anchor={"candidate": f"W{w_bits}A{a_bits}", "measured_ms": measured},
     )
     table = replace(sites_only, base_ms=measured - sites_only.step_ms(anchor))
     log.info(
         "latency table (%s, batch %d): %d sites priced, anchor W%dA%d %.2f ms/step (%.1f ms outside the sites), %.0f s",
-        backend, batch_size, len(site_ms), kernel_bits, kernel_bits, measured, table.base_ms,
+        backend, batch_size, len(site_ms), w_bits, a_bits, measured, table.base_ms,
         time.perf_counter() - start,
     )  # fmt: skip
     return table

@@ -3,6 +3,8 @@ its JSON form and the errors of a table that does not fit the candidate."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from search.candidate import Candidate
@@ -53,9 +55,19 @@ def test_step_is_base_plus_site_classes_and_latency_scales_with_steps() -> None:
     assert table.latency_ms(three) == pytest.approx(3 * (10.0 + 1.0 + 2.0))
 
 
+def test_widths_the_cpu_would_saturate_are_priced_as_fp() -> None:
+    table = replace(_table(), reference_widths={"b": [(8, 8)]})  # "b" at W8A8: the reference, without VNNI
+    at = {w: Candidate.from_maps([500], {"a": 6, "b": w, "c": 4}, {"a": 6, "b": 8, "c": 4}) for w in (6, 8)}
+    assert table.classes(at[8])["b"] == FP_CLASS
+    assert table.classes(at[6])["b"] == INT8_CLASS
+    assert table.step_ms(at[8]) - table.step_ms(at[6]) == pytest.approx(2.0 - 1.0)
+
+
 def test_round_trip_and_errors() -> None:
     table = _table()
     assert LatencyTable.from_dict(table.to_dict()) == table
+    wide = replace(table, reference_widths={"b": [(8, 8), (8, 7)]})
+    assert LatencyTable.from_dict(wide.to_dict()) == wide
     with pytest.raises(ValueError, match="version"):
         LatencyTable.from_dict({**table.to_dict(), "version": 99})
     with pytest.raises(ValueError, match="unknown kernel classes"):

@@ -17,7 +17,7 @@ from supernet.quant.log2 import Log2Params
 from supernet.quant.qtensor import QuantizedTensor
 from supernet.quant.uniform import UniformQuantizer
 from supernet.runtime import cpu_int8_unavailable, install_cpu_int8
-from supernet.runtime.cpu_int8 import _symmetric_int8, kernel_of
+from supernet.runtime.cpu_int8 import _symmetric_int8, int8_pairs_saturate, kernel_of, saturates
 from supernet.runtime.fused import softmax_log2, softmax_uniform
 from supernet.sampling import uniform_schedule
 from tests.torch_threads import one_torch_thread  # noqa: F401
@@ -25,6 +25,13 @@ from tests.torch_threads import one_torch_thread  # noqa: F401
 pytestmark = pytest.mark.skipif(cpu_int8_unavailable() is not None, reason=str(cpu_int8_unavailable()))
 
 SCHEDULE = uniform_schedule(10, 1000)
+SATURATING = "reference: its int8 products would saturate (a CPU without VNNI)"
+
+
+def _int8(layer: QuantWeightLayer) -> bool:
+    """The site computes on an int8 kernel (not on float products of its codes)."""
+    kernel = kernel_of(layer)
+    return kernel is not None and kernel.packed is not None
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +47,7 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     candidates = {
         "w6a6": sn.uniform(6, 6, SCHEDULE),
         "w8a8": sn.uniform(8, 8, SCHEDULE),
+        "w8a6": sn.uniform(8, 6, SCHEDULE),  # the 8-bit offset term, with products no CPU saturates
         "fp-input": Candidate.from_maps(SCHEDULE, *fp_first),
     }
     return {
@@ -52,7 +60,10 @@ def test_sites_get_int8_kernels_and_fp_inputs_stay_reference(exports) -> None:
     w6 = install_cpu_int8(load(exports["w6a6"]).denoiser, compile=False)
     assert w6 and set(w6.values()) == {"int8"}  # asymmetric 6-bit codes minus their zero-point fit int8 exactly
     w8 = install_cpu_int8(load(exports["w8a8"]).denoiser, compile=False)
-    assert w8 and set(w8.values()) == {"int8"}  # 8-bit: codes - 128 plus a per-channel offset term, exactly
+    # 8-bit: codes - 128 plus a per-channel offset term, exactly; on a CPU without VNNI the sites whose products
+    # would saturate int16 run as the reference (what saturates depends on each site's largest codes)
+    assert w8 and set(w8.values()) <= {"int8", SATURATING}
+    assert (SATURATING in w8.values()) == int8_pairs_saturate()
     mixed = install_cpu_int8(load(exports["fp-input"]).denoiser, compile=False)
     assert mixed["conv_in"] == "reference: FP weights or inputs"
     assert sum(v == "int8" for v in mixed.values()) == len(mixed) - 1
@@ -75,31 +86,54 @@ def test_asymmetric_weights_become_int8_codes_scale_and_offset(bits: int, groups
         assert 0 < error <= 0.51 * float((slot.dequantize().abs().amax((1, 2, 3)) / 127).max())
 
 
-@pytest.mark.parametrize("name", ["w6a6", "w8a8"])
+@pytest.mark.parametrize("name", ["w6a6", "w8a6", "w8a8"])
 def test_each_int8_site_computes_what_the_reference_computes_from_the_same_codes(exports, name: str) -> None:
-    pipe = load(exports[name])
-    install_cpu_int8(pipe.denoiser, compile=False)
+    """Each int8 site's output against the reference export's same site fed the same input (the int8 sites keep no
+    float weights to compute a reference with)."""
+    fast, ref = load(exports[name]), load(exports[name])
+    report = install_cpu_int8(fast.denoiser, compile=False)
+    fast_layers = [m for m in fast.denoiser.modules() if isinstance(m, QuantWeightLayer) and _int8(m)]
+    if name == "w8a8" and int8_pairs_saturate():  # 8-bit codes up to 255 times weights up to 127: none is exact
+        assert not fast_layers and set(report.values()) <= {SATURATING, "fused-softmax"}
+        return
+    assert fast_layers and all(m.weight.numel() == 0 and not m.slots for m in fast_layers)  # float weights freed
+    sites = {m.site for m in fast_layers}
+    ref_layers = [m for m in ref.denoiser.modules() if isinstance(m, QuantWeightLayer) and m.site in sites]
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     worst: list[float] = []
 
-    def check(module: QuantWeightLayer, args: tuple, out: torch.Tensor) -> None:
-        kernel = kernel_of(module)
-        module.use_kernel(None)  # inside the denoiser's forward: the timestep is selected
-        try:
-            ref = module.forward(args[0])  # not module(): its hooks would run again
-        finally:
-            module.use_kernel(kernel)
-        worst.append(float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-6)))
+    def record(module: QuantWeightLayer, args: tuple, out: torch.Tensor) -> None:
+        seen[module.site] = (args[0].clone(), out.clone())  # the input after the site's own pre-scale hook
 
-    layers = [m for m in pipe.denoiser.modules() if isinstance(m, QuantWeightLayer) and kernel_of(m) is not None]
-    handles = [m.register_forward_hook(check) for m in layers]
-    x = torch.randn(4, *pipe.model.sample_shape, generator=torch.Generator().manual_seed(0))
+    def feed(module: QuantWeightLayer, args: tuple) -> tuple:
+        return (seen[module.site][0], *args[1:])  # runs after the reference site's pre-scale hook
+
+    def compare(module: QuantWeightLayer, args: tuple, out: torch.Tensor) -> None:
+        want = seen[module.site][1]
+        worst.append(float((want - out).abs().max() / out.abs().max().clamp_min(1e-6)))
+
+    handles = [m.register_forward_hook(record) for m in fast_layers]
+    handles += [m.register_forward_pre_hook(feed) for m in ref_layers]
+    handles += [m.register_forward_hook(compare) for m in ref_layers]
+    x = torch.randn(4, *fast.model.sample_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         for t in (900, 500, 0):
-            pipe.model.predict_noise(x, t)
+            fast.model.predict_noise(x, t)
+            ref.model.predict_noise(x, t)
     for h in handles:
         h.remove()
-    assert len(worst) == 3 * len(layers)
+    assert len(ref_layers) == len(fast_layers) and len(worst) == 3 * len(fast_layers)
     assert max(worst) < 1e-4, max(worst)  # float accumulation order only
+
+
+def test_saturation_is_probed_on_the_kernel_and_bounds_each_site() -> None:
+    weight = torch.ops.onednn.qlinear_prepack(torch.full((1, 64), 127, dtype=torch.int8), None)
+    x = torch.full((1, 64), 255, dtype=torch.uint8)
+    args = (weight, torch.ones(1), torch.zeros(1, dtype=torch.long), None, 1.0, 0, torch.float32, "none", [], "")
+    exact = float(torch.ops.onednn.qlinear_pointwise(x, 1.0, 0, *args)) == 64 * 127 * 255
+    assert int8_pairs_saturate() is not exact
+    assert not saturates(64, 255) and not saturates(127, 128)  # pairs of products within int16
+    assert saturates(127, 255) is int8_pairs_saturate()
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
