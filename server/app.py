@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from server.api.errors import install_error_handlers
 from server.api.front_cache import FrontCache
 from server.api.limits import BodySizeLimit
-from server.api.routes import candidates, export, front, hypervolume, jobs, meta, plots, samples, web
+from server.api.routes import candidates, export, front, hypervolume, jobs, measure, meta, plots, samples, web
 from server.baselines import TrainTimesteps
 from server.execution import ExecuteFn
 from server.runner import JobRunner
@@ -74,7 +74,7 @@ def create_app(
     app.state.front_cache = FrontCache(store, train_timesteps=app.state.train_timesteps)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    for module in (jobs, front, candidates, export, hypervolume, plots, samples, meta):
+    for module in (jobs, front, candidates, export, measure, hypervolume, plots, samples, meta):
         app.include_router(module.router, prefix=API_PREFIX)
     web.install(app)
     return app

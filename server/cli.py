@@ -449,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_search(sub)
     _add_serve(sub)
-    from server.cli_remote import add_remote_commands  # submit, jobs, status, cancel, front, export (a server)
+    from server.cli_remote import add_remote_commands  # submit, jobs, status, cancel, front, export, measure
 
     add_remote_commands(sub)
     return parser

@@ -1,5 +1,5 @@
-"""The ``tmpq`` commands that talk to a tmpq server: ``submit``, ``jobs``, ``status``, ``cancel``, ``front`` and
-``export``.
+"""The ``tmpq`` commands that talk to a tmpq server: ``submit``, ``jobs``, ``status``, ``cancel``, ``front``,
+``export`` and ``measure``.
 
 They are thin faces over :class:`server.client.TmpqClient` (scripts can make the same calls). The server URL and
 token come from ``--url``/``--token`` or ``$TMPQ_URL``/``$TMPQ_API_TOKEN``. Errors reach ``server.cli.main`` as
@@ -41,6 +41,9 @@ LOCAL_ONLY_FIELDS = ("output",)
 PIPE_WIDTH = 160
 
 _TIMESTEPS_WIDTH = 40
+#: Largest batch ``tmpq measure --batch-size`` takes (the server's limit).
+MAX_MEASURE_BATCH = 1024
+_MIB = 1024 * 1024
 
 
 class JobDidNotSucceed(TmpqError):
@@ -72,6 +75,13 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _batch_size(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_MEASURE_BATCH:
+        raise argparse.ArgumentTypeError(f"expected a batch of 1 to {MAX_MEASURE_BATCH}, got {text!r}")
     return value
 
 
@@ -453,13 +463,55 @@ def fp_bitops(client: TmpqClient, job: Mapping[str, Any]) -> float | None:
     return None
 
 
+def best_measurement(point: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]] | None:
+    """``(backend, measurement)`` of the candidate's fastest measured backend (the largest end-to-end speed-up
+    against FP, ``speedup_vs_reference``), or None when it was never measured."""
+    runtime = point.get("runtime")
+    if not isinstance(runtime, Mapping):
+        return None
+    measured = [
+        (str(backend), m)
+        for backend, m in runtime.items()
+        if isinstance(m, Mapping) and _is_number(m.get("speedup_vs_reference"))
+    ]
+    return max(measured, key=lambda entry: (entry[1]["speedup_vs_reference"], entry[0])) if measured else None
+
+
+def _memory_measured(m: Mapping[str, Any]) -> bool:
+    return _is_number(m.get("memory_ratio")) and _is_number(m.get("fp_peak_rss_bytes")) and m["fp_peak_rss_bytes"] > 0
+
+
+def measured_text(point: Mapping[str, Any]) -> str:
+    """``1.45x/11.8x, mem 0.90x (cpu-int8)``: the fastest measured backend's speed-up per step and end to end
+    against FP, and its peak memory against FP's; empty when the candidate was never measured."""
+    best = best_measurement(point)
+    if best is None:
+        return ""
+    backend, m = best
+    memory = f", mem {m['memory_ratio']:.2f}x" if _memory_measured(m) else ""
+    return f"{_fmt(m.get('speedup_per_step'), '.3g')}x/{m['speedup_vs_reference']:.3g}x{memory} ({backend})"
+
+
+def _knee_measured_text(knee: Mapping[str, Any]) -> str:
+    best = best_measurement(knee)
+    if best is None:
+        return ""
+    backend, m = best
+    memory = f", memory {m['memory_ratio']:.2f}x" if _memory_measured(m) else ""
+    return (
+        f"; measured on {backend} (batch {m.get('batch_size', '?')}): {_fmt(m.get('speedup_per_step'), '.3g')}x per "
+        f"step, {m['speedup_vs_reference']:.3g}x vs FP at {m.get('reference_steps', '?')} steps{memory}"
+    )
+
+
 def print_front(
     front: Mapping[str, Any], job: Mapping[str, Any], *, console: Console | None = None, fp_cost: float | None = None
 ) -> None:
     """The front as a rich table: key, K, timesteps, bits, quality, PSNR, the re-scored FDD (when any point has
-    it), GBitOps, the predicted milliseconds on the job's latency backend (when measured), the relative cost
-    (BitOps / ``fp_cost``, the FP model at the largest K, when given) and whether the point is a uniform baseline;
-    the knee (if asked) marked."""
+    it), GBitOps, the predicted milliseconds on the job's latency backend (when measured), the speed-ups and memory
+    ``tmpq measure`` measured (when any point was: :func:`measured_text`), the relative cost (BitOps /
+    ``fp_cost``, the FP model at the largest K, when given) and whether the point is a uniform baseline; the knee
+    (if asked) marked, with its measurement when it has one."""
     from rich.table import Table
 
     items: Sequence[Mapping[str, Any]] = front["items"]
@@ -468,11 +520,17 @@ def print_front(
     objective = str(spec_value(job["spec"], "evaluation.objective", "quality"))
     generation = front.get("generation")
     after = f"generation {generation + 1}" if generation is not None else "no generation yet"
-    table = Table(
-        title=f"job {job['id']} ({job['state']}, {after}): {front['count']} front points",
-        caption=f"quality = {objective} (lower is better); GBitOps = 1e9 BitOps"
-        + (f"; {', '.join(front['fp_components'])} in floating point" if front.get("fp_components") else ""),
-    )
+    reference_steps = spec_value(job["spec"], "evaluation.reference_steps", 100)
+    measured = any(best_measurement(p) is not None for p in items)
+    caption = f"quality = {objective} (lower is better); GBitOps = 1e9 BitOps"
+    if measured:
+        caption += (
+            f"; measured = speed-up per step / vs FP at {reference_steps} steps, peak memory vs FP (tmpq measure; "
+            "the fastest backend)"
+        )
+    if front.get("fp_components"):
+        caption += f"; {', '.join(front['fp_components'])} in floating point"
+    table = Table(title=f"job {job['id']} ({job['state']}, {after}): {front['count']} front points", caption=caption)
 
     def has(name: str) -> bool:
         return any(p.get("objectives", {}).get(name) is not None for p in items)
@@ -499,6 +557,8 @@ def print_front(
     if any(p.get("latency_ms") is not None for p in items):
         backend = spec_value(job["spec"], "evaluation.latency_backend", "")
         columns.append((f"ms ({backend})", lambda p: _fmt(p.get("latency_ms"), ".4g"), False, True))
+    if measured:
+        columns.append(("measured", measured_text, True, True))
     if fp_cost:
         columns.append(
             (
@@ -523,6 +583,7 @@ def print_front(
             f"{_gbitops(knee.get('bitops'))} GBitOps"
             + (f", {_fmt(knee['latency_ms'], '.4g')} ms" if knee.get("latency_ms") is not None else "")
             + ")"
+            + _knee_measured_text(knee)
         )
 
 
@@ -588,11 +649,61 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- measure ------------------------------------------------------------------------------------------------
+
+
+def _mib(value: Any) -> str:
+    return _fmt(None if value is None else value / _MIB, ".1f") + " MiB"
+
+
+def _times(value: Any) -> str:
+    return _fmt(value, ".3g") + "x"
+
+
+def measurement_lines(candidate: Mapping[str, Any], job_id: int, backend: str) -> list[str]:
+    """What ``tmpq measure`` prints of a candidate's measurement on ``backend`` (its ``runtime[backend]``)."""
+    m = (candidate.get("runtime") or {}).get(backend)
+    if not isinstance(m, Mapping):
+        raise TmpqError(f"the server's answer holds no measurement of candidate {candidate.get('key')} on {backend}")
+    steps, reference = m.get("steps", candidate.get("steps")), m.get("reference_steps")
+    lines = [
+        f"measured candidate {candidate.get('key')} of job {job_id} ({candidate.get('bits')}, K={steps}) on "
+        f"{m.get('backend', backend)}, batch {m.get('batch_size')}, {m.get('threads')} threads, against FP32:",
+        f"  per step     {_times(m.get('speedup_per_step'))} FP32 ({_fmt(m.get('step_ms'), '.4g')} ms vs "
+        f"{_fmt(m.get('fp_step_ms'), '.4g')} ms)",
+        f"  end to end   {_times(m.get('speedup_vs_reference'))} FP at {reference} steps "
+        f"({_fmt(m.get('sample_ms'), '.4g')} ms for K={steps} vs {_fmt(m.get('fp_sample_ms'), '.4g')} ms)",
+    ]
+    if _memory_measured(m):
+        lines.append(
+            f"  peak memory  {_mib(m.get('peak_rss_bytes'))} vs {_mib(m.get('fp_peak_rss_bytes'))} FP32 "
+            f"({m['memory_ratio']:.2f}x)"
+        )
+    weights, fp_weights = m.get("weight_bytes"), m.get("fp_weight_bytes")
+    if _is_number(weights) and _is_number(fp_weights) and fp_weights > 0:
+        lines.append(f"  weights      {_mib(weights)} vs {_mib(fp_weights)} FP32 ({weights / fp_weights:.2f}x)")
+    return lines
+
+
+def _cmd_measure(args: argparse.Namespace) -> int:
+    slow = " (minutes: it compiles)" if args.backend == "cpu-int8" else " (about a minute)"
+    print(f"measuring on the server{slow}...", file=sys.stderr, flush=True)
+    with _client(args) as client:
+        candidate = client.measure(args.job, args.candidate, backend=args.backend, batch_size=args.batch_size)
+    if args.json:
+        measurement = (candidate.get("runtime") or {}).get(args.backend)
+        _print_json({"job_id": args.job, "key": candidate.get("key"), "measurement": measurement})
+        return EXIT_OK
+    print("\n".join(measurement_lines(candidate, args.job, args.backend)))
+    return EXIT_OK
+
+
 # -- registration -------------------------------------------------------------------------------------------
 
 
 def add_remote_commands(sub: argparse._SubParsersAction) -> None:
-    """Register ``submit``, ``jobs``, ``status``, ``cancel``, ``front`` and ``export`` on the ``tmpq`` sub-parsers."""
+    """Register ``submit``, ``jobs``, ``status``, ``cancel``, ``front``, ``export`` and ``measure`` on the ``tmpq``
+    sub-parsers."""
     p = sub.add_parser(
         "submit",
         help="submit a job spec (YAML) to a tmpq server",
@@ -688,3 +799,33 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
     _add_json_flag(p, "the export's manifest")
     _add_remote_flags(p)
     p.set_defaults(handler=_cmd_export)
+
+    p = sub.add_parser(
+        "measure",
+        help="measure a candidate's export against FP on the server: speed-up per step and end to end, memory",
+        description="Measure a candidate's export on the server against the job's FP32 model, side by side: one "
+        "denoiser step at the batch (the speed-up per step), sampling one batch end to end (the candidate's K steps "
+        "against FP at the job's evaluation.reference_steps), the peak resident memory of a fresh process and the "
+        "weight bytes. The server builds the export for --backend first if it was not built, keeps the measurement "
+        "with the candidate (the web page and tmpq front show it) and runs one measurement at a time. Needs the "
+        "server's write token (--token or $TMPQ_API_TOKEN) when it has one.",
+    )
+    p.add_argument("job", type=int, metavar="JOB", help="the job id")
+    p.add_argument("candidate", metavar="CANDIDATE", help="a candidate key, or 'knee' (the knee of the job's front)")
+    p.add_argument(
+        "--backend",
+        choices=RUNTIME_BACKENDS,
+        default="cpu-int8",
+        help="what runs the export: cpu-int8 (int8 kernels on an x86 CPU, compiled: minutes; the default) "
+        "or reference (fake quantization in float32: what the search scored, no faster than FP)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=64,
+        metavar="N",
+        help=f"the batch every timing runs at (1 to {MAX_MEASURE_BATCH}, default 64)",
+    )
+    _add_json_flag(p, "the measurement")
+    _add_remote_flags(p)
+    p.set_defaults(handler=_cmd_measure)

@@ -11,6 +11,7 @@ Torch-free and Ray-free: it needs only httpx. Every method returns the server's 
         done = client.wait(job["id"], on_progress=lambda j: print(j["progress"]))
         front = client.front(job["id"], max_bitops=2.5e9, knee=True)
         client.export(job["id"], "knee", "out/knee")  # then supernet.export.load("out/knee").sample(64, seed=0)
+        measured = client.measure(job["id"], "knee", backend="cpu-int8")["runtime"]["cpu-int8"]  # on the server
 
 Errors: the server's error answers raise :class:`ApiError` (its message readable and naming the field; a bad
 field or model is the subclass :class:`ApiValidationError`, which is also a ``ConfigError``); a server that
@@ -281,14 +282,17 @@ class TmpqClient:
         params: Mapping[str, Any] | None = None,
         json: Any = None,
         accept: str | None = None,
+        timeout: float | None = None,
     ) -> httpx.Response:
-        """Send one request; ApiError for an error answer, ApiUnavailable when the server cannot be reached."""
+        """Send one request (waiting ``timeout`` seconds, default the client's); ApiError for an error answer,
+        ApiUnavailable when the server cannot be reached."""
         query = {k: v for k, v in (params or {}).items() if v is not None}
         headers = {"Accept": accept} if accept else None
+        wait = self.timeout if timeout is None else timeout
         try:
-            response = self._http.request(method, path, params=query, json=json, headers=headers)
+            response = self._http.request(method, path, params=query, json=json, headers=headers, timeout=wait)
         except httpx.TimeoutException:
-            raise ApiUnavailable(self.base_url, f"no answer within {self.timeout:g} s") from None
+            raise ApiUnavailable(self.base_url, f"no answer within {wait:g} s") from None
         except httpx.RequestError as exc:  # connection refused, DNS, TLS, protocol errors
             raise ApiUnavailable(self.base_url, _one_line(str(exc)) or type(exc).__name__) from None
         if response.is_error:
@@ -467,12 +471,8 @@ class TmpqClient:
         out = Path(out_dir)
         _check_out_dir(out, overwrite)
         check_backend(backend)
-        if key == "knee":
-            knee = self.front(job_id, knee=True).get("knee")
-            if not knee:
-                raise TmpqError(f"job {int(job_id)} has no knee point yet (its front is empty)")
-            key = str(knee["key"])
-        path = f"/jobs/{int(job_id)}/candidates/{quote(str(key), safe='')}/export"
+        key = self._candidate_key(job_id, key)
+        path = f"/jobs/{int(job_id)}/candidates/{quote(key, safe='')}/export"
         if backend != "reference":
             path += f"?backend={quote(backend)}"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -491,6 +491,48 @@ class TmpqClient:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return out
+
+    def measure(
+        self,
+        job_id: int,
+        key: str,
+        backend: str = "cpu-int8",
+        batch_size: int = 64,
+        *,
+        timeout: float = 1800,
+    ) -> dict[str, Any]:
+        """Measure a candidate's export on the server against the job's FP32 model; returns the candidate, whose
+        ``runtime[backend]`` holds the measurement (``step_ms``/``fp_step_ms``, ``sample_ms``/``fp_sample_ms`` at
+        the job's ``reference_steps``, ``peak_rss_bytes``/``fp_peak_rss_bytes``, ``weight_bytes``/``fp_weight_bytes``
+        and the ratios ``speedup_per_step``, ``speedup_vs_reference`` and ``memory_ratio``).
+
+        The server builds the export for ``backend`` if it was not built and runs one measurement at a time: this
+        waits for it (about a minute on ``reference``; minutes on ``cpu-int8``, which compiles; more when another
+        measurement is running), up to ``timeout`` seconds. ``key`` may be ``"knee"``; ``batch_size`` is 1 to
+        1024. It needs the write token when the server has one.
+
+        Raises:
+            ConfigError: a bad ``backend`` or ``batch_size`` (checked before anything is sent).
+            ApiError: 401/403 without the server's token, 404 for an unknown job or candidate, 409 when the job's
+                model or supernet is not on the server or the export cannot run on ``backend`` there (the reason
+                given).
+        """
+        check_backend(backend)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 1024:
+            raise ConfigError("batch_size", f"must be an integer from 1 to 1024, got {batch_size!r}")
+        key = self._candidate_key(job_id, key)
+        path = f"/jobs/{int(job_id)}/candidates/{quote(key, safe='')}/measure"
+        params = {"backend": backend, "batch_size": batch_size}
+        return self._json("POST", path, params=params, timeout=timeout)
+
+    def _candidate_key(self, job_id: int, key: str) -> str:
+        """``key``, or the key of the knee of the job's current front for ``"knee"``."""
+        if key != "knee":
+            return str(key)
+        knee = self.front(job_id, knee=True).get("knee")
+        if not knee:
+            raise TmpqError(f"job {int(job_id)} has no knee point yet (its front is empty)")
+        return str(knee["key"])
 
     def _download(self, method: str, path: str, dest: Path, timeout: float) -> None:
         """Stream the answer to ``method path`` into the file ``dest`` (errors as in :meth:`_request`)."""

@@ -3,8 +3,8 @@
 - ``jobs``: one row per search job (spec, state, progress, lease, cancel flag, and what a RUNNING job is doing now:
   ``activity``, its driver's last report, with ``activity_at``).
 - ``candidates``: one row per evaluated candidate, unique per (job, key), with the front-query columns
-  (``quality``, ``bitops``, ``weight_bytes``, ``steps``, ``latency_ms`` where measured) as real columns and a stored
-  non-dominated flag.
+  (``quality``, ``bitops``, ``weight_bytes``, ``steps``, ``latency_ms`` where measured) as real columns, a stored
+  non-dominated flag, and ``runtime``: the latest measurement of its export per run-time backend, where measured.
 - ``objective_values``: one row per (candidate, objective name): every metric, core and extra.
 - ``hypervolume_history``: one row per (job, generation).
 - ``job_checkpoints``: the resumable checkpoint of a job's last stored generation (kept off the job row so listings
@@ -150,6 +150,7 @@ class CandidateModel(Base):
     error: Mapped[str | None] = mapped_column(Text)
     info: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    runtime: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     @classmethod
     def find_or_raise(cls, session: Session, job_id: int, key: str) -> CandidateModel:

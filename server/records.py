@@ -14,9 +14,10 @@ from server.models import JobState
 @dataclass(frozen=True)
 class JobRecord:
     """A job as stored: spec, state, progress and lease. ``results_version`` goes up with every stored generation
-    (candidates, front and hypervolume only change then). ``activity`` is what a RUNNING job's driver last reported
-    it is doing (``workers.protocol.Activity``), at ``activity_at``; None once the job left RUNNING. ``warnings`` are
-    what its driver warned about and went on anyway (kept for good, oldest first)."""
+    and every stored run-time measurement (candidates, front and hypervolume only change then). ``activity`` is what
+    a RUNNING job's driver last reported it is doing (``workers.protocol.Activity``), at ``activity_at``; None once
+    the job left RUNNING. ``warnings`` are what its driver warned about and went on anyway (kept for good, oldest
+    first)."""
 
     id: int
     submission_id: str | None
@@ -91,7 +92,8 @@ class CandidateRecord:
 
     ``seq`` orders candidates by the time they were first stored (the ``after=`` cursor); ``objectives`` holds
     every numeric metric (quality, bitops, weight_bytes, steps and the extras such as fdd, psnr, mse); ``info``
-    the extras that are not numbers.
+    the extras that are not numbers. ``runtime`` maps a run-time backend to the latest measurement of the
+    candidate's export on it (``supernet.runtime.measure.RuntimeMeasurement.to_dict()``); None until one is made.
     """
 
     seq: int
@@ -110,6 +112,7 @@ class CandidateRecord:
     latency_ms: float | None = None
     objectives: dict[str, float | None] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    runtime: dict[str, dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)

@@ -231,6 +231,14 @@ class CandidateOut(BaseModel):
     error: str | None
     objectives: dict[str, float | None] = Field(description="Every numeric metric (core and extras like fdd, psnr).")
     info: dict[str, Any] = Field(description="Extras that are not numbers.")
+    runtime: dict[str, dict[str, Any]] | None = Field(
+        default=None,
+        description="What the candidate's export measured against its FP32 model on the server, per run-time "
+        "backend (the latest measurement on each; ``POST .../measure``): the batch, the export's and FP32's step "
+        "time and end-to-end sampling time (the export's K steps, FP at ``reference_steps``) in ms, peak resident "
+        "memory and weight bytes, and the ratios ``speedup_per_step``, ``speedup_vs_reference`` and "
+        "``memory_ratio``; null when it was never measured.",
+    )
 
     @classmethod
     def from_record(
@@ -255,6 +263,7 @@ class CandidateOut(BaseModel):
             error=record.error,
             objectives=record.objectives,
             info=record.info,
+            runtime=record.runtime,
         )
 
 

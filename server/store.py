@@ -88,6 +88,10 @@ CALIBRATION_KEYS = (
     "eta_s",
 )
 _ACTIVITY_TEXT = 500
+#: Largest stored run-time measurement of one backend (its JSON, in bytes; a ``RuntimeMeasurement`` takes ~500).
+MAX_RUNTIME_BYTES = 4096
+#: Longest run-time backend name a measurement is stored under.
+MAX_BACKEND_CHARS = 32
 
 _CHUNK = 500
 _MIGRATION_LOCK_ID = 0x746D7071  # "tmpq": PostgreSQL advisory lock key held while migrating
@@ -699,6 +703,55 @@ class Store:
             )
             return self._job(session, job_id)
 
+    def set_runtime(self, job_id: int, key: str, backend: str, measurement: Mapping[str, Any]) -> CandidateRecord:
+        """Store what the candidate's export measured on ``backend`` (a
+        ``supernet.runtime.measure.RuntimeMeasurement.to_dict()``) as its latest measurement there, keeping those of
+        the other backends; returns the candidate with its ``runtime``.
+
+        A measurement annotates a stored candidate, so it is allowed in any job state (a finished job's results do
+        not change otherwise). The job's ``results_version`` goes up, so a cached front shows it.
+
+        Raises:
+            NotFound: no such job or candidate.
+            ConfigError: ``backend`` is empty or longer than :data:`MAX_BACKEND_CHARS`, or ``measurement`` is not a
+                JSON-ready mapping of at most :data:`MAX_RUNTIME_BYTES`.
+        """
+        if not isinstance(backend, str) or not 0 < len(backend) <= MAX_BACKEND_CHARS:
+            raise ConfigError("backend", f"must be a name of 1 to {MAX_BACKEND_CHARS} characters, got {backend!r}")
+        if not isinstance(measurement, Mapping):
+            raise ConfigError("measurement", f"must be a mapping, got {type(measurement).__name__}")
+        try:
+            stored = json.loads(json.dumps(_json_safe(measurement), default=_plain))
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise ConfigError("measurement", f"is not JSON-ready: {exc}") from None
+        if _json_size(stored) > MAX_RUNTIME_BYTES:
+            raise ConfigError("measurement", f"takes more than {MAX_RUNTIME_BYTES} bytes of JSON")
+        with self.session(write=True) as session:
+            # the job's row first, then the candidate's: the order record_generation locks them in (PostgreSQL)
+            bumped = session.execute(
+                update(JobModel)
+                .where(JobModel.id == job_id)
+                .values(results_version=JobModel.results_version + 1)
+                .execution_options(synchronize_session=False)
+            )
+            if bumped.rowcount != 1:
+                raise NotFound(f"job {job_id} does not exist")
+            row = session.execute(
+                select(CandidateModel.id, CandidateModel.runtime)
+                .where(CandidateModel.job_id == job_id, CandidateModel.key == key)
+                .with_for_update()
+            ).one_or_none()
+            if row is None:
+                raise NotFound(f"job {job_id} has no candidate {key!r}")
+            runtime = {**(row.runtime if isinstance(row.runtime, Mapping) else {}), backend: stored}
+            session.execute(
+                update(CandidateModel)
+                .where(CandidateModel.id == row.id)
+                .values(runtime=runtime)
+                .execution_options(synchronize_session=False)
+            )
+            return self._load_candidates(session, select(*_CANDIDATE_COLUMNS).where(CandidateModel.id == row.id))[0]
+
     def _fence(self, session: Session, job_id: int, owner: str | None, now: Any) -> None:
         """Check the job may be written: held by ``owner`` (RUNNING), or not terminal when no owner is given."""
         if owner is None:
@@ -1029,6 +1082,7 @@ class Store:
                 latency_ms=r["latency_ms"],
                 objectives=metrics[r["id"]],
                 info=dict(r["info"] or {}),
+                runtime=dict(r["runtime"]) if isinstance(r["runtime"], Mapping) else None,
             )
             for r in rows
         ]
@@ -1069,6 +1123,7 @@ __all__ = [
     "CORE_OBJECTIVES",
     "FRONT_SORT_KEYS",
     "MAX_ACTIVITY_BYTES",
+    "MAX_RUNTIME_BYTES",
     "MAX_WARNINGS",
     "MAX_WARNING_CHARS",
     "Base",

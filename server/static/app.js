@@ -106,6 +106,8 @@ function fmtBitOps(v) {
 }
 
 const fmtG = (v) => (isNum(v) ? String(Number((v / 1e9).toPrecision(4))) : "—");
+/** A ratio as "1.45×" (three significant digits). */
+const fmtTimes = (v) => (isNum(v) ? `${Number(v.toPrecision(3))}×` : "—");
 
 function fmtBytes(v) {
   if (!isNum(v)) return "—";
@@ -345,6 +347,76 @@ async function downloadExport(jobId, key, button) {
     say(`Export failed: ${error.status ? `HTTP ${error.status}: ` : ""}${error.message}`);
   } finally {
     if (button) button.disabled = false;
+  }
+}
+
+function measureUrl(jobId, key, backend, batchSize) {
+  const query = new URLSearchParams({ backend, batch_size: String(batchSize) });
+  return `${API}/jobs/${jobId}/candidates/${encodeURIComponent(key)}/measure?${query}`;
+}
+
+/** A measurement's memory against FP, when it measured memory (a fresh process's peak over FP's). */
+const memoryMeasured = (m) => isNum(m.memory_ratio) && isNum(m.fp_peak_rss_bytes) && m.fp_peak_rss_bytes > 0;
+
+/**
+ * The detail rows of a candidate's run-time measurements (`runtime`, from `tmpq measure` or the Measure button),
+ * fastest end to end first: per backend, the speed-up per step and end to end against FP, and the peak memory.
+ */
+function measuredRows(c) {
+  return Object.entries(c.runtime || {})
+    .filter(([, m]) => m && isNum(m.speedup_vs_reference))
+    .sort(([, a], [, b]) => b.speedup_vs_reference - a.speedup_vs_reference)
+    .flatMap(([backend, m]) => {
+      const when = `measured ${m.measured_at || "?"} on ${m.machine || "?"}, ${m.threads} threads`;
+      const rows = [
+        [
+          `Speed-up (${backend})`,
+          `${fmtTimes(m.speedup_per_step)} per step · ${fmtTimes(m.speedup_vs_reference)} vs FP at ${m.reference_steps} steps`,
+          `batch ${m.batch_size}: a step ${fmtNumber(m.step_ms)} ms vs FP32 ${fmtNumber(m.fp_step_ms)} ms; sampling ` +
+            `${fmtNumber(m.sample_ms)} ms (K=${m.steps}) vs FP ${fmtNumber(m.fp_sample_ms)} ms; ${when}`,
+        ],
+      ];
+      if (memoryMeasured(m)) {
+        rows.push([
+          `Memory (${backend})`,
+          `${fmtTimes(m.memory_ratio)} FP peak (${fmtBytes(m.peak_rss_bytes)} vs ${fmtBytes(m.fp_peak_rss_bytes)})`,
+          `peak resident memory of a fresh process loading and running a step at batch ${m.batch_size}; weights ` +
+            `${fmtBytes(m.weight_bytes)} vs FP32 ${fmtBytes(m.fp_weight_bytes)}`,
+        ]);
+      }
+      return rows;
+    });
+}
+
+/**
+ * Measure a candidate's export against FP on the server (a POST: it needs the write token, the stored one is
+ * sent); the answer is the candidate with its `runtime`, shown at once. Reports in #measure-status.
+ */
+async function measureCandidate(state, key, button) {
+  const status = $("measure-status");
+  const backend = $("measure-backend").value;
+  const batch = Number($("measure-batch").value);
+  if (!Number.isInteger(batch) || batch < 1 || batch > 1024) {
+    status.textContent = "The batch must be a whole number from 1 to 1024.";
+    return;
+  }
+  const slow = backend === "cpu-int8" ? "minutes: it compiles" : "about a minute";
+  status.textContent = `Measuring ${key.slice(0, 12)} on ${backend} at batch ${batch}… (${slow})`;
+  button.disabled = true;
+  try {
+    const response = await authorizedFetch("POST", measureUrl(state.job.id, key, backend, batch), "application/json");
+    const measured = await response.json();
+    measured.non_dominated = state.frontKeys.has(measured.key);
+    state.candidates.set(measured.key, measured);
+    const m = measured.runtime[backend];
+    status.textContent =
+      `Measured on ${backend}: ${fmtTimes(m.speedup_per_step)} per step, ${fmtTimes(m.speedup_vs_reference)} vs FP ` +
+      `at ${m.reference_steps} steps` + (memoryMeasured(m) ? `, memory ${fmtTimes(m.memory_ratio)} FP.` : ".");
+    if (state.selected === measured.key) renderSelection(state);
+  } catch (error) {
+    status.textContent = `Measuring failed: ${error.status ? `HTTP ${error.status}: ` : ""}${error.message}`;
+  } finally {
+    button.disabled = false;
   }
 }
 
@@ -594,6 +666,9 @@ function wireControls(state) {
   });
   $("export-button").addEventListener("click", (event) => {
     if (state.selected) downloadExport(state.job.id, state.selected, event.currentTarget);
+  });
+  $("measure-button").addEventListener("click", (event) => {
+    if (state.selected) measureCandidate(state, state.selected, event.currentTarget);
   });
   $("copy-button").addEventListener("click", async () => {
     const status = $("copy-status");
@@ -927,6 +1002,7 @@ function renderSelection(state) {
     ["Steps (K)", String(c.steps)],
     [objective.toUpperCase(), fmtNumber(c.quality)],
     ["Cost", fmtBitOps(c.bitops)],
+    ...measuredRows(c),
     ...(isNum(c.latency_ms) ? [["Latency", `${fmtNumber(c.latency_ms)} ms (${latencyBackendOf(state.job.spec)})`]] : []),
     ["Weights", fmtBytes(c.weight_bytes)],
     ["Generation", String(c.generation)],
@@ -936,7 +1012,7 @@ function renderSelection(state) {
     rows.push([name, fmtNumber(value)]);
   }
   if (c.error) rows.push(["Error", c.error]);
-  $("sel-metrics").replaceChildren(...rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+  $("sel-metrics").replaceChildren(...rows.flatMap(([k, v, title]) => [h("dt", {}, k), h("dd", title ? { title } : {}, v)]));
   $("sel-timesteps").replaceChildren(...(c.candidate.timesteps || []).map((t) => h("span", { class: "ts" }, t)));
   const w = c.candidate.weight_bits || {};
   const a = c.candidate.act_bits || {};

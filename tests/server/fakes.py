@@ -72,6 +72,39 @@ def fake_evaluation(candidate: Candidate) -> Evaluation:
     )
 
 
+def fake_measurement(
+    backend: str = "cpu-int8", *, steps: int = 8, reference_steps: int = 100, step_ms: float = 12.0
+) -> dict[str, object]:
+    """A run-time measurement as ``RuntimeMeasurement.to_dict()`` writes it (the layout the server stores under
+    ``runtime[backend]``), with made-up but consistent figures: FP32 1.5x slower per step, sampling K steps against
+    FP's ``reference_steps``, memory 0.8x and weights a quarter of FP's."""
+    fp_step_ms = 1.5 * step_ms
+    sample_ms, fp_sample_ms = round(steps * step_ms, 1), round(reference_steps * fp_step_ms, 1)
+    peak, fp_peak = 96 * 2**20, 120 * 2**20
+    return {
+        "version": 1,
+        "backend": backend,
+        "batch_size": 64,
+        "threads": 2,
+        "steps": steps,
+        "reference_steps": reference_steps,
+        "step_ms": step_ms,
+        "fp_step_ms": fp_step_ms,
+        "sample_ms": sample_ms,
+        "fp_sample_ms": fp_sample_ms,
+        "peak_rss_bytes": peak,
+        "fp_peak_rss_bytes": fp_peak,
+        "weight_bytes": 2**20,
+        "fp_weight_bytes": 4 * 2**20,
+        "repeats": 9,
+        "machine": "fake-machine",
+        "measured_at": "2026-12-06T12:00:00+00:00",
+        "speedup_per_step": round(fp_step_ms / step_ms, 3),
+        "speedup_vs_reference": round(fp_sample_ms / sample_ms, 3),
+        "memory_ratio": round(peak / fp_peak, 3),
+    }
+
+
 def run_fake_job(
     spec: JobSpec,
     sink: JobSink,

@@ -33,7 +33,7 @@ from server.client import ApiError, ApiUnavailable, ApiValidationError, TmpqClie
 from server.models import JobState
 from server.store import Store
 from tests.server.cli_run import isolate_env, one_line, run_main
-from tests.server.fakes import SITES, fake_candidate, fake_evaluation
+from tests.server.fakes import SITES, fake_candidate, fake_evaluation, fake_measurement
 from tests.server.live import app_server
 from workers.jobspec import JobSpec, upgrade_spec_dict
 
@@ -394,6 +394,37 @@ def test_front_by_latency(server: Server) -> None:
     assert table.returncode == 0 and re.search(r"GBitOps, [\d.]+ ms\)$", table.stdout, re.MULTILINE), table.stdout
     bad = tmpq(server, "front", str(job_id), "--max-latency-ms", "-3")
     assert bad.returncode == 2 and "--max-latency-ms" in bad.stderr
+
+
+def test_front_shows_the_fastest_measured_backend_of_each_measured_point(server: Server) -> None:
+    """Points measured on the server (``runtime``) get a "measured" cell with their fastest backend end to end; the
+    others an empty one; a table without any has no such column."""
+    store = server.store
+    job_id = new_job(server)
+    claim(store, job_id)
+    known = record(store, job_id, 0, generation(3), [])
+    store.finish_job(job_id, OWNER, JobState.SUCCEEDED)
+    assert "measured" not in tmpq(server, "front", str(job_id)).stdout
+    keys = [e.key for e in pareto_front(e for _, e in known)]
+    fast, slow = fake_measurement("cpu-int8", step_ms=8.0), fake_measurement("reference", step_ms=30.0)
+    slow = {**slow, "speedup_vs_reference": 2.5, "speedup_per_step": 0.6}
+    store.set_runtime(job_id, keys[0], "reference", slow)
+    store.set_runtime(job_id, keys[0], "cpu-int8", fast)
+    store.set_runtime(job_id, keys[1], "reference", slow)
+    result = tmpq(server, "front", str(job_id))
+    assert result.returncode == 0, result.stderr
+    header = next(line for line in result.stdout.splitlines() if "GBitOps" in line)
+    assert "measured" in header
+    rows = {k: next(line for line in result.stdout.splitlines() if k in line) for k in keys}
+    speedup = f"{fast['speedup_per_step']:.3g}x/{fast['speedup_vs_reference']:.3g}x, mem 0.80x (cpu-int8)"
+    assert speedup in rows[keys[0]], rows[keys[0]]
+    assert "0.6x/2.5x, mem 0.80x (reference)" in rows[keys[1]], rows[keys[1]]
+    assert all("x (" not in rows[k] for k in keys[2:])
+    measured = json.loads(tmpq(server, "front", str(job_id), "--json").stdout)["items"]
+    assert {p["key"]: p["runtime"] for p in measured if p["runtime"]} == {
+        keys[0]: {"reference": slow, "cpu-int8": fast},
+        keys[1]: {"reference": slow},
+    }
 
 
 def test_front_table_with_knee_and_plot(server: Server, finished_job: tuple[int, list[Evaluation]]) -> None:

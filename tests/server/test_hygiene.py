@@ -5,7 +5,8 @@
 - a request body over ``TMPQ_MAX_BODY_BYTES`` is a 413 with a JSON ``detail`` before it is parsed or stored, a
   chunked one (no ``Content-Length``) as well;
 - building an export is a mutating call: without the write token it is 401/403 and builds nothing, and ``GET`` of
-  an export never builds one.
+  an export never builds one; measuring one too, and its bad ``backend`` or ``batch_size`` is a 422 naming it
+  before anything is built or measured.
 """
 
 from __future__ import annotations
@@ -251,3 +252,24 @@ def test_building_an_export_needs_the_write_token_and_get_never_builds(live: Liv
         assert "not built yet" in never_built.json()["detail"] and "POST" in never_built.json()["detail"]
         assert client.get(f"{API}/jobs/{live.job}/candidates/{'0' * 20}/export").status_code == 404
     assert not (live.data_dir / "exports").exists(), "a refused export built something"
+
+
+def test_measuring_needs_the_write_token_and_checks_its_query_before_building(live: Live) -> None:
+    measure = f"{API}/jobs/{live.job}/candidates/{live.key}/measure"
+    with httpx.Client(base_url=live.url, timeout=30) as client:
+        assert client.post(measure).status_code == 401
+        assert client.post(measure, headers={"Authorization": "Bearer nope"}).status_code == 403
+        assert client.get(measure, headers=_auth()).status_code == 405  # a POST only
+        bad_backend = client.post(measure, params={"backend": "tensorrt"}, headers=_auth())
+        assert bad_backend.status_code == 422, bad_backend.text
+        (error,) = bad_backend.json()["detail"]
+        assert error["loc"][-1] == "backend" and "reference" in error["msg"] and "tensorrt" in error["msg"]
+        for batch in ("0", "1025", "-3", "many", "2.5"):
+            bad_batch = client.post(measure, params={"backend": "reference", "batch_size": batch}, headers=_auth())
+            assert bad_batch.status_code == 422, (batch, bad_batch.text)
+            assert bad_batch.json()["detail"][0]["loc"] == ["query", "batch_size"], batch
+        unknown = client.post(f"{API}/jobs/{live.job}/candidates/{'0' * 20}/measure", headers=_auth())
+        assert unknown.status_code == 404 and "has no candidate" in unknown.json()["detail"]
+        assert client.post(f"{API}/jobs/{MAX_ID}/candidates/{live.key}/measure", headers=_auth()).status_code == 404
+    assert not (live.data_dir / "exports").exists() and not (live.data_dir / "measure.lock").exists()
+    assert live.store.get_candidate(live.job, live.key).runtime is None

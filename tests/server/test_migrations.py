@@ -12,7 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
-from server.models import Base
+from server.models import Base, utcnow
 from server.store import Store, alembic_config
 from tests.server.conftest import BACKENDS, fresh_pg_database, require_postgres
 
@@ -53,7 +53,7 @@ def test_migration_scripts_ship_inside_the_package() -> None:
     location = Path(script.dir)
     assert location == Path(__file__).resolve().parents[2] / "server" / "migrations"
     assert (location / "env.py").is_file() and (location / "script.py.mako").is_file()
-    assert [rev.revision for rev in script.walk_revisions()][::-1] == ["0001", "0002", "0003", "0004"]
+    assert [rev.revision for rev in script.walk_revisions()][::-1] == ["0001", "0002", "0003", "0004", "0005"]
 
 
 def test_0002_to_0004_add_activity_warnings_and_latency_and_keep_every_row_both_ways(empty_url: str) -> None:
@@ -113,5 +113,55 @@ def test_0002_to_0004_add_activity_warnings_and_latency_and_keep_every_row_both_
         with store.engine.connect() as connection:
             assert connection.execute(sa.text("SELECT count(*) FROM candidates")).scalar_one() == 1
             assert connection.execute(sa.text("SELECT count(*) FROM jobs")).scalar_one() == 1
+    finally:
+        store.close()
+
+
+def test_0005_adds_the_runtime_column_and_keeps_every_row_both_ways(empty_url: str) -> None:
+    """A database at 0004 with a finished job's candidates: upgraded, they read with no measurement and take one;
+    downgraded again, the column goes and no candidate or objective value does."""
+    import sqlalchemy as sa
+
+    from search.candidate import Candidate
+    from server.models import JobState
+    from tests.server.fakes import fake_measurement
+
+    store = Store(empty_url, migrate=False)
+    try:
+        with store.engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "0004")
+        job_id = store.create_job({"version": 1, "model": "m"})[0].id
+        assert store.claim_job("r", 60) is not None
+        c = Candidate.uniform((75, 50, 25, 0), ("a.conv", "b.attn.qk"), 8, 8)
+        candidates = sa.table(
+            "candidates",
+            *(sa.column(n) for n in ("id", "job_id", "key", "generation", "bits", "steps", "quality", "bitops")),
+            *(sa.column(n) for n in ("weight_bytes", "feasible", "non_dominated", "created_at")),
+            sa.column("candidate", sa.JSON),
+            sa.column("info", sa.JSON),
+        )
+        values = sa.table("objective_values", sa.column("candidate_id"), sa.column("name"), sa.column("value"))
+        with store.engine.begin() as connection:  # the candidate as 0004 stores it (the model has a newer column)
+            candidate_id = connection.execute(
+                candidates.insert()
+                .values(job_id=job_id, key=c.key(), generation=0, bits="W8A8", steps=4, quality=0.1, bitops=1e9)
+                .values(weight_bytes=100.0, feasible=True, non_dominated=True, created_at=utcnow())
+                .values(candidate=c.to_dict(), info={})
+                .returning(sa.column("id"))
+            ).scalar_one()
+            connection.execute(values.insert().values(candidate_id=candidate_id, name="quality", value=0.1))
+        store.migrate()
+        assert store.schema_revision() == "0005"
+        assert store.get_candidate(job_id, c.key()).runtime is None
+        store.finish_job(job_id, "r", JobState.SUCCEEDED)
+        measured = store.set_runtime(job_id, c.key(), "cpu-int8", fake_measurement(steps=4))
+        assert measured.runtime == {"cpu-int8": fake_measurement(steps=4)}
+        assert measured.objectives == {"quality": 0.1} and measured.candidate == c.to_dict()
+        with store.engine.begin() as connection:
+            command.downgrade(alembic_config(connection), "0004")
+        assert "runtime" not in {col["name"] for col in inspect(store.engine).get_columns("candidates")}
+        with store.engine.connect() as connection:
+            assert connection.execute(sa.text("SELECT count(*) FROM candidates")).scalar_one() == 1
+            assert connection.execute(sa.text("SELECT count(*) FROM objective_values")).scalar_one() == 1
     finally:
         store.close()

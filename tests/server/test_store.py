@@ -17,7 +17,7 @@ from search.evaluator import Evaluation
 from search.pareto import pareto_front
 from server.models import CandidateModel, HypervolumeModel, JobModel, JobState, ObjectiveValueModel
 from server.store import Store
-from tests.server.fakes import fake_candidate, fake_evaluation
+from tests.server.fakes import fake_candidate, fake_evaluation, fake_measurement
 from workers.protocol import LeaseLost
 
 SPEC = {"version": 1, "model": "/models/tiny", "population": 8, "generations": 3, "seed": 0}
@@ -325,6 +325,43 @@ def test_front_filters_and_sorting(store: Store) -> None:
     assert store.front(job_id, max_bitops=0).points == ()
     with pytest.raises(NotFound):
         store.front(999)
+
+
+def test_runtime_measurements_are_kept_per_backend_in_any_job_state(store: Store) -> None:
+    """The latest measurement per backend, on the candidate in every reader; the job's results_version goes up
+    with each (cached fronts refresh); a re-recorded generation keeps them; a finished job takes them too."""
+    job_id = running_job(store)
+    g0 = generation_pairs(0)
+    job = store.record_generation(job_id, 0, g0, front_of(g0), 0.5, owner="runner-a")
+    key, other = front_of(g0)[:2]
+    assert store.get_candidate(job_id, key).runtime is None
+    int8 = fake_measurement("cpu-int8", steps=store.get_candidate(job_id, key).steps)
+    stored = store.set_runtime(job_id, key, "cpu-int8", int8)
+    assert stored.key == key and stored.runtime == {"cpu-int8": int8}
+    assert store.get_job(job_id).results_version == job.results_version + 1
+    reference = {**fake_measurement("reference", step_ms=30.0), "speedup_per_step": math.nan}  # NaN: stored as null
+    store.set_runtime(job_id, key, "reference", reference)
+    later = fake_measurement("cpu-int8", step_ms=10.0)
+    store.set_runtime(job_id, key, "cpu-int8", later)
+    expected = {"cpu-int8": later, "reference": {**reference, "speedup_per_step": None}}
+    assert store.get_candidate(job_id, key).runtime == expected
+    assert next(p for p in store.front(job_id).points if p.key == key).runtime == expected
+    assert next(c for c in store.list_candidates(job_id, limit=100).items if c.key == key).runtime == expected
+    assert store.get_candidate(job_id, other).runtime is None  # only the measured candidate
+    store.record_generation(job_id, 0, g0, front_of(g0), 0.5, owner="runner-a")  # a resumed driver re-records it
+    assert store.get_candidate(job_id, key).runtime == expected
+    store.finish_job(job_id, "runner-a", JobState.SUCCEEDED)
+    assert store.set_runtime(job_id, other, "cpu-int8", int8).runtime == {"cpu-int8": int8}
+    with pytest.raises(NotFound, match="no candidate"):
+        store.set_runtime(job_id, "nope", "cpu-int8", int8)
+    with pytest.raises(NotFound, match="job 999"):
+        store.set_runtime(999, key, "cpu-int8", int8)
+    for backend in ("", "x" * 33):
+        with pytest.raises(ConfigError, match="backend"):
+            store.set_runtime(job_id, key, backend, int8)
+    with pytest.raises(ConfigError, match="measurement"):
+        store.set_runtime(job_id, key, "cpu-int8", {"machine": "x" * 5000})
+    assert store.get_candidate(job_id, key).runtime == expected  # refused ones changed nothing
 
 
 def test_candidate_pages_with_cursor(store: Store) -> None:

@@ -31,6 +31,7 @@ from server.samples import samples_dir, write_samples
 from server.settings import Settings
 from server.store import Store
 from tests.server.conftest import in_ci, write_fake_model
+from tests.server.fakes import fake_measurement
 from tests.server.live import API, app_server
 
 CHROMIUM = "/usr/bin/chromium"
@@ -262,6 +263,14 @@ class LiveServer:
     running_id: int
     pending_id: int
     log: Path
+    measured: str  # a front point of the finished job with stored run-time measurements (MEASURED)
+
+
+def measurements(steps: int) -> dict[str, dict[str, Any]]:
+    """What ``tmpq measure`` stores for a candidate of K ``steps`` on two backends: cpu-int8 and a slower
+    reference (stored first, shown second)."""
+    reference = {**fake_measurement("reference", steps=steps, step_ms=30.0), "speedup_per_step": 0.9}
+    return {"reference": {**reference, "speedup_vs_reference": 8.2}, "cpu-int8": fake_measurement(steps=steps)}
 
 
 @pytest.fixture(scope="module")
@@ -274,6 +283,9 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     try:
         finished = fill_finished_job(store)
         running_id, pending_id = fill_other_jobs(store)
+        measured = finished.front[0]
+        for backend, measurement in measurements(finished.candidates[measured].steps).items():
+            store.set_runtime(finished.job_id, measured, backend, measurement)
         created = store.get_job(finished.job_id).created_at.isoformat()
         knee = {"knee": finished.front[len(finished.front) // 2]}
         grids = {"images": {"fp": grid_png(40), "knee": grid_png(200)}, **SAMPLES, **knee}
@@ -281,7 +293,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     finally:
         store.close()
     with app_server(base / "uvicorn.log", data_dir=settings.data_dir, model_root=root) as url:
-        yield LiveServer(url, finished, running_id, pending_id, base / "uvicorn.log")
+        yield LiveServer(url, finished, running_id, pending_id, base / "uvicorn.log", measured)
 
 
 def require_browser() -> Any:
@@ -477,6 +489,48 @@ def test_hover_shows_the_candidate_and_click_selects_it(page: Any, live_server: 
     assert f"candidate={baseline}" in page.url  # a shareable link to the selection
 
 
+def selection_metrics(page: Any) -> list[tuple[str, str, str | None]]:
+    """The selected candidate's detail rows: (name, value, the value's title)."""
+    return page.evaluate(
+        """() => [...document.querySelectorAll('#sel-metrics dt')].map((dt) =>
+                   [dt.textContent, dt.nextElementSibling.textContent, dt.nextElementSibling.getAttribute('title')])"""
+    )
+
+
+def test_the_selected_candidate_shows_its_measured_speed_up_and_memory_next_to_its_cost(
+    page: Any, live_server: LiveServer
+) -> None:
+    """Per measured backend (the fastest end to end first), right after the BitOps: the speed-up per step and
+    against FP at R steps, and the peak memory against FP; the timings in the row's title. Unmeasured: none."""
+    job, key = live_server.finished, live_server.measured
+    open_page(page, f"{live_server.url}/jobs/{job.job_id}?candidate={key}")
+    assert page.locator("#sel-key").inner_text() == key
+    rows = selection_metrics(page)
+    names = [name for name, _, _ in rows]
+    cost = names.index("Cost")
+    assert names[cost + 1 : cost + 5] == [
+        "Speed-up (cpu-int8)",
+        "Memory (cpu-int8)",
+        "Speed-up (reference)",
+        "Memory (reference)",
+    ]
+    shown = {name: (value, title) for name, value, title in rows}
+    steps = job.candidates[key].steps
+    int8 = measurements(steps)["cpu-int8"]
+    speedup = f"{int8['speedup_vs_reference']:.3g}×"  # 150 / K: the fake's 100 FP steps of 18 ms over K of 12 ms
+    assert shown["Speed-up (cpu-int8)"][0] == f"1.5× per step · {speedup} vs FP at 100 steps"
+    assert shown["Speed-up (cpu-int8)"][1].startswith("batch 64: a step 12 ms vs FP32 18 ms; sampling ")
+    assert "measured 2026-12-06T12:00:00+00:00 on fake-machine" in shown["Speed-up (cpu-int8)"][1]
+    assert shown["Memory (cpu-int8)"][0] == "0.8× FP peak (96 MiB vs 120 MiB)"
+    assert "weights 1 MiB vs FP32 4 MiB" in shown["Memory (cpu-int8)"][1]
+    assert shown["Speed-up (reference)"][0] == "0.9× per step · 8.2× vs FP at 100 steps"
+    other = next(k for k in job.front if k != key)
+    page.locator("#cand-filter .chip[data-filter=front]").click()
+    page.locator(f"#cand-body tr[data-key='{other}']").click()
+    page.wait_for_function(f"document.getElementById('sel-key').textContent === '{other}'")
+    assert not [name for name, _, _ in selection_metrics(page) if name.startswith(("Speed-up", "Memory"))]
+
+
 def test_budget_filter(page: Any, live_server: LiveServer) -> None:
     job = live_server.finished
     open_page(page, f"{live_server.url}/jobs/{job.job_id}")
@@ -588,10 +642,13 @@ def test_the_export_button_posts_with_the_stored_token(browser: Any, tmp_path: P
             page = context.new_page()
             page.set_default_timeout(10_000)
             sent: list[tuple[str, str | None]] = []
+            measuring: list[tuple[str, str, str | None]] = []
 
             def record(request: Any) -> None:
                 if request.url.endswith("/export"):
                     sent.append((request.method, request.headers.get("authorization")))
+                if "/measure?" in request.url:
+                    measuring.append((request.method, request.url, request.headers.get("authorization")))
 
             page.on("request", record)
             open_page(page, f"{url}/jobs/{job.job_id}")
@@ -604,6 +661,18 @@ def test_the_export_button_posts_with_the_stored_token(browser: Any, tmp_path: P
             page.locator("#export-button").click()
             page.wait_for_function("document.getElementById('export-status').textContent.includes('HTTP 403')")
             assert sent == [("POST", None), ("POST", "Bearer not-the-token")]
+            # measuring is a POST with the stored token as well, of the backend and batch chosen
+            page.select_option("#measure-backend", "reference")
+            page.locator("#measure-batch").fill("4")
+            page.locator("#measure-button").click()
+            page.wait_for_function("document.getElementById('measure-status').textContent.includes('HTTP 403')")
+            key = page.locator("#sel-key").inner_text()
+            path = f"/api/v1/jobs/{job.job_id}/candidates/{key}/measure?backend=reference&batch_size=4"
+            assert measuring == [("POST", f"{url}{path}", "Bearer not-the-token")]
+            page.locator("#measure-batch").fill("5000")
+            page.locator("#measure-button").click()
+            assert page.locator("#measure-status").inner_text() == "The batch must be a whole number from 1 to 1024."
+            assert len(measuring) == 1  # refused on the page, nothing sent
         finally:
             context.close()
-    assert not (settings.data_dir / "exports").exists()
+    assert not (settings.data_dir / "exports").exists() and not (settings.data_dir / "measure.lock").exists()

@@ -74,17 +74,30 @@ def _supernet_dirs(settings: Settings) -> list[FilePath]:
     return dirs
 
 
+def _model_unavailable(job: JobRecord, exc: ModelLoadError) -> Conflict:
+    return Conflict(f"job {job.id}: its model is not available on this server ({exc})")
+
+
+def job_model_dir(job: JobRecord, spec: JobSpec, settings: Settings) -> FilePath:
+    """The job's model directory on this server (``spec.model.path`` under the model root), checked torch-free;
+    :class:`Conflict` when it is missing or not a supported model."""
+    try:
+        return check_model_dir(spec.model.path, settings.model_root).path
+    except ModelLoadError as exc:
+        raise _model_unavailable(job, exc) from None
+
+
 def _load_job_supernet(job: JobRecord, spec: JobSpec, settings: Settings) -> tuple[Any, Any]:
     """The job's model and its cached calibrated supernet; :class:`Conflict` when either is not available."""
     from supernet.artifact import META_FILE, SHIPPED_DIR, load_supernet
     from supernet.identity import supernet_artifact_name
     from supernet.models import load_model
 
+    path = job_model_dir(job, spec, settings)
     try:
-        path = check_model_dir(spec.model.path, settings.model_root).path
         model = load_model(path, conditioning=spec.model.conditioning(path))
     except ModelLoadError as exc:
-        raise Conflict(f"job {job.id}: its model is not available on this server ({exc})") from None
+        raise _model_unavailable(job, exc) from None
     bits = spec.search.quantized_bits
     name = supernet_artifact_name(
         model.path, bits, spec.calibration, known_hash=model.model_hash, condition_key=model.condition_key
@@ -173,6 +186,13 @@ def build_archive(job: JobRecord, record: CandidateRecord, settings: Settings, b
         _zip(directory, archive, archive.name.removesuffix(".zip"))
     logger.info("exported job %d candidate %s to %s", job.id, record.key, archive)
     return archive
+
+
+def build_export(job: JobRecord, record: CandidateRecord, settings: Settings, backend: str = "reference") -> FilePath:
+    """The candidate's export directory for ``backend`` under the data directory (what the zip holds), built now
+    unless an earlier request built it (:func:`build_archive`)."""
+    build_archive(job, record, settings, backend)
+    return _paths(job, record, settings, backend)[0]
 
 
 @router.post(
