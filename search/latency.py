@@ -18,7 +18,7 @@ decoder's pass is the same for every candidate). Torch-free: the search prices c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,18 +84,31 @@ class LatencyTable:
         object.__setattr__(self, "reference_widths", widths)
         object.__setattr__(self, "anchor", dict(self.anchor))
 
+    def site_class(self, site: str, w_bits: int, a_bits: int) -> str:
+        """The kernel class ``site`` runs in at ``w_bits``/``a_bits``."""
+        if (w_bits, a_bits) in self.reference_widths.get(site, ()):
+            return FP_CLASS
+        return kernel_class(w_bits, a_bits, self.kernel_bits, site in self.offset_sites)
+
     def classes(self, candidate: Candidate) -> dict[str, str]:
         """``{site: kernel class}`` of the priced sites of ``candidate``."""
         w, a = candidate.w_map(), candidate.a_map()
         missing = sorted(set(self.site_ms) - set(w))
         if missing:
             raise InvalidCandidate(f"the latency table prices sites the candidate lacks: {missing[:3]}")
-        return {
-            s: FP_CLASS
-            if (w[s], a[s]) in self.reference_widths.get(s, ())
-            else kernel_class(w[s], a[s], self.kernel_bits, s in self.offset_sites)
-            for s in sorted(self.site_ms)
-        }
+        return {s: self.site_class(s, w[s], a[s]) for s in sorted(self.site_ms)}
+
+    def step_range(self, bit_options: Sequence[int]) -> tuple[float, float]:
+        """The least and the most milliseconds one step can take when every site may take any of ``bit_options``
+        for its weights and its inputs (time is not monotone in bits: a width the CPU cannot run on int8, or an
+        offset term, may cost more than a wider one)."""
+        low = high = self.base_ms
+        for site, row in self.site_ms.items():
+            classes = {self.site_class(site, w, a) for w in bit_options for a in bit_options}
+            times = [row[c] for c in classes if c in row]
+            if times:
+                low, high = low + min(times), high + max(times)
+        return low, high
 
     def step_ms(self, candidate: Candidate) -> float:
         """Predicted milliseconds of one denoiser step of ``candidate`` at :attr:`batch_size`."""

@@ -232,11 +232,12 @@ class SearchRunner:
         self.budget = resolve_budget(self.config.budget, cost_model, space, self.config.algorithm)
         self.guard = BudgetGuard(cost_model, self.budget)
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
-        cheapest, dearest = cost_model.cost(space.cheapest()), cost_model.cost(space.dearest())
         if self.axis == "latency":
-            self._cost_range = (cheapest.latency_ms, dearest.latency_ms)
+            assert cost_model.latency is not None
+            low, high = cost_model.latency.step_range(space.bit_options)
+            self._cost_range = (low * space.steps[0], high * space.steps[-1])
         else:
-            self._cost_range = (cheapest.bitops, dearest.bitops)
+            self._cost_range = (cost_model.cost(space.cheapest()).bitops, cost_model.cost(space.dearest()).bitops)
         self._state: Checkpoint | None = None
         self._stop_requested = False
 

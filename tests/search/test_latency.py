@@ -63,6 +63,15 @@ def test_widths_the_cpu_would_saturate_are_priced_as_fp() -> None:
     assert table.step_ms(at[8]) - table.step_ms(at[6]) == pytest.approx(2.0 - 1.0)
 
 
+def test_step_range_spans_every_width_not_just_the_uniform_corners() -> None:
+    table = replace(_table(), reference_widths={"b": [(8, 8)]})  # "b" at W8A8 runs float products (no VNNI)
+    low, high = table.step_range([4, 8])
+    assert low == pytest.approx(10.0 + 1.0 + 1.0)  # "a" int8 (4 bits), "b" int8
+    assert high == pytest.approx(10.0 + 1.5 + 2.0)  # "a" with its offset term (8 bits), "b" fp at W8A8
+    w8 = Candidate.from_maps([500], {"a": 8, "b": 8, "c": 8}, {"a": 8, "b": 8, "c": 8})
+    assert low <= table.step_ms(w8) <= high
+
+
 def test_round_trip_and_errors() -> None:
     table = _table()
     assert LatencyTable.from_dict(table.to_dict()) == table
