@@ -40,7 +40,6 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import argparse
 import json
 import logging
-import math
 import random
 import statistics
 import tempfile
@@ -55,6 +54,7 @@ from supernet.export import export_candidate, load
 from supernet.metrics import psnr
 from supernet.models import TESTBED_DIR, load_model
 from supernet.runtime import CPU_INT8, cpu_int8_unavailable
+from supernet.runtime.latency import best_ms
 from supernet.runtime.measure import TIMESTEP, peak_rss, step_times
 from supernet.sampling import uniform_schedule
 
@@ -200,18 +200,6 @@ def _search_front(threads: int) -> tuple[Any, list[tuple[Any, Candidate]]]:
     return prepared["job"], [(e, candidates[e.key]) for e in result.front]
 
 
-def _wall_s(run: Any, repeats: int) -> float:
-    """The fastest of ``repeats`` wall times of ``run()`` (seconds), after one untimed call."""
-    with torch.no_grad():
-        run()
-        best = math.inf
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run()
-            best = min(best, time.perf_counter() - start)
-    return best
-
-
 def headline(threads: int, samples: int = 1024, batch: int = 64, repeats: int = 3) -> dict[str, Any]:
     """Issue 17's headline: among searched candidates whose FDD (``samples`` images, the deployed ``cpu-int8``
     export's own samples) is within :data:`FDD_TOLERANCE` of the FP model's at 100 DDIM steps on the same noise,
@@ -235,7 +223,7 @@ def headline(threads: int, samples: int = 1024, batch: int = 64, repeats: int = 
     # graphs a function runs eagerly
     fp_fdd = scorer.score(fp_sampler.sample(fp100, samples, seed))
     noise = torch.randn(batch, *fp.sample_shape, generator=torch.Generator().manual_seed(1))
-    fp100_s = _wall_s(lambda: fp_sampler.denoise(noise, fp100), 1)
+    fp100_s = best_ms(lambda: fp_sampler.denoise(noise, fp100), 1, warmup=1) / 1e3
     _log(f"headline: FP at 100 steps FDD {fp_fdd:.2f}, {fp100_s:.2f} s per batch of {batch}")
     scored: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -260,8 +248,8 @@ def headline(threads: int, samples: int = 1024, batch: int = 64, repeats: int = 
             }
             if row["passes"]:
                 ts, sampler, fp_same = pipe.timesteps, pipe.sampler(batch), fp.sampler(batch, solver="dpmsolver++")
-                wall = _wall_s(lambda s=sampler, ts=ts: s.denoise(noise, ts), repeats)
-                steps_only = _wall_s(lambda s=fp_same, ts=ts: s.denoise(noise, ts), 1)
+                wall = best_ms(lambda s=sampler, ts=ts: s.denoise(noise, ts), repeats, warmup=1) / 1e3
+                steps_only = best_ms(lambda s=fp_same, ts=ts: s.denoise(noise, ts), 1, warmup=1) / 1e3
                 row.update(
                     {
                         "wall_s": round(wall, 3),

@@ -19,14 +19,14 @@ import logging
 import multiprocessing
 import queue as queue_module
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from supernet.runtime.latency import machine_id
+from supernet.runtime.latency import best_ms, machine_id
 from supernet.sampling import uniform_schedule
 
 log = logging.getLogger(__name__)
@@ -233,13 +233,6 @@ def step_times(models: Mapping[str, Any], x: torch.Tensor, repeats: int) -> tupl
     return times, first
 
 
-def _wall_ms(run: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    with torch.no_grad():
-        run()
-    return 1e3 * (time.perf_counter() - start)
-
-
 def measure_export(
     export_dir: str | Path,
     model_dir: str | Path,
@@ -267,9 +260,8 @@ def measure_export(
     fp_schedule = uniform_schedule(reference_steps, fp.num_train_timesteps)
     fp_sampler, sampler = fp.sampler(batch_size), pipe.sampler(batch_size)
     noise = x.clone()
-    sampler.denoise(noise, pipe.timesteps)
-    sample_ms = _wall_ms(lambda: sampler.denoise(noise, pipe.timesteps))
-    fp_sample_ms = _wall_ms(lambda: fp_sampler.denoise(noise, fp_schedule))
+    sample_ms = best_ms(lambda: sampler.denoise(noise, pipe.timesteps), 1, warmup=1)
+    fp_sample_ms = best_ms(lambda: fp_sampler.denoise(noise, fp_schedule), 1, warmup=0)
     peak = fp_peak = 0
     if memory:
         baseline, _ = peak_rss("baseline", threads=torch.get_num_threads())

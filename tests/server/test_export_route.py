@@ -86,12 +86,27 @@ def _candidates(sites: tuple[str, ...]) -> list[Candidate]:
     ]
 
 
-def _finished_job(store: Store, calibration: dict[str, Any], pairs: list[tuple[Candidate, Evaluation]]) -> int:
+def _scored(supernet: Any, candidates: list[Candidate]) -> list[tuple[Candidate, Evaluation]]:
+    """Each candidate with a made-up quality (ascending) and its real cost on ``supernet``."""
+    pairs = []
+    for i, c in enumerate(candidates):
+        cost = supernet.cost(c)
+        pairs.append((c, Evaluation(c.key(), 0.01 * (i + 1), cost.bitops, cost.weight_bytes, {"psnr": 30.0 - i})))
+    return pairs
+
+
+def _finished_job(
+    store: Store,
+    calibration: dict[str, Any],
+    pairs: list[tuple[Candidate, Evaluation]],
+    evaluation: dict[str, Any] | None = None,
+) -> int:
     spec = JobSpec.from_dict(
         {
             "model": {"path": str(MODEL)},
             "search": {"bit_options": list(BITS), "steps": [4, 5, 6], "seed": 9},
             "calibration": calibration,
+            **({"evaluation": evaluation} if evaluation else {}),
         }
     )
     job_id = store.create_job(spec.to_dict())[0].id
@@ -111,10 +126,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     db_url = f"sqlite:///{tmp / 'tmpq.db'}"
     store = Store(db_url)
     candidates = _candidates(supernet.sites)
-    pairs = []
-    for i, c in enumerate(candidates):
-        cost = supernet.cost(c)
-        pairs.append((c, Evaluation(c.key(), 0.01 * (i + 1), cost.bitops, cost.weight_bytes, {"psnr": 30.0 - i})))
+    pairs = _scored(supernet, candidates)
     job = _finished_job(store, CALIBRATION, pairs)
     orphan = _finished_job(store, ANOTHER, pairs[:1])
     # the runner's cache (supernet.artifact.default_cache_dir) is the server's data directory

@@ -29,14 +29,13 @@ from search.filelock import file_lock
 from search.pareto import pareto_front
 from server.cli import main
 from server.client import ApiError, TmpqClient
-from server.models import JobState
 from server.store import Store
 from tests.server.cli_run import isolate_env, run_main
 from tests.server.fakes import fake_measurement
 from tests.server.live import API, app_server
-from tests.server.test_export_route import ANOTHER, CALIBRATION, MODEL, MODEL_ROOT, OWNER, _calibrated_supernet
+from tests.server.test_export_route import ANOTHER, CALIBRATION, MODEL_ROOT, _calibrated_supernet, _scored
 from tests.server.test_export_route import _candidates as export_candidates
-from workers.jobspec import JobSpec
+from tests.server.test_export_route import _finished_job as export_job
 
 pytestmark = pytest.mark.slow
 
@@ -60,20 +59,7 @@ class Service:
 
 
 def _finished_job(store: Store, calibration: dict[str, Any], pairs: list[tuple[Candidate, Evaluation]]) -> int:
-    spec = JobSpec.from_dict(
-        {
-            "model": {"path": str(MODEL)},
-            "search": {"bit_options": [4, 8], "steps": [4, 5, 6], "seed": 9},
-            "calibration": calibration,
-            "evaluation": {"reference_steps": REFERENCE_STEPS},
-        }
-    )
-    job_id = store.create_job(spec.to_dict())[0].id
-    claimed = store.claim_job(OWNER, 60)
-    assert claimed is not None and claimed.id == job_id
-    store.record_generation(job_id, 0, pairs, [e.key for e in pareto_front(e for _, e in pairs)], 1.0, owner=OWNER)
-    store.finish_job(job_id, OWNER, JobState.SUCCEEDED)
-    return job_id
+    return export_job(store, calibration, pairs, {"reference_steps": REFERENCE_STEPS})
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +70,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     db_url = f"sqlite:///{tmp / 'tmpq.db'}"
     store = Store(db_url)
     candidates = export_candidates(supernet.sites)
-    pairs = []
-    for i, c in enumerate(candidates):
-        cost = supernet.cost(c)
-        pairs.append((c, Evaluation(c.key(), 0.01 * (i + 1), cost.bitops, cost.weight_bytes, {"psnr": 30.0 - i})))
+    pairs = _scored(supernet, candidates)
     job = _finished_job(store, CALIBRATION, pairs)
     orphan = _finished_job(store, ANOTHER, pairs[:1])
     front = [e.key for e in pareto_front(e for _, e in pairs)]
