@@ -1,13 +1,18 @@
-"""oneDNN's int8 convolution and linear kernels, and the quantized attention, as opaque custom operators
+"""oneDNN's int8 convolution and linear kernels, and the quantized attention, as opaque operators
 (``torch.ops.tmpq.*``).
 
 Inductor lowers ``torch.ops.onednn.qconv2d_pointwise`` itself only when the packed weight is a frozen constant of
-the graph; an export's packed weights are plain tensors held by the sites' kernels. Wrapped as custom operators
-with shape functions, they stay single extern calls in a compiled graph while the elementwise work around them
-(normalisation, activation, the input's rounding to codes) fuses.
+the graph and the input's scale a Python float; an export's packed weights are plain tensors held by the sites'
+kernels and its scales change with the timestep. Defined as operators with shape functions, the kernels stay single
+extern calls in a compiled graph while the elementwise work around them (normalisation, activation, the input's
+rounding to codes) fuses.
 
-Both take the input as unsigned 8-bit codes with a per-tensor scale and zero-point (0-d tensors, so a compiled graph
-does not specialise on a timestep's values) and return float32, bias included.
+The operators are defined through ``torch.library.Library`` rather than ``torch.library.custom_op``: the latter's
+Python wrapper cost about 0.1 ms a call (measured: 0.93 against 0.82 ms for a batch-64 convolution at 16 x 16 on an
+AMX CPU, where the kernel itself is 15x faster than float32), and a step of the testbed makes 68 such calls.
+
+The kernels take the input as unsigned 8-bit codes with a per-tensor scale and zero-point (0-d tensors, so a
+compiled graph does not specialise on a timestep's values) and return float32, bias included.
 """
 
 from __future__ import annotations
@@ -17,11 +22,22 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.library import custom_op
+from torch.library import Library, register_fake
 
 #: The attention computations ``tmpq::quant_attention`` runs, by handle (an operator takes no Python objects).
 _ATTENTION: dict[int, Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]] = {}
 _HANDLES = itertools.count()
+
+_LIB = Library("tmpq", "DEF")  # module-level: the definitions live as long as this object
+_LIB.define(
+    "int8_conv2d(Tensor codes, Tensor scale, Tensor zero_point, Tensor packed, Tensor w_scale, Tensor w_zero, "
+    "Tensor? bias, int[] stride, int[] padding, int[] dilation, int groups, int[] kernel_size) -> Tensor"
+)
+_LIB.define(
+    "int8_linear(Tensor codes, Tensor scale, Tensor zero_point, Tensor packed, Tensor w_scale, Tensor w_zero, "
+    "Tensor? bias) -> Tensor"
+)
+_LIB.define("quant_attention(int handle, Tensor query, Tensor key, Tensor value, float scale) -> Tensor")
 
 
 def register_attention(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]) -> int:
@@ -31,7 +47,6 @@ def register_attention(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, f
     return handle
 
 
-@custom_op("tmpq::int8_conv2d", mutates_args=())
 def int8_conv2d(
     codes: torch.Tensor,
     scale: torch.Tensor,
@@ -47,14 +62,13 @@ def int8_conv2d(
     kernel_size: list[int],
 ) -> torch.Tensor:
     """A 2-d convolution of uint8 ``codes`` (``scale · (codes - zero_point)``) with prepacked int8 weights."""
-    out = torch.ops.onednn.qconv2d_pointwise(
-        codes, float(scale), int(zero_point), packed, w_scale, w_zero, bias,
+    out = torch.ops.onednn.qconv2d_pointwise.tensor(
+        codes, scale, zero_point, packed, w_scale, w_zero, bias,
         stride, padding, dilation, groups, 1.0, 0, torch.float32, "none", [], "",
     )  # fmt: skip
     return out.contiguous(memory_format=torch.channels_last)  # what the shape function promises (a no-op)
 
 
-@int8_conv2d.register_fake
 def _int8_conv2d_shape(codes: torch.Tensor, *args: Any) -> torch.Tensor:
     w_scale, stride, padding, dilation, kernel_size = args[3], args[6], args[7], args[8], args[10]
     n, _, h, w = codes.shape
@@ -67,7 +81,6 @@ def _int8_conv2d_shape(codes: torch.Tensor, *args: Any) -> torch.Tensor:
     return empty.contiguous(memory_format=torch.channels_last)
 
 
-@custom_op("tmpq::int8_linear", mutates_args=())
 def int8_linear(
     codes: torch.Tensor,
     scale: torch.Tensor,
@@ -78,18 +91,16 @@ def int8_linear(
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
     """A linear layer on 2-d uint8 ``codes`` with prepacked int8 weights."""
-    return torch.ops.onednn.qlinear_pointwise(
-        codes, float(scale), int(zero_point), packed, w_scale, w_zero, bias, 1.0, 0, torch.float32, "none", [], ""
+    return torch.ops.onednn.qlinear_pointwise.tensor(
+        codes, scale, zero_point, packed, w_scale, w_zero, bias, 1.0, 0, torch.float32, "none", [], ""
     )
 
 
-@int8_linear.register_fake
 def _int8_linear_shape(codes: torch.Tensor, *args: Any) -> torch.Tensor:
     w_scale = args[3]
     return codes.new_empty((codes.shape[0], w_scale.numel()), dtype=torch.float32)
 
 
-@custom_op("tmpq::quant_attention", mutates_args=())
 def quant_attention(
     handle: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
 ) -> torch.Tensor:
@@ -98,8 +109,17 @@ def quant_attention(
     return _ATTENTION[handle](query, key, value, scale)
 
 
-@quant_attention.register_fake
 def _quant_attention_shape(
     handle: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
 ) -> torch.Tensor:
     return query.new_empty((query.shape[0], query.shape[1], value.shape[2]))
+
+
+for _name, _impl, _shape in (
+    ("int8_conv2d", int8_conv2d, _int8_conv2d_shape),
+    ("int8_linear", int8_linear, _int8_linear_shape),
+    ("quant_attention", quant_attention, _quant_attention_shape),
+):
+    # no autograd: these operators only ever run under no_grad, at inference
+    _LIB.impl(_name, _impl, "CompositeExplicitAutograd")
+    register_fake(f"tmpq::{_name}", _shape, lib=_LIB)
