@@ -1,7 +1,9 @@
 """Run-time cost of exported models against the FP32 model, measured side by side (issue 17's harness).
 
 For uniform W8A8 and a mixed candidate (block bit-widths drawn from {4, 6, 8} with seed 7) of the shipped testbed,
-each exported with the available backends, it measures in one process, interleaved, at batch 1 and 64:
+and (not in ``--quick``) uniform W8A8 of a supernet with symmetric weight codes (``w8a8-sym``: ``weight_symmetric``,
+range-calibrated for bits {8} here, which needs no offset term on ``cpu-int8``), each exported with the available
+backends, it measures in one process, interleaved, at batch 1 and 64:
 
 - ``step_ms``: one denoiser call (the work of one sampling step) of the FP32 model and of each export, median of
   the repeats; ``per_image_ms`` divides by the batch; ``speedup`` is the FP32 time over the export's;
@@ -75,6 +77,21 @@ def _mixed(sn: Any, schedule: list[int]) -> Candidate:
     return Candidate.from_maps(schedule, w, a)
 
 
+def _symmetric_w8(schedule: list[int]) -> tuple[Any, Candidate]:
+    """A supernet of the testbed for bits {8} with symmetric weight codes (``weight_symmetric``), range-calibrated
+    (its timing does not depend on the calibration's quality), and its uniform W8A8 candidate: what a user who
+    calibrates for ``cpu-int8`` gets, without the offset term asymmetric 8-bit weights need."""
+    from supernet.calibration import CalibrationSettings, collect_calibration_data
+    from supernet.settings import SupernetSettings
+    from supernet.supernet import QuantSupernet
+
+    model = load_model(TESTBED_DIR)
+    calibration = CalibrationSettings(strategy="range")
+    sn = QuantSupernet.build(model, (8,), SupernetSettings(weight_symmetric=True), calibration)
+    sn.calibrate(collect_calibration_data(model, calibration))
+    return sn, sn.uniform(8, 8, schedule)
+
+
 def _compiled_fp32() -> Any:
     model = load_model(TESTBED_DIR)
     model.denoiser.forward = torch.compile(model.denoiser.forward, dynamic=False)
@@ -89,12 +106,14 @@ def measure(quick: bool, threads: int) -> dict[str, Any]:
     (shipped,) = (TESTBED_DIR / SHIPPED_DIR).iterdir()
     sn = load_supernet(shipped, load_model(TESTBED_DIR))
     schedule = uniform_schedule(10, fp.num_train_timesteps)
-    candidates = {"w8a8": sn.uniform(8, 8, schedule), "mix": _mixed(sn, schedule)}
-    result: dict[str, Any] = {"candidates": {k: c.bits_summary() for k, c in candidates.items()}}
+    candidates = {"w8a8": (sn, sn.uniform(8, 8, schedule)), "mix": (sn, _mixed(sn, schedule))}
+    if not quick:
+        candidates["w8a8-sym"] = _symmetric_w8(schedule)
+    result: dict[str, Any] = {"candidates": {k: c.bits_summary() for k, (_, c) in candidates.items()}}
     with tempfile.TemporaryDirectory() as tmp:
         exports = {
-            name: export_candidate(sn, cand, Path(tmp) / name, scheduler_config=fp.scheduler_config)
-            for name, cand in candidates.items()
+            name: export_candidate(owner, cand, Path(tmp) / name, scheduler_config=fp.scheduler_config)
+            for name, (owner, cand) in candidates.items()
         }
         pipes = {f"{n}/{b}": load(p, backend=b) for n, p in exports.items() for b in BACKENDS}
         models = {"fp32": fp, **({} if quick else {"fp32-compiled": _compiled_fp32()})}
@@ -280,9 +299,10 @@ def headline(threads: int, samples: int = 1024, batch: int = 64, repeats: int = 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="fewer repeats (under a minute)")
+    p.add_argument("--quick", action="store_true", help="batch 64, fewer repeats, no headline (minutes: compiles)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the timed process (default 1)")
     p.add_argument("--headline-only", action="store_true", help="only the FDD-gated headline (point 5)")
+    p.add_argument("--no-headline", action="store_true", help="everything but the headline (about 20 minutes)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     start = time.perf_counter()
@@ -301,14 +321,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "speedup_mix_reference_b64": timings["mix/reference"]["b64"]["speedup"],
                 "speedup_w8a8_cpu_int8_b64": timings[f"w8a8/{CPU_INT8}"]["b64"]["speedup"] if has_int8 else None,
                 "speedup_mix_cpu_int8_b64": timings[f"mix/{CPU_INT8}"]["b64"]["speedup"] if has_int8 else None,
+                "speedup_w8a8_sym_cpu_int8_b64": timings.get(f"w8a8-sym/{CPU_INT8}", {}).get("b64", {}).get("speedup"),
                 "speedup_fp32_compiled_b64": timings["fp32-compiled"]["b64"]["speedup"]
                 if "fp32-compiled" in timings
                 else None,
                 "fidelity_psnr_db_min": min(result["fidelity_psnr_db"].values(), default=None),
             }
         )
-    if args.quick:
-        missing.append("the FDD-gated headline (not in --quick: it searches and scores FDD on 1,024 samples)")
+    if args.quick or args.no_headline:
+        missing.append("the FDD-gated headline (it searches and scores FDD on 1,024 samples: not in --quick)")
     elif has_int8:
         result["headline"] = headline(args.threads)
     result["headline_speedup_vs_fp100"] = result.get("headline", {}).get("speedup_vs_fp100")
