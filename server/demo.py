@@ -111,7 +111,11 @@ def supernet_source(spec: dict[str, Any], data_dir: Path) -> str:
     job = validate_job(spec, MODEL_ROOT)
     model = Path(job.model.path)
     name = supernet_artifact_name(
-        model, job.search.bit_options, job.calibration, condition_key=job.model.condition_key()
+        model,
+        job.search.bit_options,
+        job.calibration,
+        settings=job.quantization,
+        condition_key=job.model.condition_key(),
     )
     if (data_dir / "supernets" / name).is_dir():
         return f"the supernet is already calibrated in {data_dir / 'supernets' / name}"

@@ -72,6 +72,11 @@ class JobSubmission(BaseModel):
     calibration: Section | None = Field(
         default=None, description="Supernet calibration settings (`supernet.calibration.settings`), e.g. `strategy`."
     )
+    quantization: Section | None = Field(
+        default=None,
+        description="The quantizers' integer format (`supernet.settings`): `weight_symmetric` and `act_symmetric` "
+        "(false: unsigned codes with zero-points), `attention_matmuls` (true), `exclude` (module names left in FP).",
+    )
     evaluation: Section | None = Field(
         default=None,
         description=f"`objective` ({', '.join(OBJECTIVES)}), `samples` (2..10000), `reference_steps` (≤ the model's "

@@ -79,11 +79,19 @@ class SupernetSettings:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SupernetSettings:
-        """Inverse of :meth:`to_dict`; refuses another version or unknown fields."""
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError("supernet settings", f"unknown fields {sorted(unknown)}")
+        """Inverse of :meth:`to_dict` (a job's ``quantization`` section); refuses another version or unknown fields
+        (a ConfigError naming the first)."""
+        for key in data:
+            if key not in cls.__dataclass_fields__:
+                fields = ", ".join(f for f in cls.__dataclass_fields__ if f != "version")
+                raise ConfigError(str(key)[:64], f"unknown field (fields: {fields})")
+        version = data.get("version", SUPERNET_SETTINGS_VERSION)
+        if version != SUPERNET_SETTINGS_VERSION:
+            raise ConfigError("version", f"{version!r} is not supported (expected {SUPERNET_SETTINGS_VERSION})")
         values = dict(data)
         if "exclude" in values:
-            values["exclude"] = tuple(values["exclude"])
+            exclude = values["exclude"]
+            if isinstance(exclude, str) or not isinstance(exclude, list | tuple):
+                raise ConfigError("exclude", "must be a list of module names (or name prefixes)")
+            values["exclude"] = tuple(exclude)
         return cls(**values)

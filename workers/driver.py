@@ -175,6 +175,7 @@ def prepare_job(
     supernet = get_or_build_supernet(
         model,
         bits,
+        spec.quantization,
         calib_settings=spec.calibration,
         cache_dir=options.cache_dir,
         batch_size=spec.evaluation.batch_size,
@@ -183,7 +184,12 @@ def prepare_job(
     timings["supernet_s"] = time.perf_counter() - start
     root = Path(options.cache_dir) if options.cache_dir is not None else default_cache_dir()
     path = root / supernet_artifact_name(
-        model.path, bits, spec.calibration, known_hash=model.model_hash, condition_key=model.condition_key
+        model.path,
+        bits,
+        spec.calibration,
+        known_hash=model.model_hash,
+        settings=spec.quantization,
+        condition_key=model.condition_key,
     )
     space = _search_space(spec, supernet)
     cost_model = supernet.cost_model
@@ -241,7 +247,13 @@ def _check_space(spec: JobSpec, model: Any, bits: Sequence[int]) -> None:
     installed uncalibrated (cheap: one traced forward for the cost model), checked, and removed again."""
     from supernet.supernet import QuantSupernet
 
-    probe = QuantSupernet.build(model, bits, calib_settings=spec.calibration, model_hash=model.model_hash)
+    names = [name for name, _ in model.denoiser.named_modules()]
+    for prefix in spec.quantization.exclude:
+        if not any(name == prefix or name.startswith(prefix + ".") for name in names):
+            raise ConfigError("quantization.exclude", f"the model's denoiser has no module {prefix!r}")
+    probe = QuantSupernet.build(
+        model, bits, spec.quantization, calib_settings=spec.calibration, model_hash=model.model_hash
+    )
     try:
         _search_space(spec, probe)
     finally:

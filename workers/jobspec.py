@@ -2,16 +2,19 @@
 
 Each section is owned and validated by the package it configures:
 
-==============  ==========================================================  ===========================
-section         what it says                                                owner
-==============  ==========================================================  ===========================
-``model``       the model directory, device, dtype, conditioning            :mod:`supernet.model_settings`
-``search``      bit options, step counts, grouping, granularity, budget,   :mod:`search.spec`
-                algorithm, population, generations, seed
-``calibration`` how the supernet is calibrated                              :mod:`supernet.calibration.settings`
-``evaluation``  objective, samples, reference steps, re-scoring, batch      :mod:`workers.evaluation_settings`
-``execution``   the job's Ray resources (the cluster is the operator's)     :mod:`workers.ray_config`
-==============  ==========================================================  ===========================
+================  =========================================================  ===========================
+section           what it says                                               owner
+================  =========================================================  ===========================
+``model``         the model directory, device, dtype, conditioning           :mod:`supernet.model_settings`
+``search``        bit options, step counts, grouping, granularity, budget,  :mod:`search.spec`
+                  algorithm, population, generations, seed
+``calibration``   how the supernet is calibrated                             :mod:`supernet.calibration.settings`
+``quantization``  the quantizers' integer format (symmetric weight or        :mod:`supernet.settings`
+                  activation codes), attention matmuls as sites, layers
+                  left in FP
+``evaluation``    objective, samples, reference steps, re-scoring, batch     :mod:`workers.evaluation_settings`
+``execution``     the job's Ray resources (the cluster is the operator's)    :mod:`workers.ray_config`
+================  =========================================================  ===========================
 
 A spec is validated once, at submission, by :func:`validate_job`: first every field (:meth:`JobSpec.from_dict`),
 then against the model it names (:meth:`JobSpec.resolved`): a step count or reference schedule longer than the
@@ -34,6 +37,7 @@ from search.fields import within
 from search.spec import SearchSettings
 from supernet.calibration.settings import CalibrationSettings
 from supernet.model_settings import ModelSettings, resolve_model_path
+from supernet.settings import SupernetSettings
 from supernet.zoo.modeldir import check_model_dir, features_for
 from workers.evaluation_settings import EvaluationSettings
 from workers.ray_config import ExecutionSettings
@@ -45,6 +49,7 @@ _READERS: dict[str, Callable[[Any], Any]] = {
     "model": ModelSettings.from_dict,
     "search": SearchSettings.from_dict,
     "calibration": lambda d: CalibrationSettings.from_dict(_mapping(d)),
+    "quantization": lambda d: SupernetSettings.from_dict(_mapping(d)),
     "evaluation": EvaluationSettings.from_dict,
     "execution": ExecutionSettings.from_dict,
 }
@@ -74,6 +79,7 @@ class JobSpec:
     model: ModelSettings
     search: SearchSettings = field(default_factory=SearchSettings)
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+    quantization: SupernetSettings = field(default_factory=SupernetSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     execution: ExecutionSettings = field(default_factory=ExecutionSettings)
     version: int = JOB_SPEC_VERSION
@@ -148,6 +154,7 @@ class JobSpec:
             "model": self.model.to_dict(),
             "search": self.search.to_dict(),
             "calibration": self.calibration.to_dict(),
+            "quantization": self.quantization.to_dict(),
             "evaluation": self.evaluation.to_dict(),
             "execution": self.execution.to_dict(),
         }

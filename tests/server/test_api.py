@@ -83,6 +83,14 @@ def test_submit_valid_job(client: TestClient, model_root: Path) -> None:
     assert fetched == job
 
 
+def test_a_jobs_quantization_section_is_kept_with_its_spec(client: TestClient) -> None:
+    job = submit(client, quantization={"weight_symmetric": True, "exclude": ["conv_out"]})
+    assert job["spec"]["quantization"]["weight_symmetric"] is True and job["spec"]["quantization"]["exclude"] == [
+        "conv_out"
+    ]
+    assert submit(client)["spec"]["quantization"]["weight_symmetric"] is False  # the default, written out
+
+
 @pytest.mark.parametrize(
     ("body", "loc"),
     [
@@ -101,6 +109,8 @@ def test_submit_valid_job(client: TestClient, model_root: Path) -> None:
         ({"output": "/tmp/x"}, ["body", "output"]),
         ({"submission_id": ""}, ["body", "submission_id"]),
         ({"version": 3}, ["body", "version"]),
+        ({"quantization": {"weight_symmetric": "yes"}}, ["body", "quantization", "weight_symmetric"]),
+        ({"quantization": {"exclude": "conv_out"}}, ["body", "quantization", "exclude"]),
     ],
 )
 def test_bad_field_is_422_naming_it(client: TestClient, body: dict, loc: list) -> None:

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from search.errors import ConfigError
+from supernet.identity import supernet_artifact_name
 from supernet.testing import write_feature_program
 from workers.driver import DriverOptions, run_job
 from workers.jobspec import JobSpec
@@ -175,3 +177,21 @@ def test_a_latency_job_measures_its_table_once_and_ranks_by_milliseconds(tmp_pat
     run_job(spec, again, options=options)  # the cached table: not measured again
     assert not any("latency table" in a["message"] for a in again.activities)
     assert list((tmp_path / "latency").glob("*.json")) == [table]
+
+
+@pytest.mark.slow
+def test_a_jobs_quantization_section_decides_the_supernets_integer_format(tmp_path: Path) -> None:
+    options = DriverOptions(evaluator="inprocess", cache_dir=str(tmp_path))
+    with pytest.raises(ConfigError) as info:  # a module name the model lacks: refused before any calibration
+        run_job(JobSpec.from_dict({**SPEC, "quantization": {"exclude": ["no_such_block"]}}), Sink(), options=options)
+    assert info.value.field == "quantization.exclude" and not _artifacts(tmp_path)
+    prepared: dict[str, Any] = {}
+    spec = JobSpec.from_dict({**SPEC, "quantization": {"weight_symmetric": True, "exclude": ["conv_out"]}})
+    run_job(spec, Sink(), options=options, on_prepared=lambda job: prepared.setdefault("job", job))
+    supernet = prepared["job"].supernet
+    assert supernet.settings == spec.quantization and "conv_out" not in supernet.sites
+    slots = [slot for name in supernet.sites for slot in getattr(supernet.site(name), "slots", {}).values()]
+    assert slots and all(slot.params.symmetric for slot in slots)  # signed weight codes, zero-point 0
+    job = prepared["job"]
+    default = supernet_artifact_name(job.model.path, (4, 8), spec.calibration, known_hash=job.model.model_hash)
+    assert job.supernet_path.is_dir() and job.supernet_path.name != default  # its own cache entry

@@ -14,6 +14,7 @@ import yaml
 
 from search.errors import ConfigError, ModelLoadError
 from search.spec import UniformBudget
+from supernet.settings import SupernetSettings
 from supernet.testing import write_feature_program
 from supernet.zoo.modeldir import TESTBED_DIR
 from workers.evaluation_settings import DEFAULT_RESCORE_SAMPLES
@@ -51,7 +52,7 @@ def test_sections_round_trip_and_defaults() -> None:
     assert spec.calibration.strategy == "range" and spec.calibration.samples == 16
     assert spec.execution.ray == {"num_actors": 2, "task_timeout_s": 600}
     data = spec.to_dict()
-    assert set(data) == {"version", "model", "search", "calibration", "evaluation", "execution"}
+    assert set(data) == {"version", "model", "search", "calibration", "quantization", "evaluation", "execution"}
     assert JobSpec.from_dict(json.loads(json.dumps(data))) == spec
     bare = validate_job({"model": "digits-ddpm-16"}, ROOT)  # a bare path string is a model section
     assert bare.model.dtype == "float32" and bare.search.algorithm == "nsga2"
@@ -110,6 +111,12 @@ def _with(path: str, value: Any) -> dict[str, Any]:
         ("execution.ray.object_store_bytes", 10**9, "execution.ray.object_store_bytes"),
         ("execution.ray.task_timeout_s", -1, "execution.ray.task_timeout_s"),
         ("execution.colour", 1, "execution.colour"),
+        ("quantization.weight_symmetric", "yes", "quantization.weight_symmetric"),
+        ("quantization.attention_matmuls", 1, "quantization.attention_matmuls"),
+        ("quantization.exclude", "conv_out", "quantization.exclude"),
+        ("quantization.exclude", [""], "quantization.exclude"),
+        ("quantization.bits", 8, "quantization.bits"),
+        ("quantization.version", 9, "quantization.version"),
         ("model.device", "tpu", "model.device"),
         ("model.dtype", "float64", "model.dtype"),
         ("model.tf32", "yes", "model.tf32"),
@@ -143,12 +150,20 @@ def test_every_compute_dtype_and_tf32_are_accepted(dtype: str) -> None:
     assert spec.model.to_dict()["dtype"] == dtype
 
 
+def test_the_quantization_section_sets_the_supernets_integer_format() -> None:
+    spec = validate_job(_with("quantization", {"weight_symmetric": True, "exclude": ["conv_out", "conv_in"]}), ROOT)
+    assert spec.quantization.weight_symmetric and spec.quantization.exclude == ("conv_in", "conv_out")
+    assert JobSpec.from_dict(spec.to_dict()) == spec
+    assert spec.to_dict()["quantization"]["weight_symmetric"] is True
+    assert validate_job(_with("search.seed", 1), ROOT).quantization == SupernetSettings()  # the default
+
+
 def test_a_flat_field_is_pointed_to_its_section() -> None:
     with pytest.raises(ConfigError, match=r"belongs in the search section \(search.population\)"):
         JobSpec.from_dict({"model": "m", "population": 8})
 
 
-@pytest.mark.parametrize("section", ["search", "calibration", "evaluation", "execution"])
+@pytest.mark.parametrize("section", ["search", "calibration", "quantization", "evaluation", "execution"])
 def test_a_section_that_is_not_a_mapping_is_refused(section: str) -> None:
     with pytest.raises(ConfigError) as info:
         JobSpec.from_dict({"model": "m", section: [1, 2]})

@@ -100,7 +100,12 @@ def _load_job_supernet(job: JobRecord, spec: JobSpec, settings: Settings) -> tup
         raise _model_unavailable(job, exc) from None
     bits = spec.search.quantized_bits
     name = supernet_artifact_name(
-        model.path, bits, spec.calibration, known_hash=model.model_hash, condition_key=model.condition_key
+        model.path,
+        bits,
+        spec.calibration,
+        known_hash=model.model_hash,
+        settings=spec.quantization,
+        condition_key=model.condition_key,
     )
     for root in [*_supernet_dirs(settings), FilePath(model.path) / SHIPPED_DIR]:
         if (root / name / META_FILE).is_file():
