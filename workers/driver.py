@@ -148,7 +148,6 @@ def prepare_job(
     :func:`~workers.jobspec.validate_job`, cannot run what the model cannot.
     """
     from supernet.artifact import default_cache_dir, get_or_build_supernet
-    from supernet.identity import supernet_artifact_name
     from supernet.models import features_for, load_model
 
     report = report or ProgressReporter(None)
@@ -183,14 +182,7 @@ def prepare_job(
     )
     timings["supernet_s"] = time.perf_counter() - start
     root = Path(options.cache_dir) if options.cache_dir is not None else default_cache_dir()
-    path = root / supernet_artifact_name(
-        model.path,
-        bits,
-        spec.calibration,
-        known_hash=model.model_hash,
-        settings=spec.quantization,
-        condition_key=model.condition_key,
-    )
+    path = root / job_supernet_name(spec, model)
     space = _search_space(spec, supernet)
     cost_model = supernet.cost_model
     if evaluation.latency_backend is not None:
@@ -240,6 +232,21 @@ def _search_space(spec: JobSpec, supernet: Any) -> SearchSpace:
     except ConfigError as exc:
         raise ConfigError(f"search.{exc.field}", exc.reason) from None
     return space
+
+
+def job_supernet_name(spec: JobSpec, model: Any) -> str:
+    """The artifact name of ``spec``'s calibrated supernet for its loaded ``model`` (the cache key: model, bits,
+    calibration, quantization, a conditional model's condition)."""
+    from supernet.identity import supernet_artifact_name
+
+    return supernet_artifact_name(
+        model.path,
+        spec.search.quantized_bits,
+        spec.calibration,
+        known_hash=model.model_hash,
+        settings=spec.quantization,
+        condition_key=model.condition_key,
+    )
 
 
 def _check_space(spec: JobSpec, model: Any, bits: Sequence[int]) -> None:

@@ -90,23 +90,15 @@ def job_model_dir(job: JobRecord, spec: JobSpec, settings: Settings) -> FilePath
 def _load_job_supernet(job: JobRecord, spec: JobSpec, settings: Settings) -> tuple[Any, Any]:
     """The job's model and its cached calibrated supernet; :class:`Conflict` when either is not available."""
     from supernet.artifact import META_FILE, SHIPPED_DIR, load_supernet
-    from supernet.identity import supernet_artifact_name
     from supernet.models import load_model
+    from workers.driver import job_supernet_name
 
     path = job_model_dir(job, spec, settings)
     try:
         model = load_model(path, conditioning=spec.model.conditioning(path))
     except ModelLoadError as exc:
         raise _model_unavailable(job, exc) from None
-    bits = spec.search.quantized_bits
-    name = supernet_artifact_name(
-        model.path,
-        bits,
-        spec.calibration,
-        known_hash=model.model_hash,
-        settings=spec.quantization,
-        condition_key=model.condition_key,
-    )
+    name = job_supernet_name(spec, model)
     for root in [*_supernet_dirs(settings), FilePath(model.path) / SHIPPED_DIR]:
         if (root / name / META_FILE).is_file():
             return model, load_supernet(root / name, model)
