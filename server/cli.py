@@ -7,6 +7,7 @@ Heavy modules (torch, ray, fastapi) are imported inside the commands that need t
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import subprocess
 import sys
@@ -438,6 +439,65 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_sample)
 
 
+def _cmd_supernets(args: argparse.Namespace) -> int:
+    from server.settings import Settings
+    from supernet.catalog import SupernetEntry, list_supernets
+
+    settings = Settings()
+    cache = Path(args.data_dir) / "supernets" if args.data_dir else Path(settings.data_dir) / "supernets"
+    root = Path(settings.model_root)
+    if args.model:
+        models = [model_path(m) for m in args.model]
+    else:
+        models = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    entries = list_supernets(cache, models)
+    if args.json:
+        print(json.dumps([e.to_dict() for e in entries], indent=1))
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    def where(e: SupernetEntry) -> str:
+        return e.path.parent.parent.name if e.source == "shipped" else "cache"
+
+    def format_of(e: SupernetEntry) -> str:
+        flags = [k for k in ("weight_symmetric", "act_symmetric") if e.settings.get(k)]
+        flags += [f"exclude {','.join(e.settings['exclude'])}"] if e.settings.get("exclude") else []
+        flags += ["no attention sites"] if e.settings.get("attention_matmuls") is False else []
+        return "; ".join(flags) or "default"
+
+    table = Table(title=f"{len(entries)} calibrated supernets ({cache}; shipped in {len(models)} model dirs)")
+    for col in ("name", "where", "model hash", "bits", "strategy", "format", "MB", "calibration s", "written"):
+        table.add_column(col, justify="right" if col in ("MB", "calibration s") else "left")
+    for e in entries:
+        seconds = ", ".join(f"W{b}A{b} {s:.0f}" for b, s in sorted(e.seconds.items())) or "-"
+        written = e.modified.strftime("%Y-%m-%d %H:%M") if e.modified else "-"
+        bits = ",".join(map(str, e.bits)) or "-"
+        table.add_row(
+            e.name, where(e), e.model_hash or "-", bits, e.strategy or e.problem or "-", format_of(e),
+            f"{e.size_bytes / 1e6:.1f}", seconds, written,
+        )  # fmt: skip
+    Console(width=200).print(table)
+    return EXIT_OK
+
+
+def _add_supernets(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "supernets",
+        help="list the calibrated supernets: the data directory's cache and those shipped with models",
+        description="List the calibrated supernets in the data directory's cache (TMPQ_DATA_DIR/supernets) and "
+        "in the model directories' tmpq-supernets/ folders, newest first: bits, calibration strategy, the "
+        "codes' format, size and calibration seconds per bit option. Reads only their metadata.",
+    )
+    p.add_argument("--data-dir", default=None, help="the data directory (default: TMPQ_DATA_DIR, else ./data)")
+    p.add_argument(
+        "--model", action="append", default=[], help="a model whose shipped supernets to list (repeatable; "
+        "default: every directory under TMPQ_MODEL_ROOT)",
+    )  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(handler=_cmd_supernets)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
     parser = argparse.ArgumentParser(
@@ -449,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_search(sub)
     _add_serve(sub)
+    _add_supernets(sub)
     from server.cli_remote import add_remote_commands  # submit, jobs, status, cancel, front, export, measure
 
     add_remote_commands(sub)

@@ -40,6 +40,7 @@ from search.filelock import file_lock
 from supernet.calibration.data import CalibrationData, collect_calibration_data
 from supernet.calibration.settings import CalibrationSettings
 from supernet.calibration.temporal import describe_tables, restore_tables
+from supernet.catalog import META_FILE, SHIPPED_DIR, TENSORS_FILE, default_cache_dir
 from supernet.errors import CalibrationError
 from supernet.identity import FORMAT_VERSION, artifact_name
 from supernet.models.base import DiffusionAdapter, as_adapter, module_hash
@@ -54,8 +55,6 @@ from supernet.supernet import QuantSupernet
 
 log = logging.getLogger(__name__)
 
-TENSORS_FILE = "supernet.safetensors"
-META_FILE = "supernet.json"
 _KINDS = {UniformParams: 0.0, Log2Params: 1.0}
 #: Bytes written to check a cache directory can take a file (one filesystem block).
 _PROBE_BYTES = 4096
@@ -278,11 +277,6 @@ def load_supernet(path: str | Path, model: DiffusionAdapter | nn.Module, *, rest
 
 
 # --- the cache -------------------------------------------------------------------------------------------------
-def default_cache_dir() -> Path:
-    """``$TMPQ_DATA_DIR/supernets``, or ``./data/supernets``."""
-    return Path(os.environ.get("TMPQ_DATA_DIR", "data")) / "supernets"
-
-
 def get_calibration_data(
     model: DiffusionAdapter,
     calib_settings: CalibrationSettings,
@@ -317,9 +311,6 @@ def get_calibration_data(
 #: What *reading* a damaged or foreign artifact raises: such an artifact is skipped (and calibrated anew), not fatal.
 #: Failures to write the cache are :class:`StorageError` instead.
 UNREADABLE = (VersionMismatchError, CalibrationError, SafetensorError, OSError, KeyError, ValueError)
-
-#: A model directory may ship pre-calibrated artifacts here, named like the cache's entries.
-SHIPPED_DIR = "tmpq-supernets"
 
 
 def shipped_supernet(model: DiffusionAdapter, name: str) -> Path | None:
