@@ -234,6 +234,12 @@ def _add_remote_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", help="the server's bearer token (default: $TMPQ_API_TOKEN; the variable is safer)")
 
 
+def _add_candidate_args(p: argparse.ArgumentParser) -> None:
+    """The ``JOB CANDIDATE`` positionals of the commands that act on one candidate."""
+    p.add_argument("job", type=int, metavar="JOB", help="the job id")
+    p.add_argument("candidate", metavar="CANDIDATE", help="a candidate key, or 'knee' (the knee of the job's front)")
+
+
 def _add_json_flag(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--json", action="store_true", help=f"print {what} as JSON instead of a table")
 
@@ -785,8 +791,7 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
         "The server builds it from the job's calibrated supernet (this needs the server's write token, --token or "
         "$TMPQ_API_TOKEN, when it has one). Load it with supernet.export.load(DIR) (on the --backend it records).",
     )
-    p.add_argument("job", type=int, metavar="JOB", help="the job id")
-    p.add_argument("candidate", metavar="CANDIDATE", help="a candidate key, or 'knee' (the knee of the job's front)")
+    _add_candidate_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="the directory to write (must not exist or be empty)")
     p.add_argument("--force", action="store_true", help="replace the contents of a non-empty --out directory")
     p.add_argument(
@@ -810,8 +815,7 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
         "with the candidate (the web page and tmpq front show it) and runs one measurement at a time. Needs the "
         "server's write token (--token or $TMPQ_API_TOKEN) when it has one.",
     )
-    p.add_argument("job", type=int, metavar="JOB", help="the job id")
-    p.add_argument("candidate", metavar="CANDIDATE", help="a candidate key, or 'knee' (the knee of the job's front)")
+    _add_candidate_args(p)
     p.add_argument(
         "--backend",
         choices=RUNTIME_BACKENDS,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -39,6 +39,11 @@ def canonical_key(payload: Mapping[str, Any], length: int = 16) -> str:
     """Hex digest of the canonical JSON of ``payload`` (sorted keys, no spaces)."""
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def excluded(name: str, exclude: Iterable[str]) -> bool:
+    """Whether module ``name`` is left in FP by ``exclude`` (module names, or prefixes of them at a ``.``)."""
+    return any(name == e or name.startswith(e + ".") for e in exclude)
 
 
 @dataclass(frozen=True)

@@ -252,11 +252,12 @@ def job_supernet_name(spec: JobSpec, model: Any) -> str:
 def _check_space(spec: JobSpec, model: Any, bits: Sequence[int]) -> None:
     """Check the search space and budget against the model's sites and costs *before* calibrating: the sites are
     installed uncalibrated (cheap: one traced forward for the cost model), checked, and removed again."""
+    from supernet.settings import excluded
     from supernet.supernet import QuantSupernet
 
     names = [name for name, _ in model.denoiser.named_modules()]
     for prefix in spec.quantization.exclude:
-        if not any(name == prefix or name.startswith(prefix + ".") for name in names):
+        if not any(excluded(name, (prefix,)) for name in names):
             raise ConfigError("quantization.exclude", f"the model's denoiser has no module {prefix!r}")
     probe = QuantSupernet.build(
         model, bits, spec.quantization, calib_settings=spec.calibration, model_hash=model.model_hash

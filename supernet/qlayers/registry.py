@@ -18,6 +18,7 @@ from supernet.qlayers.act import ActQuantizer
 from supernet.qlayers.attention import QMatMul, QuantAttnProcessor
 from supernet.qlayers.context import TimestepContext
 from supernet.qlayers.weighted import QConv2d, QLinear, QuantWeightLayer
+from supernet.settings import excluded
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +132,6 @@ def _has_weight_matrix(module: nn.Module) -> bool:
     return any(p.dim() >= 2 for p in module.parameters(recurse=False))
 
 
-def _excluded(name: str, exclude: Iterable[str]) -> bool:
-    return any(name == e or name.startswith(e + ".") for e in exclude)
-
-
 def install_sites(
     root: nn.Module, ctx: TimestepContext, *, attention: bool = True, exclude: Iterable[str] = ()
 ) -> Installation:
@@ -157,7 +154,7 @@ def install_sites(
             if _has_weight_matrix(module):
                 found.skipped[name] = f"unsupported layer type {type(module).__name__}"
             continue
-        if _excluded(name, exclude):
+        if excluded(name, exclude):
             found.skipped[name] = "excluded by settings"
             continue
         result = installer(root, name, module, ctx)

@@ -118,27 +118,54 @@ def _finished_job(
     return job_id
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    tmp = tmp_path_factory.mktemp("export_route")
+@dataclass
+class FinishedJobs:
+    """A calibrated supernet in a data directory's cache, its scored candidates, and in a fresh store a finished job
+    on it and one (``orphan``) whose supernet is not cached."""
+
+    data: Path
+    db_url: str
+    store: Store
+    supernet: Any
+    candidates: list[Candidate]
+    pairs: list[tuple[Candidate, Evaluation]]
+    job: int
+    orphan: int
+
+
+def finished_jobs(tmp: Path, evaluation: dict[str, Any] | None = None) -> FinishedJobs:
+    """:class:`FinishedJobs` under ``tmp`` (the jobs' ``evaluation`` section as given)."""
     data = tmp / "data"
     supernet = _calibrated_supernet(data / "supernets")
     db_url = f"sqlite:///{tmp / 'tmpq.db'}"
     store = Store(db_url)
     candidates = _candidates(supernet.sites)
     pairs = _scored(supernet, candidates)
-    job = _finished_job(store, CALIBRATION, pairs)
-    orphan = _finished_job(store, ANOTHER, pairs[:1])
+    job = _finished_job(store, CALIBRATION, pairs, evaluation)
+    orphan = _finished_job(store, ANOTHER, pairs[:1], evaluation)
+    return FinishedJobs(data, db_url, store, supernet, candidates, pairs, job, orphan)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    tmp = tmp_path_factory.mktemp("export_route")
+    jobs = finished_jobs(tmp)
+    data = jobs.data
     # the runner's cache (supernet.artifact.default_cache_dir) is the server's data directory
     try:
         with app_server(
-            tmp / "server.log", {"TMPQ_DATA_DIR": str(data)}, database_url=db_url, model_root=MODEL_ROOT, data_dir=data
+            tmp / "server.log",
+            {"TMPQ_DATA_DIR": str(data)},
+            database_url=jobs.db_url,
+            model_root=MODEL_ROOT,
+            data_dir=data,
         ) as url:
             with TmpqClient(url) as client:
-                knee = client.front(job, knee=True)["knee"]["key"]
-            yield Service(url, store, tmp, supernet, job, {c.key(): c for c in candidates}, knee, orphan)
+                knee = client.front(jobs.job, knee=True)["knee"]["key"]
+            candidates = {c.key(): c for c in jobs.candidates}
+            yield Service(url, jobs.store, tmp, jobs.supernet, jobs.job, candidates, knee, jobs.orphan)
     finally:
-        store.close()
+        jobs.store.close()
 
 
 def supernet_samples(service: Service, candidate: Candidate, n: int, seed: int) -> torch.Tensor:

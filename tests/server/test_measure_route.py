@@ -17,14 +17,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from search.candidate import Candidate
 from search.errors import ConfigError
-from search.evaluator import Evaluation
 from search.filelock import file_lock
 from search.pareto import pareto_front
 from server.cli import main
@@ -33,9 +31,7 @@ from server.store import Store
 from tests.server.cli_run import isolate_env, run_main
 from tests.server.fakes import fake_measurement
 from tests.server.live import API, app_server
-from tests.server.test_export_route import ANOTHER, CALIBRATION, MODEL_ROOT, _calibrated_supernet, _scored
-from tests.server.test_export_route import _candidates as export_candidates
-from tests.server.test_export_route import _finished_job as export_job
+from tests.server.test_export_route import MODEL_ROOT, finished_jobs
 
 pytestmark = pytest.mark.slow
 
@@ -58,34 +54,24 @@ class Service:
     orphan: int  # a job whose supernet is not in the cache
 
 
-def _finished_job(store: Store, calibration: dict[str, Any], pairs: list[tuple[Candidate, Evaluation]]) -> int:
-    return export_job(store, calibration, pairs, {"reference_steps": REFERENCE_STEPS})
-
-
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     tmp = tmp_path_factory.mktemp("measure_route")
-    data = tmp / "data"
-    supernet = _calibrated_supernet(data / "supernets")
-    db_url = f"sqlite:///{tmp / 'tmpq.db'}"
-    store = Store(db_url)
-    candidates = export_candidates(supernet.sites)
-    pairs = _scored(supernet, candidates)
-    job = _finished_job(store, CALIBRATION, pairs)
-    orphan = _finished_job(store, ANOTHER, pairs[:1])
-    front = [e.key for e in pareto_front(e for _, e in pairs)]
+    jobs = finished_jobs(tmp, {"reference_steps": REFERENCE_STEPS})
+    data, store, job = jobs.data, jobs.store, jobs.job
+    front = [e.key for e in pareto_front(e for _, e in jobs.pairs)]
     try:
         with app_server(
             tmp / "server.log",
             {"TMPQ_DATA_DIR": str(data)},
-            database_url=db_url,
+            database_url=jobs.db_url,
             model_root=MODEL_ROOT,
             data_dir=data,
             api_token=TOKEN,
         ) as url:
             with TmpqClient(url) as client:
                 knee = client.front(job, knee=True)["knee"]["key"]  # the front is cached now, before any measurement
-            yield Service(url, store, data, job, {c.key(): c for c in candidates}, front, knee, orphan)
+            yield Service(url, store, data, job, {c.key(): c for c in jobs.candidates}, front, knee, jobs.orphan)
     finally:
         store.close()
 
