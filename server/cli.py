@@ -467,18 +467,99 @@ def _cmd_supernets(args: argparse.Namespace) -> int:
         return "; ".join(flags) or "default"
 
     table = Table(title=f"{len(entries)} calibrated supernets ({cache}; shipped in {len(models)} model dirs)")
-    for col in ("name", "where", "model hash", "bits", "strategy", "format", "MB", "calibration s", "written"):
-        table.add_column(col, justify="right" if col in ("MB", "calibration s") else "left")
+    columns = ("name", "where", "model hash", "bits", "strategy", "format", "MB", "calibration s", "PSNR dB", "written")
+    for col in columns:
+        table.add_column(col, justify="right" if col in ("MB", "calibration s", "PSNR dB") else "left")
     for e in entries:
         seconds = ", ".join(f"W{b}A{b} {s:.0f}" for b, s in sorted(e.seconds.items())) or "-"
+        quality = ", ".join(f"W{b}A{b} {v:.1f}" for b, v in sorted(e.quality().items()))
         written = e.modified.strftime("%Y-%m-%d %H:%M") if e.modified else "-"
         bits = ",".join(map(str, e.bits)) or "-"
         table.add_row(
             e.name, where(e), e.model_hash or "-", bits, e.strategy or e.problem or "-", format_of(e),
-            f"{e.size_bytes / 1e6:.1f}", seconds, written,
+            f"{e.size_bytes / 1e6:.1f}", seconds, quality or e.report.get("skipped", "-")[:40], written,
         )  # fmt: skip
     Console(width=200).print(table)
+    steps = next((len(e.report["schedule"]) for e in entries if e.report.get("schedule")), None)
+    if steps is not None:
+        print(f"PSNR dB: each uniform bit option's samples against FP's at {steps} DDIM steps, held-out noise.")
     return EXIT_OK
+
+
+def _estimate_text(estimate: dict[str, Any]) -> str:
+    from server.cli_remote import eta_text
+
+    widths = ", ".join(f"W{b} {eta_text(v)}" for b, v in estimate["per_bits"].items())
+    phases = ", ".join(f"{k} {eta_text(v)}" for k, v in estimate["phases"].items() if v >= 0.5)
+    return (
+        f"estimated {eta_text(estimate['seconds'])} ({widths}; by phase: {phases}; from the model's forward time "
+        f"here, {estimate['forward_ms_per_sample']:.2f} ms per sample)"
+    )
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    import torch
+
+    from server.settings import Settings
+    from workers.driver import DriverOptions, ProgressReporter, calibration_plan, describe_calibration, prepare_job
+    from workers.jobspec import JobSpec
+
+    spec = JobSpec.from_yaml(args.config).resolved(Settings().model_root)  # the server's checks, before any work
+    torch.set_num_threads(args.threads)
+    options = DriverOptions(cache_dir=args.cache_dir)
+    plan = calibration_plan(spec, options)
+    if args.dry_run:
+        if args.json:
+            print(json.dumps(plan))
+        elif plan["source"] == "calibrate":
+            print(f"would calibrate {plan['supernet']} (bits {plan['bits']}): {_estimate_text(plan['estimate'])}")
+        else:
+            print(f"no calibration needed: {plan['supernet']} is {plan['source']} at {plan['path']}")
+        return EXIT_OK
+    if plan["source"] == "calibrate":
+        print(f"calibrating {plan['supernet']}: {_estimate_text(plan['estimate'])}", file=sys.stderr)
+
+    class _Lines:
+        def on_progress(self, activity: dict[str, Any]) -> None:
+            info = activity.get("calibration")
+            line = describe_calibration(info) if info else activity.get("message", "")
+            if info and info.get("eta_s") is not None:
+                line += f" ({info['elapsed_s']:.0f} s elapsed, ~{info['eta_s']:.0f} s left)"
+            print(line, file=sys.stderr, flush=True)
+
+    start = time.perf_counter()
+    job = prepare_job(spec, options, ProgressReporter(_Lines()))
+    meta = job.supernet.calibration_metadata
+    result = {
+        **plan,
+        "seconds": round(time.perf_counter() - start, 1),
+        "calibration_seconds": {str(b): round(v, 1) for b, v in job.supernet.calibration_seconds.items()},
+        "phase_seconds": meta.get("phase_seconds"),
+    }
+    job.supernet.detach()
+    if args.json:
+        print(json.dumps(result))
+    else:
+        per_bits = ", ".join(f"W{b}A{b} {v} s" for b, v in result["calibration_seconds"].items())
+        print(f"{plan['supernet']} ({plan['source']}): {per_bits or 'no calibration'}; {job.supernet_path}")
+    return EXIT_OK
+
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="calibrate (or find) a job's supernet; --dry-run says whether it is cached and how long it would take",
+        description="Get the calibrated supernet a job spec needs, as a search would: from the cache, shipped with "
+        "the model, or calibrated now (and cached). --dry-run only checks the spec and the model, says where the "
+        "supernet would come from and, when it must be calibrated, the estimated time from the model's forward "
+        "time on this machine.",
+    )
+    p.add_argument("--config", required=True, help="the job spec (YAML)")
+    p.add_argument("--dry-run", action="store_true", help="check and estimate only; calibrate nothing")
+    p.add_argument("--cache-dir", default=None, help="the supernet cache (default: TMPQ_DATA_DIR/supernets)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_cmd_calibrate)
 
 
 def _add_supernets(sub: argparse._SubParsersAction) -> None:
@@ -508,6 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_zoo(sub)
     _add_demo(sub)
     _add_search(sub)
+    _add_calibrate(sub)
     _add_serve(sub)
     _add_supernets(sub)
     from server.cli_remote import add_remote_commands  # submit, jobs, status, cancel, front, export, measure

@@ -182,6 +182,44 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def supernet_text(summary: Mapping[str, Any] | None) -> str | None:
+    """One line for a job's calibrated supernet (its ``calibration`` summary), or None without one, e.g.
+    ``calibrated in 1m52s (estimated ~2m) · W4A4 20.1 dB · W8A8 38.2 dB against FP at 10 steps · worst at W4:
+    up_blocks.1 · range check passed``. The web page (``server/static/activity.js``) writes the same line."""
+    if not isinstance(summary, Mapping):
+        return None
+    source = summary.get("source")
+    seconds = [v for v in (summary.get("seconds") or {}).values() if _is_number(v)]
+    if source == "calibrated" and seconds:
+        head = f"calibrated in {duration_text(sum(seconds))}"
+        if _is_number(summary.get("estimate_s")):
+            head += f" (estimated {eta_text(summary['estimate_s'])})"
+    else:
+        head = f"from the {source}" if isinstance(source, str) and source else "supernet"
+    parts = [head]
+    report = summary.get("report")
+    if isinstance(report, Mapping) and isinstance(report.get("skipped"), str):
+        parts.append(f"no report: {report['skipped']}")
+    elif isinstance(report, Mapping) and isinstance(report.get("bits"), Mapping):
+        rows = sorted(
+            ((int(b), r) for b, r in report["bits"].items() if str(b).isdigit() and isinstance(r, Mapping)),
+            key=lambda item: item[0],
+        )
+        quality = [f"W{b}A{b} {r['psnr']:.1f} dB" for b, r in rows if _is_number(r.get("psnr"))]
+        if quality:
+            steps = report.get("steps")
+            parts.append(" · ".join(quality) + (f" against FP at {steps} steps" if _is_number(steps) else ""))
+        worst = [(b, r["worst"][0]) for b, r in rows[:1] if r.get("worst") and isinstance(r["worst"][0], Mapping)]
+        for b, site in worst:
+            parts.append(f"worst at W{b}: {site.get('name')}")
+        check = report.get("range_check")
+        if isinstance(check, Mapping) and isinstance(check.get("passed"), bool):
+            parts.append("range check passed" if check["passed"] else "range check FAILED")
+    else:
+        parts.append("no calibration report")
+    return " · ".join(parts)
+
+
 def _calibration_text(calibration: Mapping[str, Any]) -> str:
     """``calibrating W6 (2/3): reconstruction 7/12, round 1, 1m20s elapsed, ~3m left``."""
     head = "calibrating"
@@ -405,6 +443,9 @@ def _print_job(job: Mapping[str, Any]) -> None:
         rows.append(("runner", f"{job['runner']} (attempt {job.get('attempts')})"))
     if job.get("error"):
         rows.append(("error", str(job["error"])))
+    supernet = supernet_text(job.get("calibration"))
+    if supernet:
+        rows.append(("supernet", supernet))
     for warning in job.get("warnings") or ():
         rows.append(("warning", str(warning)))
     for name, value in rows:

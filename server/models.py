@@ -104,6 +104,7 @@ class JobModel(Base):
     activity: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     activity_at: Mapped[datetime | None] = mapped_column(DateTime)
     warnings: Mapped[list[str] | None] = mapped_column(JSON)
+    calibration: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     @classmethod
     def find_or_raise(cls, session: Session, job_id: int, *, for_update: bool = False) -> JobModel:

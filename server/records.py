@@ -17,7 +17,8 @@ class JobRecord:
     and every stored run-time measurement (candidates, front and hypervolume only change then). ``activity`` is what
     a RUNNING job's driver last reported it is doing (``workers.protocol.Activity``), at ``activity_at``; None once
     the job left RUNNING. ``warnings`` are what its driver warned about and went on anyway (kept for good, oldest
-    first)."""
+    first). ``calibration`` summarises the job's calibrated supernet (``workers.driver.calibration_summary``), once
+    the driver has it."""
 
     id: int
     submission_id: str | None
@@ -41,6 +42,7 @@ class JobRecord:
     activity: dict[str, Any] | None = None
     activity_at: datetime | None = None
     warnings: tuple[str, ...] = ()
+    calibration: dict[str, Any] | None = None
 
     @property
     def terminal(self) -> bool:
@@ -73,6 +75,7 @@ class JobRecord:
             activity=dict(row["activity"]) if isinstance(row.get("activity"), Mapping) else None,
             activity_at=row.get("activity_at"),
             warnings=tuple(str(w) for w in row.get("warnings") or ()),
+            calibration=dict(row["calibration"]) if isinstance(row.get("calibration"), Mapping) else None,
         )
 
 

@@ -158,6 +158,18 @@ class StoreJobSink:
                 self._control.lost = True
         self.raise_if_interrupted()
 
+    def on_calibration(self, summary: Mapping[str, Any]) -> None:
+        """Keep the summary of the job's calibrated supernet with the job (``GET /jobs/{id}``: ``calibration``), best
+        effort like :meth:`on_progress`; then raise :class:`JobInterrupted` if the job must stop."""
+        try:
+            held = self._store.set_calibration(self._job_id, summary, owner=self._owner)
+        except TmpqError as exc:
+            logger.warning("job %d: could not store its calibration summary: %s", self._job_id, exc)
+        else:
+            if not held:
+                self._control.lost = True
+        self.raise_if_interrupted()
+
     def on_progress(self, activity: Mapping[str, object]) -> None:
         """Store what the job is doing now (``workers.protocol.Activity``; shown by ``GET /jobs/{id}``), best
         effort: a storage error is logged, not raised. Then raise :class:`JobInterrupted` if the job must stop."""

@@ -159,6 +159,12 @@ class JobOut(BaseModel):
         description="What the job warned about and went on anyway, oldest first (e.g. a prompt longer than the "
         "text encoder takes, truncated as diffusers truncates it). Kept after the job ends.",
     )
+    calibration: dict[str, Any] | None = Field(
+        default=None,
+        description="The job's calibrated supernet, once the job has it: name, source (calibrated, cache or "
+        "shipped), seconds per bit option and the estimate, and from its calibration report each uniform bit "
+        "option's MSE and PSNR against FP at a fixed schedule with the worst sites, and the range-fit check.",
+    )
     attempts: int = Field(description="How many times a runner claimed it (more than 1 after a takeover).")
     runner: str | None = Field(description="Owner of the current lease (RUNNING jobs).")
     lease_expires_at: datetime | None
@@ -190,6 +196,7 @@ class JobOut(BaseModel):
             ),
             error=job.error,
             warnings=list(job.warnings),
+            calibration=job.calibration,
             attempts=job.attempts,
             runner=job.lease_owner,
             lease_expires_at=_utc(job.lease_expires_at),

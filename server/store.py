@@ -90,6 +90,8 @@ CALIBRATION_KEYS = (
 _ACTIVITY_TEXT = 500
 #: Largest stored run-time measurement of one backend (its JSON, in bytes; a ``RuntimeMeasurement`` takes ~500).
 MAX_RUNTIME_BYTES = 4096
+#: Largest stored calibration summary of a job (its JSON, in bytes).
+MAX_CALIBRATION_BYTES = 16384
 #: Longest run-time backend name a measurement is stored under.
 MAX_BACKEND_CHARS = 32
 
@@ -146,6 +148,20 @@ def _plain(value: Any) -> Any:
 
 def _json_size(value: Any) -> int:
     return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def _json_mapping(value: Any, field: str, limit: int) -> dict[str, Any]:
+    """``value`` as stored: a JSON-safe copy of a mapping of at most ``limit`` bytes of JSON, else
+    :class:`ConfigError` naming ``field``."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(field, f"must be a mapping, got {type(value).__name__}")
+    try:
+        stored = json.loads(json.dumps(_json_safe(value), default=_plain))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ConfigError(field, f"is not JSON-ready: {exc}") from None
+    if _json_size(stored) > limit:
+        raise ConfigError(field, f"takes more than {limit} bytes of JSON")
+    return stored
 
 
 def bounded_activity(activity: Mapping[str, Any]) -> dict[str, Any]:
@@ -546,6 +562,27 @@ class Store:
                 )
             return True
 
+    def set_calibration(self, job_id: int, summary: Mapping[str, Any], *, owner: str | None = None) -> bool:
+        """Store the summary of a RUNNING job's calibrated supernet (under ``owner``'s lease, when given), replacing
+        any earlier one; kept after the job ends.
+
+        Returns False, storing nothing, when the job is not RUNNING (or not ``owner``'s); :class:`NotFound` for an
+        unknown job; :class:`ConfigError` when ``summary`` is not a JSON-ready mapping of at most
+        :data:`MAX_CALIBRATION_BYTES`.
+        """
+        stored = _json_mapping(summary, "calibration", MAX_CALIBRATION_BYTES)
+        with self.session(write=True) as session:
+            held = [JobModel.id == job_id, JobModel.state == JobState.RUNNING.value]
+            if owner is not None:
+                held.append(JobModel.lease_owner == owner)
+            done = session.execute(
+                update(JobModel).where(*held).values(calibration=stored).execution_options(synchronize_session=False)
+            )
+            if done.rowcount == 1:
+                return True
+            self._job(session, job_id)  # NotFound first
+            return False
+
     def finish_job(self, job_id: int, owner: str, state: JobState, error: str | None = None) -> JobRecord:
         """End ``owner``'s RUNNING job as SUCCEEDED, FAILED or CANCELLED; :class:`LeaseLost` if not its owner."""
         if not JobState(state).terminal:
@@ -718,14 +755,7 @@ class Store:
         """
         if not isinstance(backend, str) or not 0 < len(backend) <= MAX_BACKEND_CHARS:
             raise ConfigError("backend", f"must be a name of 1 to {MAX_BACKEND_CHARS} characters, got {backend!r}")
-        if not isinstance(measurement, Mapping):
-            raise ConfigError("measurement", f"must be a mapping, got {type(measurement).__name__}")
-        try:
-            stored = json.loads(json.dumps(_json_safe(measurement), default=_plain))
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise ConfigError("measurement", f"is not JSON-ready: {exc}") from None
-        if _json_size(stored) > MAX_RUNTIME_BYTES:
-            raise ConfigError("measurement", f"takes more than {MAX_RUNTIME_BYTES} bytes of JSON")
+        stored = _json_mapping(measurement, "measurement", MAX_RUNTIME_BYTES)
         with self.session(write=True) as session:
             # the job's row first, then the candidate's: the order record_generation locks them in (PostgreSQL)
             bumped = session.execute(

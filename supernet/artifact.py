@@ -38,6 +38,8 @@ from torch import nn
 from search.errors import StorageError, VersionMismatchError
 from search.filelock import file_lock
 from supernet.calibration.data import CalibrationData, collect_calibration_data
+from supernet.calibration.estimate import estimate_calibration
+from supernet.calibration.report import CHECK_BITS, calibration_report, range_w8a8_check, report_unavailable
 from supernet.calibration.settings import CalibrationSettings
 from supernet.calibration.temporal import describe_tables, restore_tables
 from supernet.catalog import META_FILE, SHIPPED_DIR, TENSORS_FILE, default_cache_dir
@@ -324,6 +326,17 @@ def shipped_supernet(model: DiffusionAdapter, name: str) -> Path | None:
     return candidate if (candidate / META_FILE).is_file() else None
 
 
+def find_supernet(model: DiffusionAdapter, name: str, cache_dir: str | Path | None = None) -> tuple[str, Path] | None:
+    """Where artifact ``name`` would be loaded from without calibrating: ``("cache", path)``, ``("shipped", path)``
+    or ``None`` (it must be calibrated). Looks for its metadata file only (a damaged artifact is found here and
+    rebuilt when loaded)."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if (root / name / META_FILE).is_file():
+        return "cache", root / name
+    shipped = shipped_supernet(model, name)
+    return None if shipped is None else ("shipped", shipped)
+
+
 def _adopt_shipped(shipped: Path, final: Path, model: DiffusionAdapter) -> QuantSupernet | None:
     """Load a shipped artifact and copy it into the cache (where Ray actors and exports look); ``None`` if it does
     not load (then the caller calibrates). A copy that cannot be written raises :class:`StorageError`."""
@@ -404,11 +417,20 @@ def get_or_build_supernet(
             adopted = _adopt_shipped(shipped, final, adapter)
             if adopted is not None:
                 return _loaded(adopted, tracker, "shipped")
+        timestep = data.timesteps[0] if data is not None else None
+        estimate = estimate_calibration(adapter, options, calib_settings, timestep=timestep)
+        log.info("calibrating %s: estimated %.0f s (%s)", final.name, estimate.seconds, estimate.to_dict()["phases"])
+        tracker.expect(estimate.seconds)
         if data is None:
             data = get_calibration_data(adapter, calib_settings, root, batch_size, tracker)
+        range_check = None
+        if CHECK_BITS in options and calib_settings.strategy != "range" and report_unavailable(adapter) is None:
+            range_check = range_w8a8_check(adapter, data, settings, calib_settings)
         supernet = QuantSupernet.build(adapter, options, settings, calib_settings, model_hash=identity)
         try:
             supernet.calibrate(data, tracker)
+            supernet.calibration_metadata["estimate"] = estimate.to_dict()
+            supernet.calibration_metadata["report"] = calibration_report(supernet, data, range_check)
             _write_atomically(final, supernet.save, "the calibrated supernet")
         except BaseException:
             supernet.detach()  # leave the caller's model as it was

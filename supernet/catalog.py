@@ -44,6 +44,7 @@ class SupernetEntry:
         seconds: calibration seconds per bit option (empty when not recorded).
         size_bytes: bytes on disk (every file of the directory).
         modified: when the metadata was written (UTC).
+        report: the calibration report (``supernet.calibration.report``; empty for artifacts written before it).
         problem: why the metadata could not be read (then only ``name``, ``path``, ``source``, ``size_bytes`` hold).
     """
 
@@ -58,7 +59,13 @@ class SupernetEntry:
     seconds: dict[int, float] = field(default_factory=dict)
     size_bytes: int = 0
     modified: datetime | None = None
+    report: dict[str, Any] = field(default_factory=dict)
     problem: str | None = None
+
+    def quality(self) -> dict[int, float]:
+        """The report's PSNR (dB) of each uniform bit option against FP (empty without a report)."""
+        rows = self.report.get("bits") or {}
+        return {int(b): float(r["psnr"]) for b, r in rows.items() if isinstance(r, dict) and "psnr" in r}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -74,6 +81,7 @@ class SupernetEntry:
             "seconds": {str(b): s for b, s in self.seconds.items()},
             "size_bytes": self.size_bytes,
             "modified": self.modified.isoformat() if self.modified is not None else None,
+            "report": self.report,
             "problem": self.problem,
         }
 
@@ -101,6 +109,7 @@ def read_entry(directory: Path, source: str) -> SupernetEntry:
             seconds=seconds,
             size_bytes=size,
             modified=datetime.fromtimestamp(meta_path.stat().st_mtime, tz=timezone.utc),
+            report=dict((meta.get("calibration_metadata") or {}).get("report") or {}),
         )
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

@@ -13,7 +13,9 @@ supernet step, e.g. TCR), then per bit option ``ranges``, ``reconstruction`` (bl
 
 The ETA is elapsed time per unit of work so far times the units left, where a unit is a block of one reconstruction
 round or one other phase step of a bit option (so bit options weigh by their block count); time spent before the
-first bit option (trajectories, prepare) is not part of the rate, and the ETA is ``None`` until a unit is done.
+first bit option (trajectories, prepare) is not part of the rate. Until a unit is done the ETA is the estimate made
+before calibrating (:mod:`supernet.calibration.estimate`, given by :meth:`ProgressTracker.expect`) less the time
+elapsed, or ``None`` without one.
 """
 
 from __future__ import annotations
@@ -105,6 +107,9 @@ class ProgressTracker:
         self._plans: dict[int, int] = {}  # bit index → planned units
         self._done: dict[int, int] = {}  # bit index → units done
         self._work_start: float | None = None  # when the first bit option began (the rate's clock)
+        self._last = self._start  # the clock at the latest boundary
+        self._expected: float | None = None  # the estimated seconds of the whole calibration, if any
+        self._phase_s: dict[str, dict[str, float]] = {}  # bits (or "-" before the first option) → phase → seconds
 
     @classmethod
     def of(cls, progress: ProgressCallback | ProgressTracker | None, bit_options: Sequence[int]) -> ProgressTracker:
@@ -119,6 +124,26 @@ class ProgressTracker:
 
     def elapsed(self) -> float:
         return self._clock() - self._start
+
+    def expect(self, seconds: float | None) -> None:
+        """The calibration is estimated to take ``seconds`` from the tracker's start: the ETA until a unit is done."""
+        self._expected = None if seconds is None else max(0.0, float(seconds))
+
+    def phase_seconds(self) -> dict[str, dict[str, float]]:
+        """Seconds spent per bit option (``"-"`` before the first) and phase so far, rounded to milliseconds.
+
+        The time between two boundaries counts for the phase of the later one when that report completes a unit
+        (``step >= 1``), else for ``other`` (set-up between phases).
+        """
+        return {b: {k: round(v, 3) for k, v in phases.items()} for b, phases in self._phase_s.items()}
+
+    def _account(self, phase: str, step: int) -> None:
+        now = self._clock()
+        key = "-" if self._bits is None else str(self._bits)
+        phases = self._phase_s.setdefault(key, {})
+        name = phase if step >= 1 else "other"
+        phases[name] = phases.get(name, 0.0) + (now - self._last)
+        self._last = now
 
     # --- bookkeeping --------------------------------------------------------------------------------------
     def begin_bits(self, index: int, bits: int) -> None:
@@ -140,7 +165,7 @@ class ProgressTracker:
     def _eta(self) -> float | None:
         done = sum(self._done.values())
         if self._work_start is None or done == 0 or not self._plans:
-            return None
+            return None if self._expected is None else max(0.0, self._expected - self.elapsed())
         latest = self._plans[max(self._plans)]
         total = sum(self._plans.get(i, latest) for i in range(len(self.bit_options)))
         rate = (self._clock() - self._work_start) / done
@@ -150,6 +175,7 @@ class ProgressTracker:
     def report(self, phase: str, step: int, total: int, round: int | None = None) -> None:
         """A boundary of ``phase``: ``step`` of ``total`` units done. Within a bit option, a report with
         ``step >= 1`` completes one unit of work."""
+        self._account(phase, step)
         if self._bits is not None and step >= 1:
             self._done[self._index] = self._done.get(self._index, 0) + 1
             planned = self._plans.get(self._index)

@@ -415,6 +415,7 @@ class QuantSupernet:
             **strategy.report(),
             "reparameterization": self.reparam.report() if self.reparam is not None else None,
             "seconds": {"prepare": round(prepare_s, 3), **{str(b): round(v, 3) for b, v in seconds.items()}},
+            "phase_seconds": tracker.phase_seconds(),
         }
         self.calibrated = True
         tracker.done()

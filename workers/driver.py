@@ -74,6 +74,8 @@ class ProgressReporter:
         self._send = getattr(sink, "on_progress", None)
         self._interval = interval_s
         self._last = (None, -float("inf"))
+        #: Where the last calibration report said the supernet came from (``calibrating``, ``cache``, ``shipped``).
+        self.source: str | None = None
 
     def __call__(
         self, stage: str, message: str, calibration: dict[str, Any] | None = None, *, force: bool = False
@@ -99,7 +101,14 @@ class ProgressReporter:
     def calibration(self, progress: Any) -> None:
         """A ``supernet.progress.CalibrationProgress`` as a ``calibrating`` report."""
         info = progress.to_dict()
+        self.source = info.get("source")
         self("calibrating", describe_calibration(info), info)
+
+    def calibrated(self, summary: dict[str, Any]) -> None:
+        """The job's supernet is ready: its summary goes to the sink's optional ``on_calibration``."""
+        from workers.protocol import report_calibration
+
+        report_calibration(self._sink, summary)
 
 
 def _final(calibration: dict[str, Any] | None) -> bool:
@@ -148,26 +157,13 @@ def prepare_job(
     :func:`~workers.jobspec.validate_job`, cannot run what the model cannot.
     """
     from supernet.artifact import default_cache_dir, get_or_build_supernet
-    from supernet.models import features_for, load_model
 
     report = report or ProgressReporter(None)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    report("loading", f"loading {Path(spec.model.path).name}")
-    conditioning = spec.model.conditioning(spec.model.path)
-    model = load_model(spec.model.path, device=resolve_device(spec.model.device), conditioning=conditioning)
-    for warning in getattr(model, "warnings", ()):
-        report.warning("loading", warning)
-    features = features_for(model.path)
-    try:
-        evaluation = spec.evaluation.resolved_for_model(model.num_train_timesteps, features is not None)
-    except ConfigError as exc:
-        raise ConfigError(f"evaluation.{exc.field}", exc.reason) from None
-    spec = spec.replace(evaluation=evaluation)
+    spec, model, features, conditioning = load_job_model(spec, report)
     bits = spec.search.quantized_bits
-    _check_space(spec, model, bits)
-    if evaluation.features is not None:
-        _check_feature_program(evaluation.features, model, report)
+    evaluation = spec.evaluation
     timings["load_s"] = time.perf_counter() - start
     start = time.perf_counter()
     report("calibrating", "getting the calibrated supernet")
@@ -183,6 +179,7 @@ def prepare_job(
     timings["supernet_s"] = time.perf_counter() - start
     root = Path(options.cache_dir) if options.cache_dir is not None else default_cache_dir()
     path = root / job_supernet_name(spec, model)
+    report.calibrated(calibration_summary(supernet, path.name, report.source or "calibrating"))
     space = _search_space(spec, supernet)
     cost_model = supernet.cost_model
     if evaluation.latency_backend is not None:
@@ -191,6 +188,85 @@ def prepare_job(
         timings["latency_table_s"] = time.perf_counter() - start
     features_path = str(features) if features is not None else None
     return PreparedJob(spec, model, supernet, path, space, cost_model, features_path, timings, conditioning)
+
+
+#: Sites (or blocks) of the report's error ranking kept per bit option in a job's calibration summary.
+SUMMARY_WORST = 5
+
+
+def calibration_summary(supernet: Any, name: str, source: str) -> dict[str, Any]:
+    """What a job's status shows of its calibrated supernet: the artifact ``name``, where it came from (``source``:
+    ``calibrating``, ``cache`` or ``shipped``), the calibration seconds and estimate, and from the calibration report
+    (``supernet.calibration.report``) per bit option the uniform candidate's MSE and PSNR against FP with the
+    :data:`SUMMARY_WORST` worst sites, plus the range-fit check. An artifact written before reports existed has
+    ``report: null``."""
+    meta = supernet.calibration_metadata
+    report = meta.get("report") or {}
+    seconds = {str(b): round(float(v), 1) for b, v in supernet.calibration_seconds.items()}
+    summary: dict[str, Any] = {
+        "supernet": name,
+        "source": "calibrated" if source == "calibrating" else source,
+        "strategy": supernet.calib_settings.strategy,
+        "seconds": seconds,
+        "estimate_s": (meta.get("estimate") or {}).get("seconds"),
+        "report": None,
+    }
+    if report.get("skipped"):
+        summary["report"] = {"skipped": report["skipped"]}
+    elif report.get("bits"):
+        summary["report"] = {
+            "steps": len(report.get("schedule") or ()),
+            "samples": report.get("samples"),
+            "bits": {
+                b: {"mse": row.get("mse"), "psnr": row.get("psnr"), "worst": (row.get("ranking") or [])[:SUMMARY_WORST]}
+                for b, row in report["bits"].items()
+            },
+            "ranking": (report.get("ranking") or {}).get("granularity"),
+            "range_check": report.get("range_check"),
+        }
+    return summary
+
+
+def load_job_model(spec: JobSpec, report: ProgressReporter | None = None) -> tuple[JobSpec, Any, Any, Any]:
+    """Load ``spec``'s model and check the job against it before any calibration: ``(spec with the evaluation
+    resolved for the model, model adapter, its features directory or None, the conditioning)``."""
+    from supernet.models import features_for, load_model
+
+    report = report or ProgressReporter(None)
+    report("loading", f"loading {Path(spec.model.path).name}")
+    conditioning = spec.model.conditioning(spec.model.path)
+    model = load_model(spec.model.path, device=resolve_device(spec.model.device), conditioning=conditioning)
+    for warning in getattr(model, "warnings", ()):
+        report.warning("loading", warning)
+    features = features_for(model.path)
+    try:
+        evaluation = spec.evaluation.resolved_for_model(model.num_train_timesteps, features is not None)
+    except ConfigError as exc:
+        raise ConfigError(f"evaluation.{exc.field}", exc.reason) from None
+    spec = spec.replace(evaluation=evaluation)
+    _check_space(spec, model, spec.search.quantized_bits)
+    if evaluation.features is not None:
+        _check_feature_program(evaluation.features, model, report)
+    return spec, model, features, conditioning
+
+
+def calibration_plan(spec: JobSpec, options: DriverOptions = DriverOptions()) -> dict[str, Any]:
+    """What getting ``spec``'s supernet will do, without doing it: ``{"supernet": name, "source": "cache" |
+    "shipped" | "calibrate", "path": where it is or will be, "estimate": seconds by phase (only to calibrate)}``.
+    Loads the model and checks the job first (cheap), as :func:`prepare_job` does."""
+    from supernet.artifact import default_cache_dir, find_supernet
+    from supernet.calibration.estimate import estimate_calibration
+
+    spec, model, _, _ = load_job_model(spec)
+    root = Path(options.cache_dir) if options.cache_dir is not None else default_cache_dir()
+    name = job_supernet_name(spec, model)
+    found = find_supernet(model, name, root)
+    plan: dict[str, Any] = {"supernet": name, "bits": list(spec.search.quantized_bits)}
+    if found is not None:
+        source, path = found
+        return {**plan, "source": source, "path": str(path)}
+    estimate = estimate_calibration(model, spec.search.quantized_bits, spec.calibration)
+    return {**plan, "source": "calibrate", "path": str(root / name), "estimate": estimate.to_dict()}
 
 
 def _latency_table(spec: JobSpec, supernet: Any, root: Path, name: str, report: ProgressReporter) -> Any:

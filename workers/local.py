@@ -25,6 +25,7 @@ CHECKPOINT_FILE = "checkpoint.bin"
 FRONT_FILE = "front.json"
 PLOT_FILE = "pareto.png"
 WARNINGS_FILE = "warnings.txt"
+CALIBRATION_FILE = "calibration.json"
 
 
 class DirectorySink:
@@ -63,6 +64,10 @@ class DirectorySink:
         """Append a line the job warned about (and went on after) to ``warnings.txt``."""
         with (self.out_dir / WARNINGS_FILE).open("a") as fh:
             fh.write(message + "\n")
+
+    def on_calibration(self, summary: dict[str, Any]) -> None:
+        """Write the summary of the job's calibrated supernet to ``calibration.json``."""
+        (self.out_dir / CALIBRATION_FILE).write_text(json.dumps(summary, indent=1) + "\n")
 
     def on_progress(self, activity: dict[str, Any]) -> None:
         """What the job is doing (loading, calibrating, searching, re-scoring), passed to ``on_activity``."""

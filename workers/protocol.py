@@ -227,6 +227,15 @@ def report_warning(sink: Any, message: str) -> None:
         on_warning(message)
 
 
+def report_calibration(sink: Any, summary: Mapping[str, Any]) -> None:
+    """``sink.on_calibration(summary)`` when the sink has that optional method: what the job's calibrated supernet
+    is and how good it came out (``workers.driver.calibration_summary``). The server stores it with the job
+    (``GET /jobs/{id}``: ``calibration``); ``tmpq search`` writes it to ``calibration.json``."""
+    on_calibration = getattr(sink, "on_calibration", None)
+    if on_calibration is not None:
+        on_calibration(summary)
+
+
 def report_progress(sink: Any, activity: Mapping[str, Any]) -> None:
     """``sink.on_progress(activity)`` when the sink has that optional method; nothing otherwise."""
     on_progress = getattr(sink, "on_progress", None)

@@ -55,3 +55,45 @@ export function activityText(activity) {
 export function jobActivity(job) {
   return job && job.state === "RUNNING" && job.progress ? activityText(job.progress.activity) : null;
 }
+
+/** One line for a job's calibrated supernet (its `calibration` summary), or null: the same line as the CLI writes
+ * (server/cli_remote.py supernet_text), e.g. "calibrated in 1m52s (estimated ~2m) · W4A4 20.1 dB · W8A8 38.2 dB against
+ * FP at 10 steps · worst at W4: up_blocks.1 · range check passed". */
+export function supernetText(summary) {
+  if (!summary || typeof summary !== "object" || Array.isArray(summary)) return null;
+  const source = summary.source;
+  const seconds = Object.values(summary.seconds || {}).filter(isNumber);
+  let head;
+  if (source === "calibrated" && seconds.length) {
+    head = `calibrated in ${durationText(seconds.reduce((a, b) => a + b, 0))}`;
+    if (isNumber(summary.estimate_s)) head += ` (estimated ${etaText(summary.estimate_s)})`;
+  } else {
+    head = typeof source === "string" && source ? `from the ${source}` : "supernet";
+  }
+  const parts = [head];
+  const report = summary.report;
+  if (report && typeof report === "object" && typeof report.skipped === "string") {
+    parts.push(`no report: ${report.skipped}`);
+  } else if (report && typeof report === "object" && report.bits && typeof report.bits === "object") {
+    const rows = Object.entries(report.bits)
+      .filter(([b, r]) => /^[0-9]+$/.test(b) && r && typeof r === "object")
+      .map(([b, r]) => [Number(b), r])
+      .sort((x, y) => x[0] - y[0]);
+    const quality = rows.filter(([, r]) => isNumber(r.psnr)).map(([b, r]) => `W${b}A${b} ${r.psnr.toFixed(1)} dB`);
+    if (quality.length) {
+      parts.push(quality.join(" · ") + (isNumber(report.steps) ? ` against FP at ${report.steps} steps` : ""));
+    }
+    for (const [b, r] of rows.slice(0, 1)) {
+      if (Array.isArray(r.worst) && r.worst.length && r.worst[0] && typeof r.worst[0] === "object") {
+        parts.push(`worst at W${b}: ${r.worst[0].name}`);
+      }
+    }
+    const check = report.range_check;
+    if (check && typeof check === "object" && typeof check.passed === "boolean") {
+      parts.push(check.passed ? "range check passed" : "range check FAILED");
+    }
+  } else {
+    parts.push("no calibration report");
+  }
+  return parts.join(" · ");
+}

@@ -1,7 +1,7 @@
 // tmpq web page: the job list (/) and a job's page (/jobs/{id}).
 // Reads only the public REST API under /api/v1; draws with Chart.js (vendored, global `Chart`).
 
-import { jobActivity } from "./activity.js";
+import { jobActivity, supernetText } from "./activity.js";
 
 const API = "/api/v1";
 const TOKEN_KEY = "tmpq.token";
@@ -588,6 +588,9 @@ function renderHeader(state) {
   const error = $("job-error");
   error.hidden = !job.error;
   error.textContent = job.error ? `Failed: ${job.error}` : "";
+  const supernet = supernetText(job.calibration);
+  $("job-supernet").hidden = !supernet;
+  $("job-supernet").textContent = supernet ? `Supernet: ${supernet}` : "";
   const warnings = job.warnings || [];
   $("job-warnings").hidden = warnings.length === 0;
   $("job-warnings").replaceChildren(...warnings.map((w) => h("div", {}, `Warning: ${w}`)));

@@ -46,7 +46,7 @@ from supernet.calibration.adaround import AdaRoundWeight, beta_at
 from supernet.calibration.data import CalibrationData
 from supernet.calibration.lsq import TimestepActQuant
 from supernet.calibration.session import CalibrationSession
-from supernet.calibration.settings import CalibrationSettings
+from supernet.calibration.settings import WIDE_BITS, CalibrationSettings
 from supernet.errors import CalibrationError
 from supernet.qlayers.act import ActQuantizer
 from supernet.qlayers.attention import QuantAttnProcessor
@@ -155,9 +155,11 @@ class ReconOptions:
     seed: int
 
     @classmethod
-    def from_settings(cls, s: CalibrationSettings, round_index: int = 0) -> ReconOptions:
-        """Round ``round_index`` (0-based) of ``s``: iterations decay by ``par_decay`` per later round."""
-        iters = max(1, round(s.recon_iters * s.par_decay**round_index)) if s.recon_iters else 0
+    def from_settings(cls, s: CalibrationSettings, round_index: int = 0, bits: int = 0) -> ReconOptions:
+        """Round ``round_index`` (0-based) of ``s`` for weights of ``bits`` bits: ``recon_iters_wide`` steps from
+        :data:`WIDE_BITS` bits up (when set), else ``recon_iters``; later rounds take ``par_decay`` times fewer."""
+        base = s.recon_iters_wide if s.recon_iters_wide is not None and bits >= WIDE_BITS else s.recon_iters
+        iters = max(1, round(base * s.par_decay**round_index)) if base else 0
         return cls(
             iters,
             s.recon_batch,

@@ -14,6 +14,8 @@ from supernet.settings import QUANT_KINDS, RANGE_METHODS, canonical_key
 
 CALIBRATION_SETTINGS_VERSION = 1
 GRID_SPACINGS = ("linear", "quadratic")
+#: Weights this wide or wider reconstruct for ``recon_iters_wide`` steps.
+WIDE_BITS = 6
 
 #: The fields that decide the calibration *data* (the FP trajectories); the rest decide how it is used.
 DATA_FIELDS = ("grid_steps", "grid_spacing", "samples", "seed")
@@ -116,8 +118,14 @@ class CalibrationSettings:
             :data:`KEY_STABLE_DEFAULTS`).
         par_rounds: calibration rounds when ``par`` is on (round 1 on the FP trajectories; each later round on
             the quantized model's own trajectories).
-        recon_iters: optimiser steps per block in round 1; round r uses ``recon_iters * par_decay**(r-1)``.
-            Never more than ``recon_epochs`` passes over a block's calibration pool (small data stays cheap).
+        recon_iters: optimiser steps per block in round 1 at 4 bits (and below); round r uses
+            ``recon_iters * par_decay**(r-1)``. Never more than ``recon_epochs`` passes over a block's calibration
+            pool (small data stays cheap).
+        recon_iters_wide: ``recon_iters`` for weights of :data:`WIDE_BITS` bits or more (``None``: ``recon_iters``
+            at every width, the default before the field existed; part of every cache key, so supernets calibrated
+            before it are not taken for the new default's). Measured on the
+            testbed (``bench/calibration.py``): W6A6 is as good or better after 50 steps as after 200, W4A4 is not,
+            and W8A8 after 12 steps fell below the plain range fit.
         recon_batch: samples per step; recon_epochs: see ``recon_iters``.
         recon_samples: calibration samples per grid timestep (the first ones) that reconstruction, TCR's and
             DAQ's statistics use (the initial range fit uses all of them).
@@ -156,6 +164,7 @@ class CalibrationSettings:
     par_rounds: int = 2
     par_decay: float = 0.5
     recon_iters: int = 200
+    recon_iters_wide: int | None = 50
     recon_batch: int = 32
     recon_samples: int = 32
     recon_epochs: float = 10.0
@@ -188,6 +197,13 @@ class CalibrationSettings:
                 name,
                 f"must be an integer in [{low}, {high}], got {shown(value)}",
             )
+        wide = self.recon_iters_wide
+        low, high = INT_BOUNDS["recon_iters"]
+        _check(
+            wide is None or (isinstance(wide, int) and not isinstance(wide, bool) and low <= wide <= high),
+            "recon_iters_wide",
+            f"must be null or an integer in [{low}, {high}], got {shown(wide)}",
+        )
         for name, (low, high) in FLOAT_BOUNDS.items():
             value = getattr(self, name)
             _check(_finite(value) and low <= value <= high, name, f"must be a number in [{low:g}, {high:g}]")

@@ -102,6 +102,7 @@ class TCAQCalibrator(CalibrationStrategy):
         s = self.settings
         label = config_label(session)
         recon = BlockReconstructor(session, tib=s.tib)
+        bits = min(session.w_bits.values(), default=0)  # a mixed configuration reconstructs as its lowest width
         rounds = s.par_rounds if s.par else 1
         blocks = len(recon.blocks()) if s.reconstruction else 0
         session.plan(1 + rounds * blocks + (rounds - 1) + (1 if s.temporal_cache else 0))
@@ -137,7 +138,8 @@ class TCAQCalibrator(CalibrationStrategy):
                 def on_block(done: int, total: int, r: int = r) -> None:
                     session.report("reconstruction", done, total, round=r + 1)
 
-                reports[f"round_{r + 1}"] = recon.run(ReconOptions.from_settings(s, r), cache, on_block)
+                opts = ReconOptions.from_settings(s, r, bits)
+                reports[f"round_{r + 1}"] = recon.run(opts, cache, on_block)
         self._report.setdefault("reconstruction", {})[label] = reports
         if s.temporal_cache:
             session.report("temporal", 0, 1)

@@ -198,25 +198,32 @@ def test_durations() -> None:
     ]  # fmt: skip
 
 
-def test_the_web_page_writes_the_same_line(tmp_path: Path) -> None:
-    """``server/static/activity.js`` run by Node on the same cases as the CLI's ``activity_text``."""
+def run_activity_js(tmp_path: Path, names: str, body: str) -> Any:
+    """Run ``body`` (JavaScript printing one JSON value) with ``names`` imported from ``activity.js`` in Node; its
+    output, parsed. Skips the test where Node is not installed."""
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed")
     module = tmp_path / "activity.mjs"
     shutil.copyfile(ACTIVITY_JS, module)
+    script = f"import {{ {names} }} from {json.dumps(str(module))};\n{body}"
+    ran = subprocess.run([node, "--input-type=module", "-e", script], capture_output=True, text=True, timeout=30)
+    assert ran.returncode == 0, ran.stderr
+    return json.loads(ran.stdout)
+
+
+def test_the_web_page_writes_the_same_line(tmp_path: Path) -> None:
+    """``server/static/activity.js`` run by Node on the same cases as the CLI's ``activity_text``."""
     cases = [activity for activity, _ in LINES]
-    script = (
-        f"import {{ activityText, jobActivity }} from {json.dumps(str(module))};\n"
+    out = run_activity_js(
+        tmp_path,
+        "activityText, jobActivity",
         f"const cases = {json.dumps(cases)};\n"
         "const running = { state: 'RUNNING', progress: { activity: cases[0] } };\n"
         "const done = { state: 'SUCCEEDED', progress: { activity: cases[0] } };\n"
         "console.log(JSON.stringify({ lines: cases.map(activityText), running: jobActivity(running),"
-        " done: jobActivity(done) }));\n"
+        " done: jobActivity(done) }));\n",
     )
-    ran = subprocess.run([node, "--input-type=module", "-e", script], capture_output=True, text=True, timeout=30)
-    assert ran.returncode == 0, ran.stderr
-    out = json.loads(ran.stdout)
     assert out["lines"] == [line for _, line in LINES]
     assert out["running"] == CALIBRATING_LINE and out["done"] is None
 
@@ -225,8 +232,9 @@ def test_the_page_shows_the_line_for_a_running_job() -> None:
     page = (REPO / "server" / "static" / "index.html").read_text()
     script = (REPO / "server" / "static" / "app.js").read_text()
     assert 'id="job-activity"' in page
-    assert 'import { jobActivity } from "./activity.js";' in script
+    assert 'import { jobActivity, supernetText } from "./activity.js";' in script
     assert '$("job-activity").textContent = activity' in script
+    assert 'id="job-supernet"' in page and "supernetText(job.calibration)" in script
 
 
 # -- through a real tmpq serve (uvicorn + runner) ---------------------------------------------------------------

@@ -414,7 +414,7 @@ def test_token_can_guard_reads(store: Store, model_root: Path, tmp_path: Path) -
 def test_meta_and_docs(client: TestClient, backend: str) -> None:
     assert client.get(f"{API}/healthz").json() == {"status": "ok", "database": backend}
     version = client.get(f"{API}/version").json()
-    assert version["api"] == "v1" and version["schema_revision"] == "0005" and version["version"]
+    assert version["api"] == "v1" and version["schema_revision"] == "0006" and version["version"]
     assert client.get("/docs").status_code == 200
     paths = client.get(f"{API}/openapi.json").json()["paths"]
     assert all(p.startswith(API) for p in paths)

@@ -53,7 +53,7 @@ def test_migration_scripts_ship_inside_the_package() -> None:
     location = Path(script.dir)
     assert location == Path(__file__).resolve().parents[2] / "server" / "migrations"
     assert (location / "env.py").is_file() and (location / "script.py.mako").is_file()
-    assert [rev.revision for rev in script.walk_revisions()][::-1] == ["0001", "0002", "0003", "0004", "0005"]
+    assert [rev.revision for rev in script.walk_revisions()][::-1] == ["0001", "0002", "0003", "0004", "0005", "0006"]
 
 
 def test_0002_to_0004_add_activity_warnings_and_latency_and_keep_every_row_both_ways(empty_url: str) -> None:
@@ -117,9 +117,10 @@ def test_0002_to_0004_add_activity_warnings_and_latency_and_keep_every_row_both_
         store.close()
 
 
-def test_0005_adds_the_runtime_column_and_keeps_every_row_both_ways(empty_url: str) -> None:
-    """A database at 0004 with a finished job's candidates: upgraded, they read with no measurement and take one;
-    downgraded again, the column goes and no candidate or objective value does."""
+def test_0005_0006_add_the_runtime_and_calibration_columns_and_keep_every_row_both_ways(empty_url: str) -> None:
+    """A database at 0004 with a running job's candidate: upgraded, the candidate reads with no measurement and takes
+    one, the job with no calibration summary and takes one; downgraded again, both columns go and no job, candidate
+    or objective value does."""
     import sqlalchemy as sa
 
     from search.candidate import Candidate
@@ -130,8 +131,21 @@ def test_0005_adds_the_runtime_column_and_keeps_every_row_both_ways(empty_url: s
     try:
         with store.engine.begin() as connection:
             command.upgrade(alembic_config(connection), "0004")
-        job_id = store.create_job({"version": 1, "model": "m"})[0].id
-        assert store.claim_job("r", 60) is not None
+        now = utcnow()
+        jobs = sa.table(
+            "jobs",
+            *(sa.column(n) for n in ("spec_hash", "state", "cancel_requested", "evaluated", "failed", "front_size")),
+            *(sa.column(n) for n in ("results_version", "attempts", "lease_owner", "created_at", "updated_at")),
+            sa.column("spec", sa.JSON),
+        )
+        with store.engine.begin() as connection:  # the job as 0004 stores it, claimed by runner "r"
+            job_id = connection.execute(
+                jobs.insert()
+                .values(spec_hash="h", spec={"version": 1, "model": "m"}, state="RUNNING", cancel_requested=False)
+                .values(evaluated=1, failed=0, front_size=1, results_version=1, attempts=1, lease_owner="r")
+                .values(created_at=now, updated_at=now)
+                .returning(sa.column("id"))
+            ).scalar_one()
         c = Candidate.uniform((75, 50, 25, 0), ("a.conv", "b.attn.qk"), 8, 8)
         candidates = sa.table(
             "candidates",
@@ -145,22 +159,27 @@ def test_0005_adds_the_runtime_column_and_keeps_every_row_both_ways(empty_url: s
             candidate_id = connection.execute(
                 candidates.insert()
                 .values(job_id=job_id, key=c.key(), generation=0, bits="W8A8", steps=4, quality=0.1, bitops=1e9)
-                .values(weight_bytes=100.0, feasible=True, non_dominated=True, created_at=utcnow())
+                .values(weight_bytes=100.0, feasible=True, non_dominated=True, created_at=now)
                 .values(candidate=c.to_dict(), info={})
                 .returning(sa.column("id"))
             ).scalar_one()
             connection.execute(values.insert().values(candidate_id=candidate_id, name="quality", value=0.1))
         store.migrate()
-        assert store.schema_revision() == "0005"
+        assert store.schema_revision() == "0006"
         assert store.get_candidate(job_id, c.key()).runtime is None
+        assert store.get_job(job_id).calibration is None
+        assert store.set_calibration(job_id, {"source": "cache"}, owner="r") is True
         store.finish_job(job_id, "r", JobState.SUCCEEDED)
+        assert store.get_job(job_id).calibration == {"source": "cache"}
         measured = store.set_runtime(job_id, c.key(), "cpu-int8", fake_measurement(steps=4))
         assert measured.runtime == {"cpu-int8": fake_measurement(steps=4)}
         assert measured.objectives == {"quality": 0.1} and measured.candidate == c.to_dict()
         with store.engine.begin() as connection:
             command.downgrade(alembic_config(connection), "0004")
         assert "runtime" not in {col["name"] for col in inspect(store.engine).get_columns("candidates")}
+        assert "calibration" not in {col["name"] for col in inspect(store.engine).get_columns("jobs")}
         with store.engine.connect() as connection:
+            assert connection.execute(sa.text("SELECT count(*) FROM jobs")).scalar_one() == 1
             assert connection.execute(sa.text("SELECT count(*) FROM candidates")).scalar_one() == 1
             assert connection.execute(sa.text("SELECT count(*) FROM objective_values")).scalar_one() == 1
     finally:

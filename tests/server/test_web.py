@@ -120,6 +120,9 @@ class FilledJob:
 
 
 #: What the finished job warned about.
+#: A job's calibrated-supernet summary and the line the page shows for it (the CLI's ``supernet_text``).
+SUPERNET = {"source": "shipped", "seconds": {"6": 30.0}, "report": {"steps": 10, "bits": {"6": {"psnr": 30.44}}}}
+SUPERNET_LINE = "Supernet: from the shipped · W6A6 30.4 dB against FP at 10 steps"
 WARNING = "prompt 'a handwritten digit seven on lined paper' is longer than the tokenizer's 16 tokens: truncated"
 #: The finished job's sample grids as the driver describes them (``workers.samples``), less the images.
 SAMPLES = {
@@ -166,6 +169,7 @@ def fill_finished_job(store: Store, spec: dict[str, Any] = SPEC, owner: str = "r
             job.id, generation, pairs, [e.key for e in front], scale.hypervolume(front), owner=owner
         )
     store.add_warning(job.id, WARNING, owner=owner)
+    store.set_calibration(job.id, SUPERNET, owner=owner)
     store.finish_job(job.id, owner, JobState.SUCCEEDED)
     return FilledJob(
         job.id,
@@ -612,6 +616,7 @@ def test_a_finished_job_shows_its_warnings_and_sample_grids(page: Any, live_serv
     a job without grids shows no Samples card and no warnings."""
     open_page(page, f"{live_server.url}/jobs/{live_server.finished.job_id}")
     assert page.locator("#job-warnings").inner_text() == f"Warning: {WARNING}"
+    assert page.locator("#job-supernet").inner_text() == SUPERNET_LINE
     page.wait_for_selector("#samples:not([hidden])")
     page.wait_for_function("document.getElementById('samples-knee').naturalWidth > 0")
     sizes = page.evaluate("['fp', 'knee'].map((n) => document.getElementById('samples-' + n).naturalWidth)")
@@ -623,6 +628,7 @@ def test_a_finished_job_shows_its_warnings_and_sample_grids(page: Any, live_serv
     page.screenshot(path=str(tmp_path / "samples.png"), full_page=True)
     open_page(page, f"{live_server.url}/jobs/{live_server.running_id}")
     assert page.locator("#samples").is_hidden() and page.locator("#job-warnings").is_hidden()
+    assert page.locator("#job-supernet").is_hidden()
 
 
 def test_the_export_button_posts_with_the_stored_token(browser: Any, tmp_path: Path) -> None:

@@ -71,8 +71,17 @@ def test_a_calibration_reports_every_phase_in_order_and_a_load_reports_once(tmp_
         ("done", 8, 1, 1),
     ]
     assert [r.bit_index for r in reports] == [0, 0, 0, 0, 0, 0, 1, 1, 1] and {r.bit_count for r in reports} == {2}
-    assert [r.eta_s is None for r in reports[:5]] == [True] * 5  # nothing of the bit options done yet
-    assert reports[5].eta_s is not None  # one of two units done: about as long again
+    # nothing of the bit options done yet: the estimate made before calibrating, running down
+    estimate = sn.calibration_metadata["estimate"]
+    assert set(estimate["per_bits"]) == {"4", "8"} and estimate["seconds"] > 0
+    assert reports[0].eta_s == pytest.approx(max(0.0, estimate["seconds"] - reports[0].elapsed_s), abs=0.2)
+    assert all(r.eta_s is not None for r in reports)
+    # where the time went, per bit option and phase: it adds up to each option's calibration time
+    phases = sn.calibration_metadata["phase_seconds"]
+    assert set(phases) == {"-", "4", "8"} and set(phases["-"]) >= {"trajectories", "prepare"}
+    for bits, seconds in sn.calibration_seconds.items():
+        assert set(phases[str(bits)]) <= {"other", "ranges"} and "ranges" in phases[str(bits)]
+        assert sum(phases[str(bits)].values()) == pytest.approx(seconds, abs=0.05 + 0.1 * seconds)
     sn.detach()
 
     again = Recorder()
@@ -156,7 +165,29 @@ def test_the_eta_is_the_rate_so_far_times_the_units_left() -> None:
     tracker.begin_bits(1, 8)
     tracker.report("ranges", 0, 1)
     assert (seen[-1].bits, seen[-1].bit_index, seen[-1].eta_s) == (8, 1, 8.0)
+    assert tracker.phase_seconds() == {"4": {"other": 10.0, "reconstruction": 2.0}, "8": {"other": 6.0}}
     silent = ProgressTracker(None, (4,))
     silent.report("ranges", 1, 1)  # no callback: nothing to call, nothing raised
     with pytest.raises(ValueError, match="phase"):
         CalibrationProgress("calibrating", None, 0, 1, "warming-up", None, 0, 1, 0.0, None)
+
+
+def test_before_any_unit_the_eta_is_the_estimate_less_the_time_elapsed() -> None:
+    now = [0.0]
+    seen: list[CalibrationProgress] = []
+    tracker = ProgressTracker(seen.append, (4, 8), clock=lambda: now[0])
+    tracker.report("trajectories", 0, 1)
+    assert seen[-1].eta_s is None  # no estimate: nothing to say yet
+    tracker.expect(60.0)
+    now[0] = 5.0
+    tracker.report("trajectories", 1, 1)
+    assert seen[-1].eta_s == 55.0
+    tracker.begin_bits(0, 4)
+    tracker.plan(2)
+    now[0] = 70.0
+    tracker.report("ranges", 0, 1)
+    assert seen[-1].eta_s == 0.0  # over the estimate: never negative
+    now[0] = 75.0
+    tracker.report("ranges", 1, 1)  # a unit done: the measured rate takes over (70 s a unit, 3 of 4 left)
+    assert seen[-1].eta_s == 210.0
+    assert tracker.phase_seconds() == {"-": {"other": 0.0, "trajectories": 5.0}, "4": {"other": 65.0, "ranges": 5.0}}

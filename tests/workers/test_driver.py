@@ -34,6 +34,10 @@ class Sink:
         self.cancel = cancel_while_calibrating
         self.activities: list[dict[str, Any]] = []
         self.generations: list[int] = []
+        self.calibrations: list[dict[str, Any]] = []
+
+    def on_calibration(self, summary: dict[str, Any]) -> None:
+        self.calibrations.append(summary)
 
     def on_progress(self, activity: dict[str, Any]) -> None:
         self.activities.append(activity)
@@ -64,6 +68,13 @@ def test_reports_loading_calibration_phases_and_generations_in_order(tmp_path: P
     assert calibration and calibration[-1]["phase"] == "done", calibration
     assert {c["bits"] for c in calibration if c.get("bits")} <= {4, 8}
     assert _artifacts(tmp_path), "the calibrated supernet was not cached"
+    (summary,) = sink.calibrations  # the calibrated supernet, summarised once for the job's status
+    assert (
+        summary["source"] == "calibrated" and summary["strategy"] == "range" and set(summary["seconds"]) == {"4", "8"}
+    )
+    report = summary["report"]
+    assert set(report["bits"]) == {"4", "8"} and report["steps"] == 10 and report["range_check"] is None
+    assert report["bits"]["8"]["psnr"] > report["bits"]["4"]["psnr"] and len(report["bits"]["4"]["worst"]) == 5
 
 
 @pytest.mark.slow
