@@ -500,8 +500,9 @@ def _estimate_text(estimate: dict[str, Any]) -> str:
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     import torch
 
+    from server.cli_remote import activity_text
     from server.settings import Settings
-    from workers.driver import DriverOptions, ProgressReporter, calibration_plan, describe_calibration, prepare_job
+    from workers.driver import DriverOptions, ProgressReporter, calibration_plan, prepare_job
     from workers.jobspec import JobSpec
 
     spec = JobSpec.from_yaml(args.config).resolved(Settings().model_root)  # the server's checks, before any work
@@ -519,13 +520,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     if plan["source"] == "calibrate":
         print(f"calibrating {plan['supernet']}: {_estimate_text(plan['estimate'])}", file=sys.stderr)
 
-    class _Lines:
+    class _Lines:  # progress as tmpq status writes it, a line per report
         def on_progress(self, activity: dict[str, Any]) -> None:
-            info = activity.get("calibration")
-            line = describe_calibration(info) if info else activity.get("message", "")
-            if info and info.get("eta_s") is not None:
-                line += f" ({info['elapsed_s']:.0f} s elapsed, ~{info['eta_s']:.0f} s left)"
-            print(line, file=sys.stderr, flush=True)
+            print(activity_text(activity) or "", file=sys.stderr, flush=True)
 
     start = time.perf_counter()
     job = prepare_job(spec, options, ProgressReporter(_Lines()))

@@ -83,8 +83,8 @@ ProgressCallback = Callable[[CalibrationProgress], None]
 
 
 class ProgressTracker:
-    """Turns phase boundaries into :class:`CalibrationProgress` reports with an ETA (does nothing without a
-    callback).
+    """Turns phase boundaries into :class:`CalibrationProgress` reports with an ETA (reports nothing without a
+    callback), and keeps the seconds spent per bit option and phase (:meth:`phase_seconds`).
 
     Args:
         callback: where reports go (``None``: nowhere).

@@ -1,9 +1,9 @@
 """How long a calibration will take, estimated before it starts from the model's measured forward time.
 
 Every phase of a calibration is a known amount of the model's work (:class:`CalibrationSettings` fixes it), so the
-estimate times one FP forward of the denoiser at the reconstruction batch on this machine (a warm-up and three
-timed calls: well under a second for the testbed) and multiplies the time per sample by each phase's sample count
-and a cost factor:
+estimate times one FP forward of the denoiser at the reconstruction batch on this machine (a warm-up and
+:data:`REPEATS` timed calls: well under a second for the testbed) and multiplies the time per sample by each
+phase's sample count and a cost factor:
 
 - ``trajectories``: ``grid_steps · samples`` FP forwards (once);
 - ``prepare`` (TCR statistics): ``grid_steps · recon_samples`` observed forwards (once);

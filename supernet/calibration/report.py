@@ -17,7 +17,7 @@ range fit's uniform W8A8 (:func:`range_w8a8_check`): a calibration whose W8A8 is
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -27,10 +27,8 @@ import torch
 from search.candidate import FP_BITS, Candidate
 from supernet.calibration.data import CalibrationData
 from supernet.errors import CalibrationError
-from supernet.metrics import psnr
+from supernet.metrics import mse, psnr
 from supernet.sampling import uniform_schedule
-
-log = logging.getLogger(__name__)
 
 #: The fixed schedule's uniform DDIM steps and the held-out samples of the image metrics.
 REPORT_STEPS = 10
@@ -68,8 +66,7 @@ def _images(supernet: Any, candidate: Candidate, n: int, seed: int) -> torch.Ten
 
 def image_error(images: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
     """MSE and PSNR (dB) of ``images`` against ``reference`` (both in [-1, 1])."""
-    mse = float((images.float() - reference.float()).square().mean())
-    return {"mse": round(mse, 8), "psnr": round(psnr(images, reference), 3)}
+    return {"mse": round(mse(images, reference), 8), "psnr": round(psnr(images, reference), 3)}
 
 
 def uniform_quality(supernet: Any, bits: Sequence[int], n: int, seed: int) -> dict[int, dict[str, float]]:
@@ -162,8 +159,6 @@ def calibration_report(
 def range_w8a8_check(model: Any, data: CalibrationData, supernet_settings: Any, calib_settings: Any) -> dict[str, Any]:
     """Image MSE/PSNR of the plain range fit's uniform W8A8 of ``model`` (strategy ``range``, the other settings as
     given) against FP, as :func:`calibration_report` measures its own; the model is left as it was."""
-    import dataclasses
-
     from supernet.supernet import QuantSupernet
 
     start = time.perf_counter()

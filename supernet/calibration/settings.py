@@ -123,9 +123,9 @@ class CalibrationSettings:
             pool (small data stays cheap).
         recon_iters_wide: ``recon_iters`` for weights of :data:`WIDE_BITS` bits or more (``None``: ``recon_iters``
             at every width, the default before the field existed; part of every cache key, so supernets calibrated
-            before it are not taken for the new default's). Measured on the
-            testbed (``bench/calibration.py``): W6A6 is as good or better after 50 steps as after 200, W4A4 is not,
-            and W8A8 after 12 steps fell below the plain range fit.
+            before it are not taken for the new default's). Measured on the testbed (``bench/calibration.py``):
+            W6A6 is as good or better after 50 steps as after 200, W4A4 is not, and W8A8 after 12 steps fell below
+            the plain range fit.
         recon_batch: samples per step; recon_epochs: see ``recon_iters``.
         recon_samples: calibration samples per grid timestep (the first ones) that reconstruction, TCR's and
             DAQ's statistics use (the initial range fit uses all of them).
