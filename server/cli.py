@@ -12,7 +12,7 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,29 +171,40 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             proc.kill()
 
 
-def _print_front(rows: Sequence, knee: str | None, quality: str) -> None:
+def _print_front(
+    rows: Sequence, knee: str | None, quality: str, fp_references: Sequence[Mapping[str, Any]] = ()
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from server.cli_remote import fp_reference_table
+
+    def num(value: Any, spec: str) -> str:
+        return format(value, spec) if isinstance(value, int | float) else "-"
+
     table = Table(title=f"Pareto front ({len(rows)} points; quality = {quality}, lower is better)")
-    for col in ("", "K", "timesteps", "bits", quality, "PSNR dB", "FDD@rescore", "GBitOps", "rel. cost"):
+    columns = ("", "K", "timesteps", "bits", quality, "PSNR dB", "quant. PSNR dB", "SSIM", "FDD@rescore", "GBitOps")
+    for col in (*columns, "rel. cost"):
         table.add_column(col, justify="right" if col not in ("timesteps", "bits") else "left")
     for r in rows:
         ts = ",".join(str(t) for t in r.timesteps)
-        fdd = r.extra.get("fdd_rescored")
-        psnr_db = r.extra.get("psnr")
         table.add_row(
             "knee" if r.key == knee else "",
             str(len(r.timesteps)),
             ts if len(ts) < 40 else ts[:37] + "...",
             r.bits,
             f"{r.quality:.4g}",
-            f"{psnr_db:.1f}" if psnr_db is not None else "-",
-            f"{fdd:.1f}" if fdd is not None else "-",
+            num(r.extra.get("psnr"), ".1f"),
+            num(r.extra.get("quant_psnr"), ".1f"),
+            num(r.extra.get("ssim"), ".3f"),
+            num(r.extra.get("fdd_rescored"), ".1f"),
             f"{r.bitops / 1e9:.2f}",
             f"{r.relative_cost:.3f}",
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if fp_references:
+        console.print(fp_reference_table(fp_references, quality))
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -255,6 +266,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     write_front_json(
         out / FRONT_FILE,
         rows,
+        fp_references=sink.fp_references,
         knee_key=knee,
         meta={
             "spec": spec.to_dict(),
@@ -277,8 +289,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
         title=f"{Path(spec.model.path).name}: {spec.search.algorithm}",
         num_train_timesteps=job.space.num_train_timesteps,
         latency=latency_label(spec.to_dict()),
+        fp_references=sink.fp_references,
     )
-    _print_front(rows, knee, spec.evaluation.objective)
+    _print_front(rows, knee, spec.evaluation.objective, sink.fp_references)
     print(
         f"{result.evaluated} candidates evaluated ({result.failed} failed) over {result.generations} generations; "
         f"wrote {out / FRONT_FILE}, {out / 'candidates.jsonl'}, {out / PLOT_FILE}"

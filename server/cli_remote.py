@@ -27,6 +27,7 @@ from supernet.settings import RUNTIME_BACKENDS
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
     from server.client import TmpqClient
 
@@ -594,6 +595,10 @@ def print_front(
         (objective, lambda p: _fmt(p.get("quality")), False, True),
         ("PSNR dB", lambda p: _fmt(p.get("objectives", {}).get("psnr"), ".1f"), False, False),
     ]
+    if has("quant_psnr"):  # against FP at the point's own schedule: the error the bits add
+        columns.append(("quant. PSNR dB", lambda p: _fmt(p["objectives"].get("quant_psnr"), ".1f"), False, False))
+    if has("ssim"):
+        columns.append(("SSIM", lambda p: _fmt(p["objectives"].get("ssim"), ".3f"), False, False))
     if has("fdd_rescored"):
         columns.append(("FDD re-scored", lambda p: _fmt(p["objectives"].get("fdd_rescored"), ".4g"), False, False))
     for name, header in (("prompt_accuracy_rescored", "prompt acc. re-scored"), ("prompt_accuracy", "prompt acc.")):
@@ -624,6 +629,8 @@ def print_front(
         table.add_row(*(cell(point) for _, cell, _, _ in columns), style="bold" if point["key"] == knee_key else None)
     console = console or _console()
     console.print(table)
+    if front.get("fp_references"):
+        console.print(fp_reference_table(front["fp_references"], objective, fp_cost))
     if knee:
         console.print(
             f"knee: {knee['key']} ({knee['bits']}, K={knee['steps']}, {objective} {_fmt(knee.get('quality'))}, "
@@ -632,6 +639,35 @@ def print_front(
             + ")"
             + _knee_measured_text(knee)
         )
+
+
+def fp_reference_table(points: Sequence[Mapping[str, Any]], objective: str, fp_cost: float | None = None) -> Table:
+    """The FP model on the front's schedules as a rich table: how much of each point's error is the steps' (FP at
+    the same K, no quantization), against the long FP reference."""
+    from rich.table import Table
+
+    table = Table(
+        title="FP at the front's schedules (no quantization): the error of fewer steps alone",
+        caption="a front point's quant. PSNR is against FP on its own schedule; its PSNR against the long reference",
+    )
+    columns: list[tuple[str, Callable[[Mapping[str, Any]], str]]] = [
+        ("K", lambda p: str(p.get("steps", "-"))),
+        ("timesteps", lambda p: _timesteps_text({"candidate": p})),
+        (objective, lambda p: _fmt(p.get("quality"))),
+        ("PSNR dB", lambda p: _fmt(p.get("psnr"), ".1f")),
+        ("SSIM", lambda p: _fmt(p.get("ssim"), ".3f")),
+        ("mean drift", lambda p: _fmt(p.get("mean_drift"), ".3f")),
+    ]
+    if any(p.get("fdd_rescored") is not None for p in points):
+        columns.append(("FDD re-scored", lambda p: _fmt(p.get("fdd_rescored"), ".4g")))
+    columns.append(("GBitOps", lambda p: _gbitops(p.get("bitops"))))
+    if fp_cost:
+        columns.append(("rel. cost", lambda p: _fmt(p["bitops"] / fp_cost if p.get("bitops") else None, ".3g")))
+    for name, _ in columns:
+        table.add_column(name, justify="left" if name == "timesteps" else "right")
+    for point in points:
+        table.add_row(*(cell(point) for _, cell in columns))
+    return table
 
 
 def _cmd_front(args: argparse.Namespace) -> int:

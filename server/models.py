@@ -105,6 +105,7 @@ class JobModel(Base):
     activity_at: Mapped[datetime | None] = mapped_column(DateTime)
     warnings: Mapped[list[str] | None] = mapped_column(JSON)
     calibration: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    fp_references: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     @classmethod
     def find_or_raise(cls, session: Session, job_id: int, *, for_update: bool = False) -> JobModel:

@@ -126,6 +126,8 @@ class FrontRecord:
     generation: int | None
     results_version: int
     points: tuple[CandidateRecord, ...]
+    #: The FP model on each schedule of the final front (``Store.set_fp_references``); empty before the analysis.
+    fp_references: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)

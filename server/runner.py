@@ -136,6 +136,18 @@ class StoreJobSink:
         logger.info("job %d: stored the re-scoring of %d front points", self._job_id, len(evaluations))
         self.raise_if_interrupted()
 
+    def on_fp_references(self, points: Sequence[Mapping[str, Any]]) -> None:
+        """Store the FP reference points of the final front (``GET /jobs/{id}/front``: ``fp_references``) under the
+        job's lease, then raise if the job must stop."""
+        try:
+            self._store.set_fp_references(self._job_id, points, owner=self._owner)
+        except LeaseLost as exc:
+            self._control.lost = True
+            self.interrupted = self.interrupted or exc
+            raise
+        logger.info("job %d: stored %d FP reference points", self._job_id, len(points))
+        self.raise_if_interrupted()
+
     def on_samples(self, samples: Mapping[str, Any]) -> None:
         """Store the job's sample grids (``workers.samples``) under the data directory (``server.samples``), best
         effort: a write error is logged. Then raise :class:`JobInterrupted` if the job must stop."""

@@ -115,11 +115,11 @@ class Progress(BaseModel):
     activity: dict[str, Any] | None = Field(
         default=None,
         description="What a RUNNING job is doing now, as its driver last reported it (about once a second); null "
-        "before its first report and once the job left RUNNING. ``stage``: loading, calibrating, searching or "
-        "rescoring; ``message``: one line for people; ``calibration``: null, or where the calibration of the job's "
-        "supernet is: ``source`` (cache, shipped or calibrating), ``bits``, ``bit_index`` (from 0) of "
-        "``bit_count``, ``phase``, ``round``, ``step`` of ``total``, ``elapsed_s``, ``eta_s`` (null: unknown). "
-        "Other keys may appear (kept as reported; at most 4 KiB in all).",
+        "before its first report and once the job left RUNNING. ``stage``: loading, calibrating, searching, "
+        "analysing, rescoring or sampling; ``message``: one line for people; ``calibration``: null, or where the "
+        "calibration of the job's supernet is: ``source`` (cache, shipped or calibrating), ``bits``, "
+        "``bit_index`` (from 0) of ``bit_count``, ``phase``, ``round``, ``step`` of ``total``, ``elapsed_s``, "
+        "``eta_s`` (null: unknown). Other keys may appear (kept as reported; at most 4 KiB in all).",
         json_schema_extra={
             "examples": [
                 {
@@ -303,6 +303,14 @@ class FrontOut(BaseModel):
         default_factory=list,
         description="The model's components that every point keeps in floating point (a text-to-image model's "
         "text encoder and VAE); the points quantize the denoiser only.",
+    )
+    fp_references: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="The FP model (no quantization) on each schedule of the final front, fewest steps first: "
+        "``key``, ``steps``, ``timesteps``, ``bitops`` (W32A32), ``quality`` (the job's objective, null when the "
+        "analysis could not measure it), ``mse``, ``psnr``, ``ssim``, ``mean_drift``, ``std_drift`` against the "
+        "long FP reference, and ``fdd_rescored`` when the front was re-scored. A point's error against FP at its "
+        "own schedule is its ``quant_*`` objectives. Empty until the job's front analysis ran (at its end).",
     )
 
 

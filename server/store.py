@@ -92,6 +92,8 @@ _ACTIVITY_TEXT = 500
 MAX_RUNTIME_BYTES = 4096
 #: Largest stored calibration summary of a job (its JSON, in bytes).
 MAX_CALIBRATION_BYTES = 16384
+#: Largest FP reference list stored with a job (``Store.set_fp_references``), as JSON.
+MAX_FP_REFERENCES_BYTES = 262_144
 #: Longest run-time backend name a measurement is stored under.
 MAX_BACKEND_CHARS = 32
 
@@ -583,6 +585,29 @@ class Store:
             self._job(session, job_id)  # NotFound first
             return False
 
+    def set_fp_references(
+        self, job_id: int, points: Sequence[Mapping[str, Any]], *, owner: str | None = None
+    ) -> JobRecord:
+        """Store the FP reference points of a job's final front (``workers.driver.analyse_front``: the FP model on
+        each of the front's schedules), replacing any earlier ones, and bump ``results_version`` so fronts served
+        from a cache show them. Same lease rules as :meth:`record_generation`; :class:`ConfigError` when ``points``
+        are not JSON-ready mappings of at most :data:`MAX_FP_REFERENCES_BYTES` in all."""
+        if isinstance(points, str | bytes) or not isinstance(points, Sequence):
+            raise ConfigError("fp_references", f"must be a list of points, got {type(points).__name__}")
+        if not all(isinstance(p, Mapping) for p in points):
+            raise ConfigError("fp_references", "each point must be a mapping")
+        stored = _json_mapping({"points": [dict(p) for p in points]}, "fp_references", MAX_FP_REFERENCES_BYTES)
+        with self.session(write=True) as session:
+            now = utcnow()
+            self._fence(session, job_id, owner, now)
+            session.execute(
+                update(JobModel)
+                .where(JobModel.id == job_id)
+                .values(fp_references=stored, updated_at=now, results_version=JobModel.results_version + 1)
+                .execution_options(synchronize_session=False)
+            )
+            return self._job(session, job_id)
+
     def finish_job(self, job_id: int, owner: str, state: JobState, error: str | None = None) -> JobRecord:
         """End ``owner``'s RUNNING job as SUCCEEDED, FAILED or CANCELLED; :class:`LeaseLost` if not its owner."""
         if not JobState(state).terminal:
@@ -1001,12 +1026,23 @@ class Store:
         with self.session() as session:
             # the version first: under READ COMMITTED the points can only be newer than it, never older
             version = session.execute(
-                select(JobModel.generation, JobModel.results_version).where(JobModel.id == job_id)
+                select(JobModel.generation, JobModel.results_version, JobModel.fp_references).where(
+                    JobModel.id == job_id
+                )
             ).one_or_none()
             if version is None:
                 raise NotFound(f"job {job_id} does not exist")
             points = self._load_candidates(session, select(*_CANDIDATE_COLUMNS).where(*where).order_by(*order))
-            return FrontRecord(job_id, version[0], version[1], tuple(points))
+            return FrontRecord(job_id, version[0], version[1], tuple(points), _reference_points(version[2]))
+
+    def fp_references(self, job_id: int) -> tuple[dict[str, Any], ...]:
+        """The FP reference points stored by :meth:`set_fp_references` (empty before); :class:`NotFound` for an
+        unknown job."""
+        with self.session() as session:
+            row = session.execute(select(JobModel.fp_references).where(JobModel.id == job_id)).one_or_none()
+            if row is None:
+                raise NotFound(f"job {job_id} does not exist")
+            return _reference_points(row[0])
 
     def version_reader(self) -> VersionReader | None:
         """An event-loop reader of ``results_version`` with its own connection (see :mod:`server.readers`), or
@@ -1116,6 +1152,11 @@ class Store:
             )
             for r in rows
         ]
+
+
+def _reference_points(stored: Any) -> tuple[dict[str, Any], ...]:
+    points = stored.get("points") if isinstance(stored, Mapping) else None
+    return tuple(dict(p) for p in points if isinstance(p, Mapping)) if isinstance(points, list) else ()
 
 
 def _split_extra(extra: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""Quality metrics: FDD (Fréchet distance in a digits classifier's feature space) and FP-reference MSE/PSNR.
+"""Quality metrics: FDD (Fréchet distance in a digits classifier's feature space), FP-reference MSE/PSNR, and the
+structural ones that catch colour and contrast shifts MSE hides (per-channel SSIM, channel mean/std drift).
 
 FDD needs ~1,000 samples to be stable (see DESIGN.md §6); the FP-reference MSE with fixed noise is the cheap,
 low-variance search objective and works for any model.
@@ -29,6 +30,77 @@ def psnr(images: torch.Tensor, reference: torch.Tensor) -> float:
     """Peak signal-to-noise ratio in dB for images in [-1, 1] (``inf`` when identical)."""
     err = mse(images, reference)
     return math.inf if err == 0.0 else 10.0 * math.log10(DATA_RANGE**2 / err)
+
+
+#: SSIM's stabilising constants for data range 2 (Wang et al. 2004: K1 = 0.01, K2 = 0.03).
+_SSIM_C1 = (0.01 * DATA_RANGE) ** 2
+_SSIM_C2 = (0.03 * DATA_RANGE) ** 2
+
+
+def _gaussian_window(size: int, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
+    g = torch.exp(-(x**2) / (2.0 * sigma**2))
+    g = g / g.sum()
+    return torch.outer(g, g)
+
+
+def ssim(images: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean structural similarity (SSIM) of two batches ``(N, C, H, W)`` in [-1, 1], per channel then averaged.
+
+    Computed per channel (a colour shift lowers it even when the luminance matches) with a Gaussian window of
+    sigma 1.5 and width 11, or the image's smaller side when that is less (odd, so small images work too); 1 when
+    identical.
+    """
+    if images.shape != reference.shape:
+        raise ValueError(f"shape mismatch: {tuple(images.shape)} vs {tuple(reference.shape)}")
+    if images.dim() != 4:
+        raise ValueError(f"expected (N, C, H, W) images, got shape {tuple(images.shape)}")
+    c, h, w = images.shape[1:]
+    size = min(11, h, w)
+    size -= 1 - size % 2  # odd
+    window = _gaussian_window(size).to(images.device)[None, None].expand(c, 1, size, size)
+    x, y = images.double(), reference.double()
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(t, window, groups=c)
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    num = (2 * mu_x * mu_y + _SSIM_C1) * (2 * cov + _SSIM_C2)
+    den = (mu_x**2 + mu_y**2 + _SSIM_C1) * (var_x + var_y + _SSIM_C2)
+    return float((num / den).mean())
+
+
+def channel_drift(images: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """How far the per-channel statistics of ``images`` moved from ``reference``'s (both ``(N, C, ...)``).
+
+    ``mean_drift``: the largest absolute change of a channel's mean (in the [-1, 1] data range: a colour cast);
+    ``std_drift``: the largest relative change of a channel's standard deviation (contrast; 0 when equal).
+    """
+    if images.shape[1:] != reference.shape[1:]:
+        raise ValueError(f"shape mismatch: {tuple(images.shape)} vs {tuple(reference.shape)}")
+    a = images.double().transpose(0, 1).reshape(images.shape[1], -1)
+    b = reference.double().transpose(0, 1).reshape(reference.shape[1], -1)
+    mean = (a.mean(1) - b.mean(1)).abs().max()
+    std_ref = b.std(1).clamp_min(1e-12)
+    std = (a.std(1) / std_ref - 1.0).abs().max()
+    return {"mean_drift": float(mean), "std_drift": float(std)}
+
+
+def image_metrics(images: torch.Tensor, reference: torch.Tensor, prefix: str = "") -> dict[str, float | None]:
+    """MSE, PSNR (``None`` when identical), SSIM and the channel drifts of ``images`` against ``reference``, keyed
+    ``{prefix}mse``, ``{prefix}psnr``, ``{prefix}ssim``, ``{prefix}mean_drift``, ``{prefix}std_drift``."""
+    value = psnr(images, reference)
+    out: dict[str, float | None] = {
+        "mse": mse(images, reference),
+        "psnr": value if math.isfinite(value) else None,
+    }
+    if images.dim() == 4:
+        out["ssim"] = ssim(images, reference)
+    out.update(channel_drift(images, reference))
+    return {f"{prefix}{k}": v for k, v in out.items()}
 
 
 def _sqrtm_psd(mat: np.ndarray) -> np.ndarray:

@@ -352,6 +352,7 @@ def evaluator_config(
     reference: bool = True,
     options: DriverOptions = DriverOptions(),
     threads: int | None = None,
+    schedule_reference: bool = False,
 ) -> Any:
     """The picklable :class:`~workers.evaluator.EvaluatorConfig` of a prepared job."""
     from supernet.models import prompt_labels_for
@@ -375,6 +376,7 @@ def evaluator_config(
         conditioning=job.conditioning.to_dict() if job.conditioning is not None else None,
         prompt_labels=prompt_labels_for(job.model.path) if job.conditioning is not None else None,
         feature_program=job.spec.evaluation.features,
+        schedule_reference=schedule_reference,
     )
 
 
@@ -399,13 +401,77 @@ def _close(evaluator: Evaluator) -> None:
         close()
 
 
+#: The per-image metrics a front analysis adds to a point besides the ``quant_`` ones (older jobs lack them).
+STRUCTURAL_METRICS = ("ssim", "mean_drift", "std_drift")
+#: The metrics of an FP reference point (against the long FP reference), as stored with the job.
+REFERENCE_METRICS = ("mse", "psnr", "ssim", "mean_drift", "std_drift", "fd")
+
+
+def fp_candidates(job: PreparedJob, front: Sequence[Evaluation], candidates: dict[str, Candidate]) -> list[Candidate]:
+    """The FP model on each distinct schedule of ``front`` (fewest steps first): its reference points."""
+    schedules = sorted({candidates[e.key].timesteps for e in front}, key=lambda t: (len(t), t))
+    return [job.supernet.uniform(32, 32, s) for s in schedules]
+
+
+def analyse_front(
+    job: PreparedJob,
+    front: Sequence[Evaluation],
+    candidates: dict[str, Candidate],
+    references: Sequence[Candidate],
+    evaluator: Evaluator,
+) -> tuple[list[Evaluation], list[dict[str, Any]]]:
+    """Separate the error of fewer steps from the error of fewer bits.
+
+    ``evaluator`` (built with ``schedule_reference``) samples the FP model on each of the front's schedules
+    (``references``, from :func:`fp_candidates`, evaluated first so an in-process evaluator reuses their samples)
+    and every front point again: each point gains ``quant_mse``, ``quant_psnr``, ``quant_ssim``, … (against FP at
+    its own schedule: the quantization's error) beside its ``mse``, … (against the long reference: the total
+    error), and each schedule becomes a reference point ``{"steps", "timesteps", "bitops", "quality", "mse", …}``
+    (``quality`` is the job's objective when the analysis measured it, else ``None``).
+    """
+    results = {r.key: r for r in evaluator.evaluate([*references, *(candidates[e.key] for e in front)])}
+    objective = job.spec.evaluation.objective
+    points = []
+    for c in references:
+        r = results.get(c.key())
+        point: dict[str, Any] = {"key": c.key(), "steps": c.steps, "timesteps": list(c.timesteps)}
+        if r is not None and r.ok:
+            point.update({"bitops": r.bitops, "quality": r.extra.get(objective)})
+            point.update({m: r.extra[m] for m in REFERENCE_METRICS if m in r.extra})
+        else:
+            point["error"] = r.error if r is not None else "no result"
+        points.append(point)
+    out = []
+    for e in front:
+        r = results.get(e.key)
+        extra = dict(e.extra)
+        if r is not None and r.ok:
+            extra.update({k: v for k, v in r.extra.items() if k.startswith("quant_") or k in STRUCTURAL_METRICS})
+        else:
+            extra["analysis_error"] = r.error if r is not None else "no result"
+        out.append(replace(e, extra=extra))
+    return out, points
+
+
 def rescore_front(
-    job: PreparedJob, front: Sequence[Evaluation], candidates: dict[str, Candidate], evaluator: Evaluator
+    job: PreparedJob,
+    front: Sequence[Evaluation],
+    candidates: dict[str, Candidate],
+    evaluator: Evaluator,
+    references: Sequence[tuple[Candidate, dict[str, Any]]] = (),
 ) -> list[Evaluation]:
     """Re-score every front point with FDD at ``spec.rescore_samples`` (TMPQ-DM re-scores its top candidates); on
-    the digits-sd testbed the prompt accuracy of those samples comes along (``prompt_accuracy_rescored``)."""
-    batch = [candidates[e.key] for e in front]
+    the digits-sd testbed the prompt accuracy of those samples comes along (``prompt_accuracy_rescored``).
+
+    ``references`` (FP reference points: the candidate and its point from :func:`analyse_front`) are re-scored in
+    the same batch; each point gains ``fdd_rescored`` in place.
+    """
+    batch = [*(c for c, _ in references), *(candidates[e.key] for e in front)]
     rescored = {e.key: e for e in evaluator.evaluate(batch)}
+    for c, point in references:
+        r = rescored.get(c.key())
+        if r is not None and r.ok:
+            point["fdd_rescored"] = r.quality
     out = []
     for e in front:
         r = rescored.get(e.key)
@@ -419,6 +485,43 @@ def rescore_front(
             extra["fdd_rescore_error"] = r.error if r is not None else "no result"
         out.append(replace(e, extra=extra))
     return out
+
+
+def finish_front(
+    job: PreparedJob,
+    result: SearchResult,
+    sink: Any,
+    kind: str,
+    options: DriverOptions,
+    report: Callable[[str, str], None],
+) -> SearchResult:
+    """After the search: the front analysis (:func:`analyse_front`) and the FDD re-scoring (when the job has
+    ``rescore_samples``), stored through ``sink.on_rescored`` (the points' extras) and
+    :func:`workers.protocol.report_fp_references` (the FP reference points)."""
+    from workers.protocol import report_fp_references
+
+    spec, front, candidates = job.spec, result.front, dict(result.candidates)
+    references = fp_candidates(job, front, candidates)
+    report("analysing", f"FP on the front's {len(references)} schedules, and each point's quantization error")
+    objective = "mse" if spec.evaluation.objective == "latent_mse" else spec.evaluation.objective
+    config = evaluator_config(job, objective=objective, options=options, schedule_reference=True)
+    analyser = make_evaluator(job, config, kind, options)
+    try:
+        front, points = analyse_front(job, front, candidates, references, analyser)
+    finally:
+        _close(analyser)
+    samples = spec.evaluation.rescore_samples
+    if samples:
+        report("rescoring", f"re-scoring {len(front)} front points and {len(points)} FP references, {samples} samples")
+        config = evaluator_config(job, objective="fdd", samples=samples, reference=False, options=options)
+        rescorer = make_evaluator(job, config, kind, options)
+        try:
+            front = rescore_front(job, front, candidates, rescorer, list(zip(references, points, strict=True)))
+        finally:
+            _close(rescorer)
+    sink.on_rescored(front)
+    report_fp_references(sink, points)
+    return replace(result, front=tuple(front))
 
 
 def run_job(
@@ -461,17 +564,8 @@ def run_job(
             result = runner.run(on_generation, known=known)
     finally:
         _close(evaluator)
-    samples = spec.evaluation.rescore_samples
-    if samples and result.front:
-        report("rescoring", f"re-scoring {len(result.front)} front points with FDD on {samples} samples")
-        config = evaluator_config(job, objective="fdd", samples=samples, reference=False, options=options)
-        rescorer = make_evaluator(job, config, kind, options)
-        try:
-            rescored = rescore_front(job, result.front, dict(result.candidates), rescorer)
-        finally:
-            _close(rescorer)
-        sink.on_rescored(rescored)
-        result = replace(result, front=tuple(rescored))
+    if result.front:
+        result = finish_front(job, result, sink, kind, options, report)
     if wants_samples(sink) and result.front:
         report("sampling", "drawing the FP and knee sample grids")
         report_samples(sink, sample_grids(job, result.front, dict(result.candidates)))

@@ -21,11 +21,12 @@ from typing import Any
 
 import torch
 
+from search.baselines import uniform_bits
 from search.candidate import Candidate
 from search.errors import ConfigError
 from search.evaluator import Evaluation
 from supernet.feature_space import FeatureSpace
-from supernet.metrics import FDDScorer, frechet_distance, mse, psnr
+from supernet.metrics import FDDScorer, frechet_distance, image_metrics, mse
 from supernet.model_settings import DTYPES
 from supernet.models import features_for, load_model
 from supernet.models.base import DiffusionAdapter
@@ -64,6 +65,10 @@ class EvaluatorConfig:
         feature_program: a ``torch.export`` feature program file (the job's ``evaluation.features``): every
             evaluation with the FP reference then records ``fd``, the Fréchet distance to the reference's samples in
             that space.
+        schedule_reference: also compare every candidate with the FP model at the candidate's own schedule (same
+            noise; computed once per schedule): ``quant_mse``, ``quant_psnr``, ``quant_ssim``, … are then the error
+            the quantization adds, beside ``mse``, … against the long reference (the total error). Needs the
+            reference and decoded samples.
     """
 
     model_path: str
@@ -83,6 +88,7 @@ class EvaluatorConfig:
     conditioning: dict[str, Any] | None = None
     prompt_labels: dict[str, int] | None = None
     feature_program: str | None = None
+    schedule_reference: bool = False
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -99,6 +105,8 @@ class EvaluatorConfig:
             raise ConfigError("dtype", f"must be one of {list(DTYPES)}, got {self.dtype!r}")
         if self.objective == "fd" and not self.feature_program:
             raise ConfigError("objective", "fd needs a feature program (feature_program)")
+        if self.schedule_reference and (not self.reference or self.objective == "latent_mse"):
+            raise ConfigError("schedule_reference", "needs the FP reference and decoded samples (not latent_mse)")
 
     def resolved_features_path(self) -> str | None:
         """The feature extractor to use: the configured one, or the shipped one for the shipped testbed."""
@@ -138,17 +146,22 @@ class InProcessEvaluator:
         self._reference: torch.Tensor | None = None
         self.space = FeatureSpace.load(config.feature_program) if config.feature_program else None
         self._reference_features: Any = None
+        #: FP samples at each candidate schedule seen (``schedule_reference``), keyed by the timesteps.
+        self._at_schedule: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def fp_samples(self, schedule: Sequence[int]) -> torch.Tensor:
+        """The FP model's samples from the evaluation noise on ``schedule``."""
+        with self.supernet.assembled(self.supernet.uniform(32, 32, schedule)):
+            return self.sampler.sample(tuple(schedule), self.config.samples, self.config.seed, decode=self._decode)
 
     @property
     def reference(self) -> torch.Tensor:
         """The FP model's samples from the evaluation noise at the uniform reference schedule (computed once)."""
         if self._reference is None:
             start = time.perf_counter()
-            schedule = uniform_schedule(self.config.reference_steps, self.model.num_train_timesteps)
-            with self.supernet.assembled(self.supernet.uniform(32, 32, schedule)):
-                self._reference = self.sampler.sample(
-                    schedule, self.config.samples, self.config.seed, decode=self._decode
-                )
+            self._reference = self.fp_samples(
+                uniform_schedule(self.config.reference_steps, self.model.num_train_timesteps)
+            )
             log.info(
                 "FP reference: %d samples at %d steps in %.1f s",
                 self.config.samples,
@@ -218,12 +231,15 @@ class InProcessEvaluator:
                     candidate.timesteps, self.config.samples, self.config.seed, decode=self._decode
                 )
             seconds = time.perf_counter() - start
+            if self.config.schedule_reference and uniform_bits(candidate) == (32, 32):
+                self._at_schedule.setdefault(candidate.timesteps, images)  # it is the FP model at this schedule
             extra: dict[str, Any] = {"samples": self.config.samples, "seconds": round(seconds, 4)}
             if self.config.reference and not self._decode:
                 extra["latent_mse"] = mse(images, self.reference)
             elif self.config.reference:
-                extra["mse"] = mse(images, self.reference)
-                extra["psnr"] = _finite_or_none(psnr(images, self.reference))
+                extra.update(image_metrics(images, self.reference))
+                if self.config.schedule_reference:
+                    extra.update(image_metrics(images, self._fp_at(candidate.timesteps), prefix="quant_"))
                 if self.space is not None:
                     extra["fd"] = frechet_distance(self.space.features(images), self.reference_features)
             if self.scorer is not None and self.config.objective == "fdd":
@@ -241,6 +257,11 @@ class InProcessEvaluator:
             log.warning("candidate %s failed: %s", key, exc)
             return Evaluation.failure(key, f"{type(exc).__name__}: {exc}")
 
+    def _fp_at(self, schedule: tuple[int, ...]) -> torch.Tensor:
+        if schedule not in self._at_schedule:
+            self._at_schedule[schedule] = self.fp_samples(schedule)
+        return self._at_schedule[schedule]
+
     def _prompt_accuracy(self, images: torch.Tensor) -> float | None:
         """The share of ``images`` whose predicted class is the one their prompt names (``None`` without labels)."""
         labels, conditioning = self.config.prompt_labels, getattr(self.model, "conditioning", None)
@@ -252,10 +273,6 @@ class InProcessEvaluator:
             return None
         target = torch.tensor([labels[prompts[i]] for i in keep])
         return float((self.scorer.classes(images[keep]) == target).float().mean())
-
-
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 def pack_dir(path: str | Path) -> dict[str, bytes]:

@@ -49,6 +49,7 @@ class DirectorySink:
         self.candidates: dict[str, Candidate] = {}
         self.hypervolumes: list[float] = []
         self.rescored: list[Evaluation] = []
+        self.fp_references: list[dict[str, Any]] = []
         for candidate, evaluation, _ in read_candidates(self.out_dir):
             self.candidates[evaluation.key] = candidate
             self.evaluations[evaluation.key] = evaluation
@@ -97,8 +98,12 @@ class DirectorySink:
             self.on_stored(record)
 
     def on_rescored(self, evaluations: Sequence[Evaluation]) -> None:
-        """Keep the front's FDD re-scores (written with the front)."""
+        """Keep the front's analysis and FDD re-scores (written with the front)."""
         self.rescored = list(evaluations)
+
+    def on_fp_references(self, points: Sequence[dict[str, Any]]) -> None:
+        """Keep the FP reference points of the front's schedules (written with the front and drawn on the plot)."""
+        self.fp_references = [dict(p) for p in points]
 
     def raise_if_interrupted(self) -> None:
         """A local search is interrupted with Ctrl-C only."""

@@ -67,6 +67,26 @@ def _plain_log_labels(axis: Any) -> None:
     axis.set_minor_formatter(PlainLogFormatter())
 
 
+def _labelled(
+    ax: Any,
+    points: Sequence[PlotPoint],
+    scale: float,
+    marker: str,
+    size: float,
+    color: str,
+    label: str,
+    offset: tuple[int, int],
+    zorder: int,
+) -> None:
+    """Hollow markers with each point's label beside it (nothing when ``points`` is empty)."""
+    if not points:
+        return
+    xs, ys = [p.cost / scale for p in points], [p.quality for p in points]
+    ax.scatter(xs, ys, marker=marker, s=size, facecolors="none", edgecolors=color, label=label, zorder=zorder)
+    for p, x, y in zip(points, xs, ys, strict=True):
+        ax.annotate(p.label, (x, y), textcoords="offset points", xytext=offset, fontsize=7, color=color)
+
+
 @overload
 def plot_front(
     path: str | os.PathLike[str],
@@ -74,6 +94,7 @@ def plot_front(
     *,
     others: Sequence[PlotPoint] = (),
     baselines: Sequence[PlotPoint] = (),
+    references: Sequence[PlotPoint] = (),
     quality: str = "mse",
     title: str = "",
     budget: float | None = None,
@@ -87,6 +108,7 @@ def plot_front(
     *,
     others: Sequence[PlotPoint] = (),
     baselines: Sequence[PlotPoint] = (),
+    references: Sequence[PlotPoint] = (),
     quality: str = "mse",
     title: str = "",
     budget: float | None = None,
@@ -99,6 +121,7 @@ def plot_front(
     *,
     others: Sequence[PlotPoint] = (),
     baselines: Sequence[PlotPoint] = (),
+    references: Sequence[PlotPoint] = (),
     quality: str = "mse",
     title: str = "",
     budget: float | None = None,
@@ -111,6 +134,8 @@ def plot_front(
         front: the Pareto points (joined by a line in BitOps order).
         others: every other evaluated candidate.
         baselines: the uniform baselines (red squares, labelled).
+        references: the FP model on the front's schedules (black diamonds, labelled): what each K costs without
+            quantization.
         quality: the quality objective (``mse``, ``fdd`` or any name, used as the y label).
         title: the plot's title.
         budget: a BitOps budget drawn as a dashed vertical line (not on a latency plot).
@@ -128,7 +153,8 @@ def plot_front(
     others = [p for p in others if p.drawable]
     front = sorted((p for p in front if p.drawable), key=lambda p: p.cost)
     baselines = [p for p in baselines if p.drawable]
-    drawn = [*others, *front, *baselines]
+    references = [p for p in references if p.drawable]
+    drawn = [*others, *front, *baselines, *references]
 
     with _DRAW_LOCK:
         fig = Figure(figsize=(7.5, 5), dpi=110)
@@ -153,26 +179,10 @@ def plot_front(
                 label=f"Pareto front ({len(front)})",
                 zorder=3,
             )
-        if baselines:
-            ax.scatter(
-                [p.cost / scale for p in baselines],
-                [p.quality for p in baselines],
-                marker="s",
-                s=40,
-                facecolors="none",
-                edgecolors="#d62728",
-                label=f"uniform baselines ({len(baselines)})",
-                zorder=4,
-            )
-            for p in baselines:
-                ax.annotate(
-                    p.label,
-                    (p.cost / scale, p.quality),
-                    textcoords="offset points",
-                    xytext=(4, 4),
-                    fontsize=7,
-                    color="#d62728",
-                )
+        _labelled(ax, baselines, scale, "s", 40, "#d62728", f"uniform baselines ({len(baselines)})", (4, 4), 4)
+        _labelled(
+            ax, references, scale, "D", 36, "#111111", f"FP at the front's schedules ({len(references)})", (4, -9), 5
+        )
         if budget is not None and math.isfinite(budget) and budget > 0 and not latency:
             ax.axvline(budget / 1e9, ls="--", c="#555555", lw=1, label=f"budget ({budget / 1e9:.4g} GBitOps)")
         if drawn:

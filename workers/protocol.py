@@ -10,11 +10,13 @@ The runner calls ``workers.driver.run_job(spec, sink, resume)`` (through :func:`
   the driver must let it propagate (clean up in ``finally``, never swallow it; a swallowed one is re-raised by the
   runner when ``run_job`` returns). The driver may also call ``sink.raise_if_interrupted()`` at any other point
   (e.g. between evaluation batches), and ``sink.on_rescored(evaluations)`` after the search to add metrics of
-  already reported candidates (the final front's FDD at ``rescore_samples``). While it works (loading the model,
-  calibrating, searching, re-scoring) it may report what it is doing with ``sink.on_progress(activity)`` (optional:
-  :func:`report_progress` skips a sink without it; at most about once a second), an :class:`Activity` dict. At the
-  end it may hand over sample grids of the FP model and the front's knee with ``sink.on_samples(samples)``
-  (optional, :func:`report_samples`; see :mod:`workers.samples`).
+  already reported candidates (the final front's quantization error and its FDD at ``rescore_samples``), then
+  ``sink.on_fp_references(points)`` (optional, :func:`report_fp_references`): the FP model on the front's
+  schedules. While it works (loading the model, calibrating, searching, analysing, re-scoring) it may report what
+  it is doing with ``sink.on_progress(activity)`` (optional: :func:`report_progress` skips a sink without it; at
+  most about once a second), an :class:`Activity` dict. At the end it may hand over sample grids of the FP model and
+  the front's points with ``sink.on_samples(samples)`` (optional, :func:`report_samples`; see
+  :mod:`workers.samples`).
 - ``resume``: ``None`` for a fresh job, else a :class:`ResumeState`: the job ran before (its runner died or was
   stopped) and ``resume.last_generation`` was the last generation stored. The driver continues from
   ``resume.checkpoint`` (bytes it produced itself) with ``resume.known`` as already-evaluated candidates, so
@@ -119,7 +121,7 @@ class ResumeState:
 
 
 #: The ``stage`` of an activity: what the job is doing now.
-ActivityStage = Literal["loading", "calibrating", "searching", "rescoring", "sampling"]
+ActivityStage = Literal["loading", "calibrating", "searching", "analysing", "rescoring", "sampling"]
 
 
 class CalibrationActivity(TypedDict):
@@ -158,7 +160,8 @@ class Activity(TypedDict):
     """What a running job is doing, as the driver reports it to :meth:`JobSink.on_progress`.
 
     Keys:
-        stage: ``"loading"``, ``"calibrating"``, ``"searching"``, ``"rescoring"`` or ``"sampling"``.
+        stage: ``"loading"``, ``"calibrating"``, ``"searching"``, ``"analysing"``, ``"rescoring"`` or
+            ``"sampling"``.
         message: one line for people (shown when there is no calibration entry to show).
         calibration: a :class:`CalibrationActivity` while the stage is about the calibrated supernet, else None.
 
@@ -234,6 +237,16 @@ def report_calibration(sink: Any, summary: Mapping[str, Any]) -> None:
     on_calibration = getattr(sink, "on_calibration", None)
     if on_calibration is not None:
         on_calibration(summary)
+
+
+def report_fp_references(sink: Any, points: Sequence[Mapping[str, Any]]) -> None:
+    """``sink.on_fp_references(points)`` when the sink has that optional method: the FP model on each schedule of
+    the final front (``workers.driver.analyse_front``), the reference points that separate the error of fewer steps
+    from that of fewer bits. The server stores them with the job (``GET /jobs/{id}/front``: ``fp_references``);
+    ``tmpq search`` writes them into the front JSON and the plot."""
+    on_fp_references = getattr(sink, "on_fp_references", None)
+    if on_fp_references is not None:
+        on_fp_references([dict(p) for p in points])
 
 
 def report_progress(sink: Any, activity: Mapping[str, Any]) -> None:

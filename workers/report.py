@@ -66,13 +66,22 @@ def is_baseline(candidate: Candidate, baselines: Sequence[Candidate]) -> bool:
 
 
 def write_front_json(
-    path: str | Path, rows: Sequence[FrontRow], *, knee_key: str | None, meta: Mapping[str, Any]
+    path: str | Path,
+    rows: Sequence[FrontRow],
+    *,
+    knee_key: str | None,
+    meta: Mapping[str, Any],
+    fp_references: Sequence[Mapping[str, Any]] = (),
 ) -> Path:
-    """The front as JSON: ``{"meta": ..., "knee": key, "front": [rows]}``."""
+    """The front as JSON: ``{"meta": ..., "knee": key, "front": [rows], "fp_references": [points]}``."""
     out = Path(path)
-    out.write_text(
-        json.dumps({"meta": dict(meta), "knee": knee_key, "front": [r.to_dict() for r in rows]}, indent=2) + "\n"
-    )
+    body = {
+        "meta": dict(meta),
+        "knee": knee_key,
+        "front": [r.to_dict() for r in rows],
+        "fp_references": [dict(p) for p in fp_references],
+    }
+    out.write_text(json.dumps(body, indent=2) + "\n")
     return out
 
 
@@ -106,11 +115,13 @@ def plot_search(
     title: str = "",
     num_train_timesteps: int | None = None,
     latency: str | None = None,
+    fp_references: Sequence[Mapping[str, Any]] = (),
 ) -> Path:
     """The Pareto plot of a search: every evaluation, the front and the uniform baselines (every evaluated candidate
     :func:`baseline_keys` names: pass the model's ``num_train_timesteps``; ``baselines``, the seeds, are only used
     without it). ``latency`` (what was measured, e.g. ``cpu-int8 at batch 64``): the search ranked milliseconds,
-    drawn instead of BitOps."""
+    drawn instead of BitOps. ``fp_references``: the FP model on the front's schedules
+    (``workers.driver.analyse_front``; drawn on a BitOps plot only: they have no measured latency)."""
     axis = "latency" if latency else "bitops"
     front_keys = {e.key for e in front}
     base_keys = baseline_keys(candidates, num_train_timesteps, baselines)
@@ -124,8 +135,19 @@ def plot_search(
             for e in ok
             if e.key in base_keys
         ],
+        references=[] if latency else reference_points(fp_references),
         quality=quality,
         budget=budget,
         title=title,
         latency=latency,
     )
+
+
+def reference_points(fp_references: Sequence[Mapping[str, Any]]) -> list[PlotPoint]:
+    """Plot points of FP reference points (BitOps, the job's quality) labelled ``FP K=n``; those without a measured
+    quality are left out."""
+    return [
+        PlotPoint(float(p["bitops"]), float(p["quality"]), f"FP K={p.get('steps', '?')}")
+        for p in fp_references
+        if isinstance(p.get("bitops"), int | float) and isinstance(p.get("quality"), int | float)
+    ]

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
 from search.errors import NotFound
@@ -34,6 +35,7 @@ class CachedFront:
     points: tuple[CandidateRecord, ...]
     fragments: dict[str, bytes]
     fp_components: tuple[str, ...] = ()
+    fp_references: bytes = b"[]"
 
     @classmethod
     def build(
@@ -49,7 +51,10 @@ class CachedFront:
             p.key: CandidateOut.from_record(p, num_train_timesteps=num_train_timesteps).model_dump_json().encode()
             for p in front.points
         }
-        return cls(front.job_id, front.generation, front.results_version, front.points, fragments, fp_components)
+        references = to_json(list(front.fp_references))  # pydantic's own serialiser: as FrontOut writes it
+        return cls(
+            front.job_id, front.generation, front.results_version, front.points, fragments, fp_components, references
+        )
 
     def render(self, points: Sequence[CandidateRecord], knee: CandidateRecord | None) -> bytes:
         """The ``FrontOut`` JSON of ``points`` (byte-identical to ``FrontOut(...).model_dump_json()``)."""
@@ -57,6 +62,7 @@ class CachedFront:
         knee_json = self.fragments[knee.key] if knee is not None else b"null"
         head = f'{{"job_id":{self.job_id},"generation":{json.dumps(self.generation)},"count":{len(points)},"items":['
         tail = b',"fp_components":' + json.dumps(list(self.fp_components), separators=(",", ":")).encode()
+        tail += b',"fp_references":' + self.fp_references
         return head.encode() + items + b'],"knee":' + knee_json + tail + b"}"
 
 

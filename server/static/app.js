@@ -19,6 +19,7 @@ const COLORS = {
   evaluated: "rgba(100, 116, 139, 0.45)",
   faded: "rgba(148, 163, 184, 0.18)",
   baseline: "#dc2626",
+  reference: "#111827",
   selected: "#0f172a",
   budget: "#475569",
 };
@@ -482,6 +483,7 @@ async function jobView(jobId) {
       const front = await api(`/jobs/${jobId}/front?knee=true`);
       state.frontKeys = new Set(front.items.map((c) => c.key));
       state.knee = front.knee ? front.knee.key : null;
+      state.fpReferences = front.fp_references || [];
       for (const c of state.candidates.values()) c.non_dominated = state.frontKeys.has(c.key);
     } catch (error) {
       $("job-error").hidden = false;
@@ -499,8 +501,10 @@ async function jobView(jobId) {
     renderHypervolume(state, hvChart);
     renderSelection(state);
     renderTable(state);
-    if (TERMINAL.has(state.job.state)) await renderSamples(state);
-    else state.timer = setTimeout(load, REFRESH_MS);
+    if (TERMINAL.has(state.job.state)) {
+      await renderSamples(state);
+      showGrids(state);
+    } else state.timer = setTimeout(load, REFRESH_MS);
   }
 
   state.rerender = () => {
@@ -509,34 +513,93 @@ async function jobView(jobId) {
     pareto.render();
     renderSelection(state);
     renderTable(state);
+    showGrids(state);
   };
   await load();
 }
 
 /**
- * The finished job's sample grids (the FP model and the front's knee from the same noise, one row per prompt),
- * fetched with the token like every read; the card stays hidden when the job has none.
+ * The finished job's sample grids: what they are (fetched once, with the token like every read); the card stays
+ * hidden when the job has none. showGrids puts the selected point's grids in it.
  */
 async function renderSamples(state) {
-  if (state.samplesShown) return;
-  let meta;
+  if (state.samples) return;
   try {
-    meta = await api(`/jobs/${state.job.id}/samples`);
+    state.samples = await api(`/jobs/${state.job.id}/samples`);
   } catch (_) {
     return; // 409: no grids (a failed or cancelled job, or one run before grids existed)
   }
-  state.samplesShown = true;
-  for (const name of ["fp", "knee"]) {
-    if (!meta.grids.includes(name)) continue;
-    const response = await authorizedGet(`${API}/jobs/${state.job.id}/samples/${name}.png`, "image/png");
-    $(`samples-${name}`).src = URL.createObjectURL(await response.blob());
-  }
-  $("samples-fp-caption").textContent = `FP, ${meta.fp_steps} steps (${meta.solver})`;
-  $("samples-knee-caption").textContent = `knee ${meta.knee_bits}, K=${meta.knee_steps} (${meta.knee})`;
+  const meta = state.samples;
+  state.gridUrls = new Map();
   $("samples-note").textContent = `same noise (seed ${meta.seed}), ${meta.columns} per row`;
   const prompts = meta.rows.filter((r) => r);
   $("samples-rows").replaceChildren(...prompts.map((p) => h("li", {}, p)));
   $("samples").hidden = false;
+}
+
+/** A grid's object URL (fetched once). */
+async function gridUrl(state, name) {
+  if (!state.gridUrls.has(name)) {
+    const response = await authorizedGet(`${API}/jobs/${state.job.id}/samples/${name}.png`, "image/png");
+    state.gridUrls.set(name, URL.createObjectURL(await response.blob()));
+  }
+  return state.gridUrls.get(name);
+}
+
+/**
+ * The three grids from the same noise for the selected front point: FP at the reference schedule, FP at the
+ * point's own schedule (what fewer steps alone do), the point (what its bits add); the knee's when the selected
+ * candidate has none (only front points get grids).
+ */
+async function showGrids(state) {
+  const meta = state.samples;
+  if (!meta || !meta.grids) return;
+  const points = meta.points || {};
+  const key = points[state.selected] ? state.selected : meta.knee;
+  const entry = points[key];
+  const shown = [["samples-fp", "fp", `FP, ${meta.fp_steps} steps (${meta.solver}): the reference`]];
+  if (entry) {
+    shown.push(["samples-schedule", entry.fp_grid, `FP on the point's ${entry.steps} steps (no quantization)`]);
+    shown.push(["samples-point", entry.grid, `${entry.bits}, K=${entry.steps} (${key})`]);
+  } else {
+    shown.push(["samples-point", "knee", `knee ${meta.knee_bits}, K=${meta.knee_steps} (${meta.knee})`]);
+  }
+  const turn = (state.gridTurn = (state.gridTurn || 0) + 1);
+  const urls = await Promise.all(shown.map(([, name]) => (meta.grids.includes(name) ? gridUrl(state, name) : null)));
+  if (turn !== state.gridTurn) return; // a later selection's grids are on their way
+  $("samples-schedule").closest("figure").hidden = !entry;
+  $("samples-which").textContent =
+    key === state.selected ? "" : "The selected candidate has no grids (only front points do): the knee's are shown.";
+  shown.forEach(([id, , caption], i) => {
+    if (urls[i] === null) return;
+    $(id).src = urls[i];
+    $(`${id}-caption`).textContent = caption;
+  });
+}
+
+/** Tooltip lines of an FP reference point. */
+function referenceLines(state, ref) {
+  const lines = [`${objectiveOf(state.job.spec, "quality")}: ${fmtNumber(ref.quality)}`];
+  if (isNum(ref.psnr)) lines.push(`PSNR vs FP reference: ${fmtNumber(ref.psnr, 3)} dB`);
+  if (isNum(ref.ssim)) lines.push(`SSIM: ${fmtNumber(ref.ssim, 3)}`);
+  if (isNum(ref.fdd_rescored)) lines.push(`FDD re-scored: ${fmtNumber(ref.fdd_rescored)}`);
+  lines.push(`cost: ${fmtBitOps(ref.bitops)}`);
+  return lines;
+}
+
+/** Rows that split a front point's error: against FP on its own schedule (its bits) and against the reference. */
+function errorRows(state, c) {
+  const o = c.objectives || {};
+  if (!isNum(o.quant_psnr) && !isNum(o.quant_mse)) return [];
+  const same = (state.fpReferences || []).find(
+    (r) => (r.timesteps || []).join(",") === (c.candidate.timesteps || []).join(","),
+  );
+  const rows = [
+    ["Error of its bits", `${fmtNumber(o.quant_psnr, 3)} dB PSNR vs FP on its own ${c.steps} steps`, "quant_psnr"],
+  ];
+  if (same && isNum(same.psnr)) rows.push(["Error of its steps", `${fmtNumber(same.psnr, 3)} dB (FP at K vs reference)`]);
+  if (isNum(o.psnr)) rows.push(["Total error", `${fmtNumber(o.psnr, 3)} dB PSNR vs the FP reference`, "psnr"]);
+  return rows;
 }
 
 /** Best quality within the budget, else the knee of the front, else the first candidate. */
@@ -820,6 +883,17 @@ function makeParetoChart(state) {
           pointHoverRadius: 10,
           order: 0,
         },
+        {
+          label: "FP at the front's schedules",
+          data: [],
+          pointStyle: "rectRot",
+          borderColor: COLORS.reference,
+          backgroundColor: "rgba(17, 24, 39, 0.08)",
+          borderWidth: 1.5,
+          pointRadius: 6,
+          pointHoverRadius: 8,
+          order: 1,
+        },
       ],
     },
     options: {
@@ -856,10 +930,14 @@ function makeParetoChart(state) {
           filter: (item) => item.datasetIndex !== 3,
           callbacks: {
             title: (items) => {
+              const ref = items.length ? items[0].raw.reference : null;
+              if (ref) return `FP (no quantization) · K=${ref.steps}`;
               const c = items.length ? state.candidates.get(items[0].raw.key) : null;
               return c ? `${c.bits} · K=${c.steps}${c.is_baseline ? " · uniform baseline" : ""}` : "";
             },
             label: (item) => {
+              const ref = item.raw.reference;
+              if (ref) return referenceLines(state, ref);
               const c = state.candidates.get(item.raw.key);
               if (!c) return "";
               return [
@@ -869,6 +947,8 @@ function makeParetoChart(state) {
               ];
             },
             footer: (items) => {
+              const ref = items.length ? items[0].raw.reference : null;
+              if (ref) return [`t = ${ref.timesteps.join(", ")}`, "the error of these steps alone"];
               const c = items.length ? state.candidates.get(items[0].raw.key) : null;
               if (!c) return "";
               const ts = c.candidate.timesteps || [];
@@ -879,7 +959,7 @@ function makeParetoChart(state) {
         },
       },
       onClick: (_event, elements) => {
-        const hit = elements.find((e) => e.datasetIndex !== 3);
+        const hit = elements.find((e) => e.datasetIndex !== 3 && e.datasetIndex !== 4);
         if (hit) select(state, chart.data.datasets[hit.datasetIndex].data[hit.index].key);
       },
     },
@@ -891,7 +971,10 @@ function makeParetoChart(state) {
     const front = all.filter((c) => c.non_dominated).sort((a, b) => a.bitops - b.bitops);
     const baselines = all.filter((c) => c.is_baseline);
     const others = all.filter((c) => !c.non_dominated && !c.is_baseline);
-    const [frontSet, baseSet, otherSet, selSet] = chart.data.datasets;
+    const [frontSet, baseSet, otherSet, selSet, refSet] = chart.data.datasets;
+    refSet.data = (state.fpReferences || [])
+      .filter((r) => isNum(r.bitops) && isNum(r.quality) && r.bitops > 0)
+      .map((r) => ({ x: r.bitops / 1e9, y: r.quality, key: r.key, reference: r }));
     frontSet.data = front.map(point);
     baseSet.data = baselines.map(point);
     otherSet.data = others.map(point);
@@ -1009,6 +1092,7 @@ function renderSelection(state) {
     ...(isNum(c.latency_ms) ? [["Latency", `${fmtNumber(c.latency_ms)} ms (${latencyBackendOf(state.job.spec)})`]] : []),
     ["Weights", fmtBytes(c.weight_bytes)],
     ["Generation", String(c.generation)],
+    ...errorRows(state, c).map(([k, v]) => [k, v]),
   ];
   for (const [name, value] of Object.entries(c.objectives || {})) {
     if (["quality", "bitops", "weight_bytes", "steps", "latency_ms"].includes(name)) continue;

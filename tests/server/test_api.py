@@ -230,6 +230,7 @@ def test_front_filters_sort_and_knee(client: TestClient, store: Store) -> None:
         "items": [],
         "knee": None,
         "fp_components": [],  # an unconditional UNet: nothing besides the denoiser
+        "fp_references": [],  # the job's front analysis has not run
     }
     for bad in ({"sort": "color"}, {"max_bitops": -1}, {"max_steps": "many"}, {"order": "up"}, {"knee": "maybe"}):
         response = client.get(f"{API}/jobs/{job_id}/front", params=bad)
@@ -249,6 +250,9 @@ def test_front_filters_sort_and_knee(client: TestClient, store: Store) -> None:
 )
 def test_cached_front_is_exactly_the_stores_front(client: TestClient, store: Store, params: dict) -> None:
     job_id, _ = job_with_results(store, client)
+    client.get(f"{API}/jobs/{job_id}/front")  # cached before the FP references come: they bump the version
+    references = [{"steps": 4, "timesteps": [750, 500, 250, 0], "mse": 1e-05, "psnr": 0.1 + 0.2, "ssim": None}]
+    store.set_fp_references(job_id, references, owner="runner-x")
     for _ in range(2):  # the first request fills the cache, the second is served from it
         response = client.get(f"{API}/jobs/{job_id}/front", params=params)
         assert response.status_code == 200 and response.headers["content-type"] == "application/json"
@@ -268,8 +272,10 @@ def test_cached_front_is_exactly_the_stores_front(client: TestClient, store: Sto
             count=len(front.points),
             items=[CandidateOut.from_record(p) for p in front.points],
             knee=CandidateOut.from_record(knee) if knee is not None else None,
+            fp_references=list(front.fp_references),
         )
         assert response.content == expected.model_dump_json().encode()
+        assert response.json()["fp_references"] == references
 
 
 def test_missing_values_sort_last_in_store_and_api(client: TestClient, store: Store) -> None:
@@ -414,7 +420,7 @@ def test_token_can_guard_reads(store: Store, model_root: Path, tmp_path: Path) -
 def test_meta_and_docs(client: TestClient, backend: str) -> None:
     assert client.get(f"{API}/healthz").json() == {"status": "ok", "database": backend}
     version = client.get(f"{API}/version").json()
-    assert version["api"] == "v1" and version["schema_revision"] == "0006" and version["version"]
+    assert version["api"] == "v1" and version["schema_revision"] == "0007" and version["version"]
     assert client.get("/docs").status_code == 200
     paths = client.get(f"{API}/openapi.json").json()["paths"]
     assert all(p.startswith(API) for p in paths)

@@ -375,6 +375,34 @@ def test_front_json_budget_filter_and_knee(
     assert qualities == sorted(qualities) and all(p["steps"] <= 4 for p in steps["items"])
 
 
+def test_front_shows_fp_at_each_schedule_and_each_points_quantization_error(server: Server) -> None:
+    """After the front analysis: a quant. PSNR and an SSIM column beside the total PSNR, and a second table with the
+    FP model on the front's schedules (its error, SSIM, colour drift, re-scored FDD and cost); ``--json`` carries
+    them as ``fp_references``."""
+    store = server.store
+    job_id = new_job(server)
+    claim(store, job_id)
+    known = record(store, job_id, 0, generation(4), [])
+    front = pareto_front(e for _, e in known)
+    analysed = [replace(e, extra={**e.extra, "quant_psnr": 31.25 + i, "ssim": 0.875}) for i, e in enumerate(front)]
+    store.record_rescored(job_id, analysed, owner=OWNER)
+    references = [
+        {"steps": 4, "timesteps": [750, 500, 250, 0], "bitops": 8.5e10, "quality": 0.0123, "psnr": 25.5,
+         "ssim": 0.9125, "mean_drift": 0.0375, "fdd_rescored": 12.5},
+    ]  # fmt: skip
+    store.set_fp_references(job_id, references, owner=OWNER)
+    store.finish_job(job_id, OWNER, JobState.SUCCEEDED)
+    assert json.loads(tmpq(server, "front", str(job_id), "--json").stdout)["fp_references"] == references
+    result = tmpq(server, "front", str(job_id))
+    assert result.returncode == 0, result.stderr
+    header = next(line for line in result.stdout.splitlines() if "GBitOps" in line)
+    assert "quant. PSNR" in result.stdout and "SSIM" in header and "31.2" in result.stdout
+    assert "FP at the front's schedules (no quantization)" in result.stdout
+    row = next(line for line in result.stdout.splitlines() if "750,500,250,0" in line)
+    for cell in ("0.0123", "25.5", "0.912", "0.037", "12.5", "85"):
+        assert cell in row, (cell, row)
+
+
 def test_front_by_latency(server: Server) -> None:
     """A latency job: ``--max-latency-ms`` keeps the points measured within it, the table shows the milliseconds."""
     store = server.store

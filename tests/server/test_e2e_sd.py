@@ -91,7 +91,14 @@ def test_a_text_to_image_job_searches_and_exports(server: str) -> None:
     assert all(p["objectives"]["fd"] > 0 and p["objectives"]["mse"] == p["quality"] for p in front["items"])
     samples = httpx.get(f"{api}/jobs/{job['id']}/samples", timeout=10).json()
     assert samples["rows"] == prompts and samples["knee"] == front["knee"]["key"]
-    assert samples["grids"] == ["fp", "knee"] and samples["solver"] == "dpmsolver++"
+    assert samples["solver"] == "dpmsolver++" and set(samples["points"]) == {p["key"] for p in front["items"]}
+    grids = {"fp", "knee"} | {g for p in samples["points"].values() for g in (p["grid"], p["fp_grid"])}
+    assert sorted(samples["grids"]) == sorted(grids)  # per front point its grid and FP on its schedule
+    # the FP references: one per schedule of the front, each with its error against the long FP reference
+    schedules = {tuple(p["candidate"]["timesteps"]) for p in front["items"]}
+    assert {tuple(r["timesteps"]) for r in front["fp_references"]} == schedules
+    assert all(r["mse"] > 0 and r["ssim"] <= 1 and r["bitops"] > 0 for r in front["fp_references"])
+    assert all(p["objectives"]["quant_mse"] >= 0 and "ssim" in p["objectives"] for p in front["items"])
     png = httpx.get(f"{api}/jobs/{job['id']}/samples/knee.png", timeout=10)
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
     assert httpx.get(f"{api}/jobs/{job['id']}/samples/other.png", timeout=10).status_code == 409

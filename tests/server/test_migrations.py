@@ -53,7 +53,15 @@ def test_migration_scripts_ship_inside_the_package() -> None:
     location = Path(script.dir)
     assert location == Path(__file__).resolve().parents[2] / "server" / "migrations"
     assert (location / "env.py").is_file() and (location / "script.py.mako").is_file()
-    assert [rev.revision for rev in script.walk_revisions()][::-1] == ["0001", "0002", "0003", "0004", "0005", "0006"]
+    assert [rev.revision for rev in script.walk_revisions()][::-1] == [
+        "0001",
+        "0002",
+        "0003",
+        "0004",
+        "0005",
+        "0006",
+        "0007",
+    ]
 
 
 def test_0002_to_0004_add_activity_warnings_and_latency_and_keep_every_row_both_ways(empty_url: str) -> None:
@@ -117,10 +125,12 @@ def test_0002_to_0004_add_activity_warnings_and_latency_and_keep_every_row_both_
         store.close()
 
 
-def test_0005_0006_add_the_runtime_and_calibration_columns_and_keep_every_row_both_ways(empty_url: str) -> None:
+def test_0005_to_0007_add_the_runtime_calibration_and_fp_reference_columns_and_keep_every_row_both_ways(
+    empty_url: str,
+) -> None:
     """A database at 0004 with a running job's candidate: upgraded, the candidate reads with no measurement and takes
-    one, the job with no calibration summary and takes one; downgraded again, both columns go and no job, candidate
-    or objective value does."""
+    one, the job with no calibration summary and no FP references and takes both; downgraded again, the columns go
+    and no job, candidate or objective value does."""
     import sqlalchemy as sa
 
     from search.candidate import Candidate
@@ -165,10 +175,13 @@ def test_0005_0006_add_the_runtime_and_calibration_columns_and_keep_every_row_bo
             ).scalar_one()
             connection.execute(values.insert().values(candidate_id=candidate_id, name="quality", value=0.1))
         store.migrate()
-        assert store.schema_revision() == "0006"
+        assert store.schema_revision() == "0007"
         assert store.get_candidate(job_id, c.key()).runtime is None
         assert store.get_job(job_id).calibration is None
         assert store.set_calibration(job_id, {"source": "cache"}, owner="r") is True
+        assert store.front(job_id).fp_references == ()
+        store.set_fp_references(job_id, [{"steps": 4, "mse": 0.01}], owner="r")
+        assert store.front(job_id).fp_references == ({"steps": 4, "mse": 0.01},)
         store.finish_job(job_id, "r", JobState.SUCCEEDED)
         assert store.get_job(job_id).calibration == {"source": "cache"}
         measured = store.set_runtime(job_id, c.key(), "cpu-int8", fake_measurement(steps=4))
@@ -177,7 +190,7 @@ def test_0005_0006_add_the_runtime_and_calibration_columns_and_keep_every_row_bo
         with store.engine.begin() as connection:
             command.downgrade(alembic_config(connection), "0004")
         assert "runtime" not in {col["name"] for col in inspect(store.engine).get_columns("candidates")}
-        assert "calibration" not in {col["name"] for col in inspect(store.engine).get_columns("jobs")}
+        assert not {"calibration", "fp_references"} & {col["name"] for col in inspect(store.engine).get_columns("jobs")}
         with store.engine.connect() as connection:
             assert connection.execute(sa.text("SELECT count(*) FROM jobs")).scalar_one() == 1
             assert connection.execute(sa.text("SELECT count(*) FROM candidates")).scalar_one() == 1

@@ -25,7 +25,7 @@ from server.store import Store
 from tests.server.test_web import SITES as WEB_SITES
 from tests.server.test_web import SPEC, FilledJob, evaluate, fill_finished_job, model_root
 from workers.plots import PlotPoint, plot_front
-from workers.report import baseline_keys, plot_search
+from workers.report import baseline_keys, plot_search, reference_points
 
 REPO = Path(__file__).resolve().parents[2]
 API = "/api/v1"
@@ -73,6 +73,18 @@ def test_a_latency_plot_draws_milliseconds_without_a_bitops_budget() -> None:
     assert pixels_near(latency, FRONT_BLUE).sum() == pixels_near(plain, FRONT_BLUE).sum() > 100
     assert not np.array_equal(latency, plain)  # the x label
     assert not np.array_equal(with_budget, plain)  # a BitOps plot draws the budget line
+
+
+def test_fp_references_are_drawn_as_labelled_diamonds_on_a_bitops_plot_only() -> None:
+    """The FP model on the front's schedules: dark diamonds with their K (more near-black pixels than the same plot
+    without them); a reference without a measured quality is left out, and a latency plot draws none."""
+    references = [PlotPoint(3e10, 0.004, "FP K=4"), PlotPoint(4.5e10, 0.002, "FP K=6")]
+    dark = (0x11, 0x11, 0x11)
+    plain = decode(plot_front(io.BytesIO(), FRONT).getvalue())
+    drawn = decode(plot_front(io.BytesIO(), FRONT, references=references).getvalue())
+    assert pixels_near(drawn, dark, 30).sum() > pixels_near(plain, dark, 30).sum() + 60
+    points = [{"bitops": 3e10, "quality": 0.004, "steps": 4}, {"bitops": 4.5e10, "quality": None, "steps": 6}]
+    assert reference_points(points) == [PlotPoint(3e10, 0.004, "FP K=4")]
 
 
 def test_plot_search_still_writes_its_file(tmp_path: Path) -> None:

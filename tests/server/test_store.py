@@ -280,6 +280,32 @@ def test_rescored_metrics_are_added_to_stored_candidates(store: Store) -> None:
         store.record_rescored(job_id, rescored, owner="someone-else")
 
 
+def test_fp_references_are_stored_with_the_front_and_bump_its_version(store: Store) -> None:
+    job_id = running_job(store)
+    g0 = generation_pairs(0)
+    before = store.record_generation(job_id, 0, g0, front_of(g0), 0.5, owner="runner-a")
+    assert store.front(job_id).fp_references == () and store.fp_references(job_id) == ()
+    points = [
+        {"key": "a" * 20, "steps": 2, "timesteps": [90, 50], "bitops": 4e9, "quality": 0.02, "psnr": float("inf")},
+        {"key": "b" * 20, "steps": 3, "timesteps": [90, 50, 0], "error": "no result"},
+    ]
+    after = store.set_fp_references(job_id, points, owner="runner-a")
+    assert after.results_version == before.results_version + 1
+    stored = store.front(job_id).fp_references
+    assert stored == store.fp_references(job_id)
+    assert stored[0] == {**points[0], "psnr": None} and stored[1] == points[1]  # JSON has no infinity
+    store.set_fp_references(job_id, points[1:], owner="runner-a")  # replaced, not appended
+    assert [p["key"] for p in store.fp_references(job_id)] == ["b" * 20]
+    with pytest.raises(LeaseLost):
+        store.set_fp_references(job_id, points, owner="someone-else")
+    with pytest.raises(ConfigError, match="fp_references"):
+        store.set_fp_references(job_id, {"key": "x"}, owner="runner-a")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="fp_references"):
+        store.set_fp_references(job_id, [{"blob": "x" * 300_000}], owner="runner-a")
+    with pytest.raises(NotFound):
+        store.fp_references(job_id + 99)
+
+
 def test_bad_generation_is_rolled_back_as_a_whole(store: Store) -> None:
     job_id = running_job(store)
     g0 = generation_pairs(0)

@@ -12,7 +12,7 @@ import math
 import random
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from server.store import Store
 from tests.server.conftest import in_ci, write_fake_model
 from tests.server.fakes import fake_measurement
 from tests.server.live import API, app_server
+from workers.samples import point_grid_name, schedule_grid_name
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -97,6 +98,21 @@ def evaluate(candidate: Candidate, rng: random.Random) -> Evaluation:
     return Evaluation(candidate.key(), quality, bitops, weight_bytes, {"psnr": 10 * math.log10(1 / quality)})
 
 
+def fp_references(front: list[Candidate]) -> list[dict[str, Any]]:
+    """The FP model on each schedule of ``front``, as the driver's front analysis stores it (the error of the steps
+    alone, in :func:`evaluate`'s terms)."""
+    schedules = sorted({c.timesteps for c in front}, key=lambda t: (len(t), t))
+    points = []
+    for timesteps in schedules:
+        quality = 0.004 + 0.02 / len(timesteps) ** 1.5
+        bitops = float(sum(SITES.values()) * 32 * 32 * len(timesteps))
+        points.append(
+            {"steps": len(timesteps), "timesteps": list(timesteps), "bitops": bitops, "quality": quality,
+             "mse": quality, "psnr": 10 * math.log10(1 / quality)}
+        )  # fmt: skip
+    return points
+
+
 def random_candidate(rng: random.Random) -> Candidate:
     steps = rng.choice(STEPS)
     timesteps = sorted(rng.sample(range(T), steps), reverse=True)
@@ -136,14 +152,14 @@ SAMPLES = {
 }
 
 
-def grid_png(shade: int) -> bytes:
-    """A 64x32 grey PNG (a stand-in for a grid of two rows of samples)."""
+def grid_png(shade: int, width: int = 64) -> bytes:
+    """A ``width`` x 32 grey PNG (a stand-in for a grid of two rows of samples)."""
     import io
 
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.new("L", (64, 32), shade).save(buffer, format="PNG")
+    Image.new("L", (width, 32), shade).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -168,6 +184,16 @@ def fill_finished_job(store: Store, spec: dict[str, Any] = SPEC, owner: str = "r
         store.record_generation(
             job.id, generation, pairs, [e.key for e in front], scale.hypervolume(front), owner=owner
         )
+    front = pareto_front(evaluations.values())
+    references = fp_references([candidates[e.key] for e in front])
+    fp_quality = {tuple(r["timesteps"]): r["quality"] for r in references}
+    analysed = []
+    for e in front:  # as the driver's front analysis: each point's error against FP on its own schedule
+        quant_mse = max(e.quality - fp_quality[candidates[e.key].timesteps], 1e-6)
+        quant = {"quant_mse": quant_mse, "quant_psnr": -10 * math.log10(quant_mse)}
+        analysed.append(replace(e, extra={**e.extra, **quant}))
+    store.record_rescored(job.id, analysed, owner=owner)
+    store.set_fp_references(job.id, references, owner=owner)
     store.add_warning(job.id, WARNING, owner=owner)
     store.set_calibration(job.id, SUPERNET, owner=owner)
     store.finish_job(job.id, owner, JobState.SUCCEEDED)
@@ -292,7 +318,13 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
             store.set_runtime(finished.job_id, measured, backend, measurement)
         created = store.get_job(finished.job_id).created_at.isoformat()
         knee = {"knee": finished.front[len(finished.front) // 2]}
-        grids = {"images": {"fp": grid_png(40), "knee": grid_png(200)}, **SAMPLES, **knee}
+        grids = {"images": {"fp": grid_png(40), "knee": grid_png(200)}, **SAMPLES, **knee, "points": {}}
+        for i, key in enumerate(finished.front):  # as workers.samples draws them: each point, FP on its schedule
+            c = finished.candidates[key]
+            point = {"grid": point_grid_name(key), "fp_grid": schedule_grid_name(c.timesteps), "bits": c.bits_summary()}
+            grids["points"][key] = {**point, "steps": c.steps}
+            grids["images"][point["grid"]] = grid_png(60 + 5 * i, width=64 + 2 * i)
+            grids["images"][point["fp_grid"]] = grid_png(30, width=60)
         write_samples(samples_dir(settings.data_dir, finished.job_id), grids, created)
     finally:
         store.close()
@@ -409,8 +441,15 @@ def test_job_page_draws_the_front(page: Any, live_server: LiveServer, tmp_path: 
     assert int(box.get_attribute("data-front-points")) == len(on_front) > 2
     assert int(box.get_attribute("data-baseline-points")) == len(baselines) == 6
     state = chart_state(page, "pareto-canvas")
-    assert state["labels"] == ["Pareto front", "Uniform baselines", "Evaluated", "Selected"]
-    assert state["lengths"] == [len(on_front), len(baselines), len(others), 1]
+    assert state["labels"] == [
+        "Pareto front",
+        "Uniform baselines",
+        "Evaluated",
+        "Selected",
+        "FP at the front's schedules",
+    ]
+    schedules = {job.candidates[k].timesteps for k in job.front}
+    assert state["lengths"] == [len(on_front), len(baselines), len(others), 1, len(schedules)]
     assert state["x"] == "logarithmic" and state["y"] == "logarithmic" and "GBitOps" in state["xTitle"]
     # the drawn front is the stored one, at the stored coordinates
     drawn = page.evaluate(
@@ -612,23 +651,58 @@ def test_a_running_job_shows_what_it_is_doing(page: Any, live_server: LiveServer
 
 
 def test_a_finished_job_shows_its_warnings_and_sample_grids(page: Any, live_server: LiveServer, tmp_path: Path) -> None:
-    """The warnings the job kept, and the FP and knee grids (fetched as images) with one caption line per prompt;
-    a job without grids shows no Samples card and no warnings."""
-    open_page(page, f"{live_server.url}/jobs/{live_server.finished.job_id}")
+    """The warnings the job kept, and for the selected front point three grids from the same noise (FP at the
+    reference schedule, FP on the point's schedule, the point), fetched as images, with one caption line per prompt;
+    selecting another point shows its grids; a job without grids shows no Samples card and no warnings."""
+    finished = live_server.finished
+    open_page(page, f"{live_server.url}/jobs/{finished.job_id}?candidate={finished.front[0]}")
     assert page.locator("#job-warnings").inner_text() == f"Warning: {WARNING}"
     assert page.locator("#job-supernet").inner_text() == SUPERNET_LINE
     page.wait_for_selector("#samples:not([hidden])")
-    page.wait_for_function("document.getElementById('samples-knee').naturalWidth > 0")
-    sizes = page.evaluate("['fp', 'knee'].map((n) => document.getElementById('samples-' + n).naturalWidth)")
-    assert sizes == [64, 64]
+    page.wait_for_function("document.getElementById('samples-point').naturalWidth === 64")  # front[0]'s grid
+    sizes = page.evaluate(
+        "['fp', 'schedule', 'point'].map((n) => document.getElementById(`samples-${n}`).naturalWidth)"
+    )
+    assert sizes == [64, 60, 64]
     assert page.locator("#samples-rows li").all_inner_texts() == SAMPLES["rows"]
-    assert page.locator("#samples-fp-caption").inner_text() == "FP, 100 steps (dpmsolver++)"
-    knee = live_server.finished.front[len(live_server.finished.front) // 2]
-    assert page.locator("#samples-knee-caption").inner_text() == f"knee W6A6, K=8 ({knee})"
+    assert page.locator("#samples-fp-caption").inner_text() == "FP, 100 steps (dpmsolver++): the reference"
+    first = finished.candidates[finished.front[0]]
+    caption = page.locator("#samples-schedule-caption").inner_text()
+    assert caption == f"FP on the point's {first.steps} steps (no quantization)"
+    caption = page.locator("#samples-point-caption").inner_text()
+    assert caption == f"{first.bits_summary()}, K={first.steps} ({first.key()})"
+    assert page.locator("#samples-which").inner_text() == ""
+    last = finished.front[-1]
+    page.locator(f"#cand-table tr[data-key='{last}']").click()
+    width = 64 + 2 * (len(finished.front) - 1)
+    page.wait_for_function(f"document.getElementById('samples-point').naturalWidth === {width}")
+    assert page.locator("#samples-point-caption").inner_text().endswith(f"({last})")
+    off_front = next(k for k, e in finished.evaluations.items() if e.ok and k not in finished.front)
+    page.locator(f"#cand-table tr[data-key='{off_front}']").click()  # no grids of its own: the knee's
+    page.wait_for_function("document.getElementById('samples-which').textContent.startsWith('The selected')")
+    knee = finished.front[len(finished.front) // 2]
+    assert page.locator("#samples-point-caption").inner_text().endswith(f"({knee})")
     page.screenshot(path=str(tmp_path / "samples.png"), full_page=True)
     open_page(page, f"{live_server.url}/jobs/{live_server.running_id}")
     assert page.locator("#samples").is_hidden() and page.locator("#job-warnings").is_hidden()
     assert page.locator("#job-supernet").is_hidden()
+
+
+def test_the_front_carries_fp_at_each_schedule_and_splits_a_points_error(page: Any, live_server: LiveServer) -> None:
+    """The chart draws the FP reference points (one per schedule of the front) and the selected point's panel says
+    how much of its error its bits add (against FP on its own steps) and how much its steps (FP at K)."""
+    finished = live_server.finished
+    key = finished.front[0]
+    open_page(page, f"{live_server.url}/jobs/{finished.job_id}?candidate={key}")
+    state = chart_state(page, "pareto-canvas")
+    schedules = {finished.candidates[k].timesteps for k in finished.front}
+    assert state["labels"][4] == "FP at the front's schedules" and state["lengths"][4] == len(schedules)
+    terms = page.locator("#sel-metrics dt").all_inner_texts()
+    values = dict(zip(terms, page.locator("#sel-metrics dd").all_inner_texts(), strict=True))
+    c = finished.candidates[key]
+    assert values["Error of its bits"].endswith(f"dB PSNR vs FP on its own {c.steps} steps")
+    assert values["Error of its steps"].endswith("dB (FP at K vs reference)")
+    assert values["Total error"].endswith("dB PSNR vs the FP reference")
 
 
 def test_the_export_button_posts_with_the_stored_token(browser: Any, tmp_path: Path) -> None:

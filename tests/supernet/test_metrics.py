@@ -62,3 +62,60 @@ def test_shipped_model_beats_random_init_by_a_wide_margin(testbed_model, fdd_sco
     random_model = random_testbed(seed=1)
     untrained = fdd_scorer.score(random_model.sampler().sample(sched, n=256, seed=0))
     assert trained * 10 < untrained, (trained, untrained)
+
+
+def _images(seed: int = 0, shape: tuple[int, ...] = (6, 3, 16, 16)) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=gen) * 1.6 - 0.8).float()
+
+
+def test_ssim_is_one_for_identical_images_and_drops_with_noise_and_colour_casts() -> None:
+    from supernet.metrics import ssim
+
+    images = _images()
+    assert ssim(images, images) == pytest.approx(1.0)
+    noisy = images + 0.05 * _images(1)
+    cast = images.clone()
+    cast[:, 0] += 0.3  # a red cast: the luminance of the other channels is untouched
+    assert 0.0 < ssim(noisy, images) < 1.0
+    assert ssim(cast, images) < 0.999
+    assert ssim(images + 0.3 * _images(2), images) < ssim(noisy, images)  # more noise, less similar
+
+
+def test_ssim_works_on_the_testbeds_small_images_and_refuses_bad_shapes() -> None:
+    from supernet.metrics import ssim
+
+    small = _images(shape=(4, 1, 8, 8))  # window shrinks to 7 (odd, within the image)
+    assert ssim(small, small) == pytest.approx(1.0)
+    assert ssim(small + 0.1, small) < 1.0
+    with pytest.raises(ValueError, match="shape mismatch"):
+        ssim(small, _images(shape=(4, 1, 8, 7)))
+    with pytest.raises(ValueError, match="expected"):
+        ssim(small[0], small[0])
+
+
+def test_channel_drift_measures_a_colour_cast_and_a_contrast_change_exactly() -> None:
+    from supernet.metrics import channel_drift
+
+    images = _images()
+    assert channel_drift(images, images) == {"mean_drift": 0.0, "std_drift": 0.0}
+    cast = images.clone()
+    cast[:, 2] -= 0.25
+    assert channel_drift(cast, images)["mean_drift"] == pytest.approx(0.25)
+    assert channel_drift(cast, images)["std_drift"] == pytest.approx(0.0, abs=1e-6)
+    flat = images.clone()
+    mean = flat[:, 1].mean()
+    flat[:, 1] = mean + 0.5 * (flat[:, 1] - mean)  # half the contrast in the green channel, same mean
+    drift = channel_drift(flat, images)
+    assert drift["std_drift"] == pytest.approx(0.5) and drift["mean_drift"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_image_metrics_names_each_metric_with_the_prefix() -> None:
+    from supernet.metrics import image_metrics
+
+    images = _images()
+    same = image_metrics(images, images, prefix="quant_")
+    assert set(same) == {"quant_mse", "quant_psnr", "quant_ssim", "quant_mean_drift", "quant_std_drift"}
+    assert same["quant_mse"] == 0.0 and same["quant_psnr"] is None  # identical: no finite PSNR
+    other = image_metrics(images + 0.1, images)
+    assert other["mse"] == pytest.approx(0.01) and other["psnr"] == pytest.approx(psnr(images + 0.1, images))

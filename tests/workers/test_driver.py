@@ -35,6 +35,14 @@ class Sink:
         self.activities: list[dict[str, Any]] = []
         self.generations: list[int] = []
         self.calibrations: list[dict[str, Any]] = []
+        self.rescored: list[Any] = []
+        self.fp_references: list[dict[str, Any]] = []
+
+    def on_rescored(self, evaluations: list[Any]) -> None:
+        self.rescored = list(evaluations)
+
+    def on_fp_references(self, points: list[dict[str, Any]]) -> None:
+        self.fp_references = points
 
     def on_calibration(self, summary: dict[str, Any]) -> None:
         self.calibrations.append(summary)
@@ -62,8 +70,17 @@ def test_reports_loading_calibration_phases_and_generations_in_order(tmp_path: P
     )
     assert sink.generations == [0] and result.front
     stages = [a["stage"] for a in sink.activities]
-    assert stages[0] == "loading" and stages[-1] == "searching"
-    assert stages.index("calibrating") < stages.index("searching")
+    assert stages[0] == "loading" and stages[-1] == "analysing"
+    assert stages.index("calibrating") < stages.index("searching") < stages.index("analysing")
+    # the front analysis: FP on each of the front's schedules, and each point's error against FP on its own
+    schedules = sorted({tuple(result.candidates[e.key].timesteps) for e in result.front}, key=lambda t: (len(t), t))
+    assert [tuple(p["timesteps"]) for p in sink.fp_references] == schedules
+    assert all(p["steps"] == 4 and p["quality"] == p["mse"] > 0 and p["bitops"] > 0 for p in sink.fp_references)
+    assert [e.key for e in sink.rescored] == [e.key for e in result.front]
+    for point in sink.rescored:
+        assert point.extra["quant_mse"] >= 0 and point.extra["mse"] == point.quality
+        fp = next(p for p in sink.fp_references if tuple(p["timesteps"]) == result.candidates[point.key].timesteps)
+        assert fp["bitops"] > point.bitops  # W32A32 on the same steps costs more than any mix of 4 and 8 bits
     calibration = [a["calibration"] for a in sink.activities if a["calibration"] is not None]
     assert calibration and calibration[-1]["phase"] == "done", calibration
     assert {c["bits"] for c in calibration if c.get("bits")} <= {4, 8}

@@ -20,6 +20,7 @@ from server.records import CandidateRecord
 from server.store import Store
 from workers.jobspec import latency_label, spec_field
 from workers.plots import PlotPoint, plot_front
+from workers.report import reference_points
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["plots"])
 
@@ -70,7 +71,8 @@ def get_front_png(
 ) -> Response:
     """The job's evaluated candidates as quality against BitOps (or, for a job searching latency, the milliseconds
     its latency table predicts): the current Pareto front (blue line), every other evaluated candidate (grey), the
-    uniform baselines (red squares) and the budget (dashed line, BitOps only).
+    uniform baselines (red squares), the FP model on the final front's schedules (black diamonds, BitOps only) and
+    the budget (dashed line, BitOps only).
 
     A job without evaluated candidates gets a plot saying "no points yet". The ETag changes with every stored
     generation.
@@ -98,6 +100,7 @@ def get_front_png(
             _point(r, latency=bool(latency)) for r in records if not r.non_dominated and r.key not in baseline_keys
         ],
         baselines=[_point(r, f"{r.bits} K={r.steps}", bool(latency)) for r in baselines],
+        references=[] if latency else reference_points(store.fp_references(job_id)),
         quality=objective,
         title=title,
         budget=budget if budget is not None else budget_bitops(job.spec, baselines),
