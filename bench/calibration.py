@@ -88,12 +88,15 @@ def build(name: str) -> DiffusionAdapter:
     return UNet2DAdapter.from_config(RGB24_CONFIG, RGB24_SCHEDULER)
 
 
-def settings_pair(seed: int, trial: dict[str, Any] | None = None) -> dict[str, CalibrationSettings]:
-    """``previous`` and ``default`` settings with calibration seed ``seed``; ``trial`` changes the new default (to
-    try other settings in its place)."""
+def settings_pair(
+    seed: int, trial: dict[str, Any] | None = None, baseline: str = "previous"
+) -> dict[str, CalibrationSettings]:
+    """The baseline and ``default`` settings with calibration seed ``seed``; ``trial`` changes the new default (to
+    try other settings in its place). ``baseline``: ``previous`` (the default before issue 18) or ``current`` (the
+    default as it is: the bench then measures what ``trial`` costs and gains over it, e.g. ``restarts=2``)."""
     default = CalibrationSettings(seed=seed)
     return {
-        "previous": dataclasses.replace(default, **PREVIOUS_DEFAULT),
+        baseline: default if baseline == "current" else dataclasses.replace(default, **PREVIOUS_DEFAULT),
         "default": dataclasses.replace(default, **(trial or {})),
     }
 
@@ -157,12 +160,15 @@ def _mean(values: list[float]) -> float:
     return statistics.fmean(values)
 
 
-def compare(rows: dict[str, dict[str, dict[str, list[float | None]]]]) -> tuple[bool | None, list[dict[str, Any]]]:
-    """``quality_within_noise`` and its comparisons from ``rows[row][settings][metric]`` (one value per seed)."""
+def compare(
+    rows: dict[str, dict[str, dict[str, list[float | None]]]], baseline: str = "previous"
+) -> tuple[bool | None, list[dict[str, Any]]]:
+    """``quality_within_noise`` and its comparisons from ``rows[row][settings][metric]`` (one value per seed), the
+    ``default`` settings against ``baseline``'s."""
     checks = []
     for row, by_settings in rows.items():
         for metric, higher_better in (("psnr", True), ("fdd", False)):
-            old = [v for v in by_settings["previous"][metric] if v is not None]
+            old = [v for v in by_settings[baseline][metric] if v is not None]
             new = [v for v in by_settings["default"][metric] if v is not None]
             if len(old) < 2 or not new:
                 continue
@@ -172,7 +178,7 @@ def compare(rows: dict[str, dict[str, dict[str, list[float | None]]]]) -> tuple[
                 {
                     "row": row,
                     "metric": metric,
-                    "previous": [round(v, 3) for v in old],
+                    baseline: [round(v, 3) for v in old],
                     "default": [round(v, 3) for v in new],
                     "loss": round(loss, 3),
                     "noise": round(noise, 3),
@@ -200,6 +206,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="FIELD=VALUE",
         help="settings to try as the new default (JSON values), e.g. recon_iters=40; the previous default is fixed",
     )
+    p.add_argument(
+        "--baseline",
+        choices=("previous", "current"),
+        default="previous",
+        help="what --try is compared with: the previous default (default) or the current one (with --baseline "
+        "current, speedup_vs_previous_default is the current default's seconds over the trial's: below 1 is its cost)",
+    )
     return p.parse_args(argv)
 
 
@@ -211,6 +224,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bits = tuple(sorted(args.bits or ([6] if args.quick else [4, 6, 8])))
     trial = _pairs(args.trial)
     settings_pair(0, trial)  # bad --try values fail here, before any work
+    if args.baseline == "current" and not trial:
+        raise SystemExit("--baseline current: give the settings to compare with --try FIELD=VALUE")
     n = args.samples or (256 if args.quick else 1024)
     scorer = FDDScorer.for_testbed()
     models: dict[str, Any] = {}
@@ -224,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seconds: dict[str, dict[str, Any]] = {}
         rows: dict[str, dict[str, dict[str, list[float | None]]]] = {}
         for seed in seeds:
-            for label, settings in settings_pair(seed, trial).items():
+            for label, settings in settings_pair(seed, trial, args.baseline).items():
                 sn, secs = calibrate_one(name, settings, bits)
                 seconds.setdefault(label, {})[str(seed)] = secs
                 _log(f"{name} {label} seed {seed}: {secs['total']} s {[v['total'] for v in secs['per_bits'].values()]}")
@@ -234,14 +249,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     _log(f"  {row}: {cell}")
                 sn.detach()
         totals = {label: _mean([s["total"] for s in by_seed.values()]) for label, by_seed in seconds.items()}
-        within, checks = compare(rows)
+        within, checks = compare(rows, args.baseline)
         models[name] = {
             "parameters": sum(p.numel() for p in fp.denoiser.parameters()),
             "seeds": seeds,
             "fp_fdd": fp_fdd,
             "seconds": seconds,
             "mean_total_s": {k: round(v, 2) for k, v in totals.items()},
-            "speedup_vs_previous_default": round(totals["previous"] / totals["default"], 3),
+            "speedup_vs_previous_default": round(totals[args.baseline] / totals["default"], 3),
             "rows": rows,
             "quality_within_noise": within,
             "noise": checks,
@@ -254,6 +269,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "bit_options": list(bits),
         "steps": args.steps,
         "samples": n,
+        "baseline": args.baseline,
         "previous_default": PREVIOUS_DEFAULT,
         "default": settings_pair(0, trial)["default"].to_dict(),
         "trial": trial,

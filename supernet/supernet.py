@@ -9,6 +9,8 @@ materialises each changed site's weight from its codes (one float copy per site;
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import random
 import time
@@ -27,6 +29,7 @@ from search.cost import Cost, CostModel
 from search.errors import ConfigError, InvalidCandidate
 from supernet.calibration.data import CalibrationData
 from supernet.calibration.reparam import Reparameterization, apply_reparameterization
+from supernet.calibration.report import REPORT_STEPS, report_unavailable, uniform_quality
 from supernet.calibration.session import CalibrationSession
 from supernet.calibration.settings import CalibrationSettings
 from supernet.calibration.strategy import make_strategy
@@ -42,6 +45,33 @@ from supernet.quant.protocol import QUANT_BITS
 from supernet.settings import SupernetSettings
 
 log = logging.getLogger(__name__)
+
+#: Restart r of a bit option (``calibration.restarts``) calibrates with seed ``seed + r * RESTART_SEED_STRIDE``.
+RESTART_SEED_STRIDE = 104_729
+#: Restarts are judged on noise of seed ``seed + RESTART_NOISE_OFFSET``: not the report's held-out noise (whose
+#: figures would otherwise be the maximum of several draws), not the trajectories'.
+RESTART_NOISE_OFFSET = 15_485
+#: Held-out samples restarts are judged on, at the report's schedule (``REPORT_STEPS`` uniform DDIM steps).
+RESTART_SAMPLES = 64
+
+
+def kept_restarts_report(report: dict[str, Any], kept: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+    """A strategy's report with each restarted configuration's entries (``report[key]["W4A4"]``: reconstruction,
+    gradient-aligned weights, ...) taken from the restart that was kept (``kept[bits]``: the strategy's report
+    right after it) instead of the last one calibrated."""
+    out = dict(report)
+    for bits, snapshot in kept.items():
+        label = f"W{bits}A{bits}"
+        for key, value in snapshot.items():
+            if isinstance(value, Mapping) and label in value and isinstance(out.get(key), Mapping):
+                out[key] = {**out[key], label: value[label]}
+    return out
+
+
+def restart_seed(seed: int, restart: int) -> int:
+    """The calibration seed of restart ``restart`` (0: ``seed`` itself)."""
+    return (seed + restart * RESTART_SEED_STRIDE) % 2**63
+
 
 #: Version of the saved artifact layout (``supernet.artifact``).
 
@@ -370,6 +400,8 @@ class QuantSupernet:
         false, every site in FP) and can be calibrated again.
         """
         self._check_data(data)
+        if self.calib_settings.restarts > 1 and (reason := report_unavailable(self.model)) is not None:
+            raise CalibrationError(f"calibration.restarts needs a model that samples (to judge them): {reason}")
         tracker = ProgressTracker.of(progress, self.bit_options)
         strategy = make_strategy(self.calib_settings)
         self._apply(self._fp_state())
@@ -388,37 +420,99 @@ class QuantSupernet:
         tracker.report("prepare", 1, 1)
         prepare_s = time.perf_counter() - start
         seconds: dict[int, float] = {}
-        for index, bits in enumerate(self.bit_options):
-            uniform = dict.fromkeys(self._names, bits)
-            start = time.perf_counter()
-            tracker.begin_bits(index, bits)
-            session = self._session(data, uniform, uniform)
-            session.progress = tracker
-            try:
-                strategy.calibrate(session)
-            finally:
-                self._apply(self._fp_state())
-            tracker.end_bits()
-            seconds[bits] = time.perf_counter() - start
-            log.info(
-                "calibrated W%dA%d on %d timesteps x %d samples in %.1f s",
-                bits,
-                bits,
-                len(data.timesteps),
-                data.samples,
-                seconds[bits],
-            )
+        restarts: dict[str, Any] = {}
+        kept_reports: dict[int, dict[str, Any]] = {}
+        base = strategy.settings
+        try:
+            for index, bits in enumerate(self.bit_options):
+                uniform = dict.fromkeys(self._names, bits)
+                start = time.perf_counter()
+                tracker.begin_bits(index, bits)
+                kept: tuple[float, int, dict[str, Any]] | None = None
+                scores: list[float] = []
+                for r in range(self.calib_settings.restarts):
+                    strategy.settings = base if r == 0 else dataclasses.replace(base, seed=restart_seed(base.seed, r))
+                    session = self._session(data, uniform, uniform)
+                    session.progress = tracker
+                    try:
+                        strategy.calibrate(session)
+                    finally:
+                        self._apply(self._fp_state())
+                    if self.calib_settings.restarts > 1:
+                        scores.append(self._restart_score(bits))
+                        if kept is None or scores[-1] < kept[0]:
+                            kept = (scores[-1], r, self._bit_state(bits))
+                            kept_reports[bits] = copy.deepcopy(strategy.report())
+                if kept is not None:
+                    self._set_bit_state(bits, kept[2])
+                    restarts[str(bits)] = {"mse": [float(f"{v:.6g}") for v in scores], "kept": kept[1]}
+                    log.info("W%dA%d: kept restart %d of %d (image MSE %s)", bits, bits, kept[1], len(scores), scores)
+                tracker.end_bits()
+                seconds[bits] = time.perf_counter() - start
+                log.info(
+                    "calibrated W%dA%d on %d timesteps x %d samples in %.1f s",
+                    bits,
+                    bits,
+                    len(data.timesteps),
+                    data.samples,
+                    seconds[bits],
+                )
+        finally:
+            strategy.settings = base
         self.calibration_source = dict(data.source)
         self.calibration_seconds = seconds
         self.calibration_metadata = {
             "strategy": self.calib_settings.strategy,
-            **strategy.report(),
+            **kept_restarts_report(strategy.report(), kept_reports),
             "reparameterization": self.reparam.report() if self.reparam is not None else None,
             "seconds": {"prepare": round(prepare_s, 3), **{str(b): round(v, 3) for b, v in seconds.items()}},
             "phase_seconds": tracker.phase_seconds(),
         }
+        if restarts:
+            self.calibration_metadata["restarts"] = {
+                "count": self.calib_settings.restarts,
+                "judged_on": {"steps": REPORT_STEPS, "samples": RESTART_SAMPLES, "noise_seed": self._restart_noise()},
+                "bits": restarts,
+            }
         self.calibrated = True
         tracker.done()
+
+    def _restart_noise(self) -> int:
+        return self.calib_settings.seed + RESTART_NOISE_OFFSET
+
+    def _restart_score(self, bits: int) -> float:
+        """Image MSE of uniform W``bits``A``bits`` against FP at :data:`RESTART_STEPS` uniform DDIM steps on
+        :data:`RESTART_SAMPLES` samples of noise that neither the trajectories nor the report use."""
+        return uniform_quality(self, (bits,), RESTART_SAMPLES, self._restart_noise())[bits]["mse"]
+
+    def _bit_state(self, bits: int) -> dict[str, Any]:
+        """A copy of what calibrating bit option ``bits`` set: per site its weight slot and temporal table (weighted
+        sites) and each activation quantizer's table."""
+        state: dict[str, Any] = {}
+        for name, site in self._sites.items():
+            weights = (
+                (copy.deepcopy(site.slots.get(bits)), copy.deepcopy(site.temporal.get(bits)))
+                if isinstance(site, QuantWeightLayer)
+                else (None, None)
+            )
+            state[name] = (*weights, [copy.deepcopy(q.tables.get(bits)) for q in site.act_quantizers()])
+        return state
+
+    def _set_bit_state(self, bits: int, state: Mapping[str, Any]) -> None:
+        """Put back a :meth:`_bit_state` copy."""
+        for name, site in self._sites.items():
+            slot, table, act_tables = state[name]
+            if isinstance(site, QuantWeightLayer):
+                for store, value in ((site.slots, slot), (site.temporal, table)):
+                    if value is None:
+                        store.pop(bits, None)
+                    else:
+                        store[bits] = value
+            for q, value in zip(site.act_quantizers(), act_tables, strict=True):
+                if value is None:
+                    q.tables.pop(bits, None)
+                else:
+                    q.tables[bits] = value
 
     def calibrate_config(self, candidate: Candidate, data: CalibrationData) -> None:
         """Per-configuration PTQ (the baseline the supernet amortizes): fit exactly ``candidate``'s mix, with

@@ -12,6 +12,9 @@ phase's sample count and a cost factor:
   differentiable quantizers: summed over the blocks, about one whole-model forward of ``recon_batch`` samples
   per step) plus capturing the blocks' inputs and targets (``grid_steps · recon_samples`` samples, each block's
   input through the quantized model up to it);
+  with ``grad_align``, each outer step (one every ``grad_align_every`` steps, from the first) costs
+  :data:`GRAD_ALIGN_OUTER` steps more (its held-out group gradients and two double-backward passes: measured on the
+  testbed at the default pool, one torch thread, as CPU seconds per call against the plain steps);
 - ``par-trajectories``: ``grid_steps · samples`` fake-quantized forwards per later PAR round;
 - ``report`` (:mod:`supernet.calibration.report`): the FP model and each uniform bit option sampled on the report's
   schedule, one ranking forward per site (or block) and bit option; plus the plain range fit's W8A8 when it is
@@ -27,6 +30,7 @@ width.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -51,6 +55,8 @@ COST_FACTORS: dict[str, float] = {
     "report_sampling": 2.0,
     "report_ranking": 1.4,
 }
+#: The extra cost of one gradient-alignment outer step, in reconstruction steps (see the docstring).
+GRAD_ALIGN_OUTER = 7.0
 #: Timed forwards of the measurement (after one warm-up call).
 REPEATS = 5
 
@@ -153,20 +159,25 @@ def estimate_from_forward(
         "trajectories": COST_FACTORS["trajectories"] * f * grid * s.samples,
         "prepare": COST_FACTORS["prepare"] * f * grid * recon_samples if (s.strategy == "tcaq" and s.tcr) else 0.0,
     }
+    sampling = COST_FACTORS["report_sampling"] * f * REPORT_SAMPLES * REPORT_STEPS
     per_bits: dict[int, float] = {}
     for bits in bit_options:
         mine = {"ranges": COST_FACTORS["ranges"] * f * grid * s.samples}
         if s.strategy == "tcaq":
             capture = COST_FACTORS["recon_capture"] * f * grid * recon_samples * (1 + blocks / 2)
             steps = reconstruction_steps(s, bits)
+            if s.grad_align:
+                steps = [n + GRAD_ALIGN_OUTER * math.ceil(n / s.grad_align_every) for n in steps]
             mine["reconstruction"] = sum(COST_FACTORS["recon_step"] * f * n * s.recon_batch + capture for n in steps)
             later_rounds = (s.par_rounds - 1) if s.par else 0
             mine["par-trajectories"] = later_rounds * COST_FACTORS["par-trajectories"] * f * grid * s.samples
+        mine = {k: v * s.restarts for k, v in mine.items()}
+        if s.restarts > 1:  # each restart is judged on the report's schedule, against FP sampled once per restart
+            mine["restarts"] = s.restarts * 2 * sampling
         per_bits[int(bits)] = sum(mine.values())
         for k, v in mine.items():
             phases[k] = phases.get(k, 0.0) + v
     if sites:
-        sampling = COST_FACTORS["report_sampling"] * f * REPORT_SAMPLES * REPORT_STEPS
         ranking = COST_FACTORS["report_ranking"] * f * sites * RANKING_TIMESTEPS * RANKING_SAMPLES
         phases["report"] = (1 + len(bit_options)) * sampling + len(bit_options) * ranking
         if CHECK_BITS in bit_options and s.strategy != "range":

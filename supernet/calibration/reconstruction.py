@@ -26,10 +26,16 @@ a block (the adapter's time-embedding pieces) are first reconstructed jointly ag
 ``g_i(h(t))`` on the grid timesteps (they do not depend on ``x_t``), then kept fixed while the other blocks are
 reconstructed. Its pool is complete (one input
 per grid timestep), so it is trained for the full ``recon_iters`` without the epoch cap.
+
+With ``align`` (the ``grad_align`` switch, :mod:`~supernet.calibration.gradalign`), the loss weights each sample of
+a block's pool by a softmax over learned scores, shared by the configuration's blocks, and every few steps an outer
+step moves the scores so that the held-out gradients of the timestep groups align; the held-out samples are not
+trained on. Without it the loss is the unweighted relative MSE above, as it always was.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -44,6 +50,7 @@ from torch import nn
 
 from supernet.calibration.adaround import AdaRoundWeight, beta_at
 from supernet.calibration.data import CalibrationData
+from supernet.calibration.gradalign import GradAlignOptions, SampleWeights
 from supernet.calibration.lsq import TimestepActQuant
 from supernet.calibration.session import CalibrationSession
 from supernet.calibration.settings import WIDE_BITS, CalibrationSettings
@@ -252,11 +259,15 @@ class BlockReconstructor:
     Args:
         session: the session (its weights and activation tables must be initialised, e.g. by range fitting).
         tib: reconstruct TFMQ-DM's temporal information block jointly first.
+        align: gradient-aligned calibration (:mod:`~supernet.calibration.gradalign`): the loss weights each
+            calibration sample, the weights learned while reconstructing (``None``: uniform, as without it).
     """
 
-    def __init__(self, session: CalibrationSession, tib: bool = False) -> None:
+    def __init__(self, session: CalibrationSession, tib: bool = False, align: GradAlignOptions | None = None) -> None:
         self.session = session
         self.tib = tib
+        #: The learned sample weights of this configuration (``None`` without ``align``).
+        self.weights = SampleWeights(align, session.data.timesteps) if align is not None else None
         self._rounding: dict[str, torch.Tensor] = {}
         self._wparams: dict[str, UniformParams] = {}
         self._idx = torch.zeros(0, dtype=torch.long)
@@ -531,6 +542,9 @@ class BlockReconstructor:
         n = len(inputs)
         gen = torch.Generator().manual_seed(seed)
         eval_sel = torch.randperm(n, generator=gen)[:EVAL_SAMPLES]
+        weights = self.weights if self.weights is not None and block.name != TIB else None
+        if weights is not None and not weights.bind(inputs.index):
+            weights = None
         rep = BlockReport(samples=n)
         round_params = [a.v for a in ada.values()]
         act_params = [m.log_mult for m in learners.values() if m.log_mult.requires_grad]
@@ -548,19 +562,37 @@ class BlockReconstructor:
                 ]
                 opt = torch.optim.Adam(groups)
                 n_weights = max(1, sum(p.numel() for p in round_params))
+                params = [*round_params, *act_params]
+                lookahead = [opts.lr_round] * len(round_params) + [opts.lr_act] * len(act_params)
+                heldout = functools.partial(self._pool_loss, block, inputs, targets)
                 for step in range(steps):
-                    sel = torch.randint(n, (min(opts.batch, n),), generator=gen)
+                    if weights is None:
+                        sel = torch.randint(n, (min(opts.batch, n),), generator=gen)
+                    else:
+                        sel = weights.draw(opts.batch, gen)
                     for s, a in ada.items():
                         layers[s].use_weight(a.soft())
-                    self._idx = inputs.index[sel]
-                    rec = _relative_mse(block.forward(inputs.take(sel)), targets.leaves_of(sel))
+                    outer = weights is not None and weights.due(step)
+                    if weights is None:
+                        rec = self._pool_loss(block, inputs, targets, sel)
+                    else:
+                        rec, batch_scores = weights.weighted_loss(self._errors(block, inputs, targets, sel), sel, outer)
                     beta = beta_at(step, steps, opts.warmup)
                     loss = rec
                     if beta is not None and ada and opts.round_weight > 0:
                         loss = rec + opts.round_weight * sum(a.regulariser(beta) for a in ada.values()) / n_weights
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    if outer:
+                        assert weights is not None
+                        shared = len(round_params)
+                        grads = weights.outer_step(loss, batch_scores, sel, params, shared, lookahead, heldout)
+                        for p, g in zip(params, grads, strict=True):
+                            p.grad = g
+                    else:
+                        loss.backward()
                     opt.step()
+                if weights is not None:
+                    weights.end_block(block.name)
                 with torch.no_grad():
                     for s, a in ada.items():
                         layers[s].use_weight(a.soft())
@@ -584,6 +616,16 @@ class BlockReconstructor:
                     session.set_act_params(q, i, p)
         return rep
 
+    def _pool_loss(self, block: Block, inputs: Pool, targets: Pool, sel: torch.Tensor) -> torch.Tensor:
+        """The (unweighted) relative MSE of the block on pool samples ``sel``, with a graph."""
+        self._idx = inputs.index[sel]
+        return _relative_mse(block.forward(inputs.take(sel)), targets.leaves_of(sel))
+
+    def _errors(self, block: Block, inputs: Pool, targets: Pool, sel: torch.Tensor) -> torch.Tensor:
+        """Each sample's share of :meth:`_pool_loss` (:func:`_sample_errors`), with a graph."""
+        self._idx = inputs.index[sel]
+        return _sample_errors(block.forward(inputs.take(sel)), targets.leaves_of(sel))
+
     def _loss(self, block: Block, inputs: Pool, targets: Pool, sel: torch.Tensor) -> float:
         total, count = 0.0, 0
         with torch.no_grad():
@@ -594,10 +636,25 @@ class BlockReconstructor:
         return total / max(1, count)
 
 
-def _relative_mse(output: Any, target: list[torch.Tensor]) -> torch.Tensor:
+def _paired(output: Any, target: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(output tensor, captured target)`` pairs of a block's (nested) output."""
     leaves: list[torch.Tensor] = []
     _flatten(output, leaves)
     if len(leaves) != len(target):
         raise CalibrationError(f"a block returned {len(leaves)} tensors, {len(target)} were captured")
-    terms = [(o - t).square().mean() / t.square().mean().clamp_min(1e-12) for o, t in zip(leaves, target, strict=True)]
+    return list(zip(leaves, target, strict=True))
+
+
+def _relative_mse(output: Any, target: list[torch.Tensor]) -> torch.Tensor:
+    terms = [(o - t).square().mean() / t.square().mean().clamp_min(1e-12) for o, t in _paired(output, target)]
     return torch.stack(terms).mean()
+
+
+def _sample_errors(output: Any, target: list[torch.Tensor]) -> torch.Tensor:
+    """Each sample's share of :func:`_relative_mse`: its mean squared error per output tensor over the batch's mean
+    squared target, averaged over the tensors (their mean over the batch is the relative MSE)."""
+    terms = [
+        (o - t).square().reshape(o.shape[0], -1).mean(1) / t.square().mean().clamp_min(1e-12)
+        for o, t in _paired(output, target)
+    ]
+    return torch.stack(terms).mean(0)

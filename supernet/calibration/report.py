@@ -13,6 +13,8 @@ without loading tensors. For each bit option b:
 
 The report also records the settings, its own seconds and, when the calibration was checked against it, the plain
 range fit's uniform W8A8 (:func:`range_w8a8_check`): a calibration whose W8A8 is worse than that fails loudly.
+With gradient-aligned calibration (the ``grad_align`` switch) it shows the learned sample weights per configuration
+and timestep group (:func:`~supernet.calibration.gradalign.group_rows`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 
 from search.candidate import FP_BITS, Candidate
 from supernet.calibration.data import CalibrationData
+from supernet.calibration.gradalign import group_rows
 from supernet.errors import CalibrationError
 from supernet.metrics import mse, psnr
 from supernet.sampling import uniform_schedule
@@ -143,6 +146,9 @@ def calibration_report(
         "bits": per_bits,
         "settings": supernet.calib_settings.to_dict(),
     }
+    aligned = supernet.calibration_metadata.get("grad_align")
+    if aligned:
+        report["grad_align"] = group_rows(aligned)
     if range_check is not None:
         mine = quality.get(CHECK_BITS)
         report["range_check"] = {**range_check, "passed": mine is not None and mine["mse"] <= range_check["mse"]}

@@ -21,11 +21,20 @@ WIDE_BITS = 6
 DATA_FIELDS = ("grid_steps", "grid_spacing", "samples", "seed")
 
 #: On/off switches of the ``"tcaq"`` strategy (TCAQ-DM's three, then the extra seed-method ideas).
-SWITCHES = ("reconstruction", "tcr", "daq", "par", "tib", "dilation", "temporal_cache")
+SWITCHES = ("reconstruction", "tcr", "daq", "par", "tib", "dilation", "temporal_cache", "grad_align")
 #: Fields added after supernets were cached and shipped (``models/*/tmpq-supernets``), with the value they had in
 #: effect before: :meth:`CalibrationSettings.to_dict` leaves them out while they hold it, so the cache keys of
 #: existing artifacts stay valid; any other value is part of the key as usual.
-KEY_STABLE_DEFAULTS: dict[str, Any] = {"temporal_cache": False, "tcr_alpha": 1.0}
+KEY_STABLE_DEFAULTS: dict[str, Any] = {
+    "restarts": 1,
+    "temporal_cache": False,
+    "tcr_alpha": 1.0,
+    "grad_align": False,
+    "grad_align_lr": 0.2,
+    "grad_align_holdout": 0.05,
+    "grad_align_groups": 5,
+    "grad_align_every": 20,
+}
 #: Strategies every installation has; :func:`declare_strategy` adds a plug-in's name (``register_strategy`` calls it).
 BUILTIN_STRATEGIES = ("tcaq", "range")
 _KNOWN_STRATEGIES: set[str] = set(BUILTIN_STRATEGIES)
@@ -43,6 +52,9 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
     "recon_batch": (1, 4096),
     "recon_samples": (1, 4096),
     "daq_groups": (1, 1000),
+    "restarts": (1, 10),
+    "grad_align_groups": (2, 100),
+    "grad_align_every": (1, 100_000),
 }
 #: Inclusive bounds of the float fields that have them besides their own rules below.
 FLOAT_BOUNDS: dict[str, tuple[float, float]] = {
@@ -51,6 +63,8 @@ FLOAT_BOUNDS: dict[str, tuple[float, float]] = {
     "recon_lr_act": (0.0, 10.0),
     "recon_round_weight": (0.0, 1e6),
     "tcr_max": (1.0, 1e6),
+    "grad_align_lr": (0.0, 10.0),
+    "grad_align_holdout": (0.01, 0.5),
 }
 #: Limits of ``strategy_params``: how many, and how long a name or string value may be.
 MAX_STRATEGY_PARAMS = 32
@@ -76,6 +90,8 @@ FLOAT_FIELDS = (
     "recon_warmup",
     "tcr_max",
     "tcr_alpha",
+    "grad_align_lr",
+    "grad_align_holdout",
 )
 
 
@@ -137,6 +153,16 @@ class CalibrationSettings:
             (1: the reported form, activations fully equalised; 0.5: the difficulty split evenly between
             activations and weights, as SmoothQuant's default; 0: no TCR).
         daq_groups: timestep groups (contiguous chunks of the grid) DAQ decides for separately.
+        restarts: calibrate every bit option this many times, restart r with seed ``seed + r · 104729`` on the same
+            trajectories, and keep the one whose uniform candidate's image MSE against FP (the report's schedule, 64
+            samples of noise neither the trajectories nor the report use) is lowest; costs about ``restarts`` times
+            the per-bit calibration. 1 (the default) calibrates once. Needs a model that samples.
+        grad_align: extra switch of ``"tcaq"``, off by default: gradient-aligned calibration (Hoang et al., ICLR
+            2026; :mod:`supernet.calibration.gradalign`): the reconstruction loss weights every calibration sample
+            by a softmax over learned scores, updated every ``grad_align_every`` steps so that the held-out
+            gradients of the ``grad_align_groups`` timestep groups align; ``grad_align_holdout`` of each grid
+            timestep's samples are held out for that; ``grad_align_lr`` is the largest change of a score per update.
+            These fields are left out of :meth:`to_dict` at their defaults (see :data:`KEY_STABLE_DEFAULTS`).
         version: format version of these settings.
     """
 
@@ -175,6 +201,12 @@ class CalibrationSettings:
     tcr_max: float = 100.0
     tcr_alpha: float = 1.0
     daq_groups: int = 4
+    restarts: int = 1
+    grad_align: bool = False
+    grad_align_lr: float = 0.2
+    grad_align_holdout: float = 0.05
+    grad_align_groups: int = 5
+    grad_align_every: int = 20
     version: int = CALIBRATION_SETTINGS_VERSION
 
     def __post_init__(self) -> None:

@@ -21,7 +21,10 @@ Per configuration (``_calibrate``, one session):
    (:mod:`~supernet.calibration.temporal`); choices and errors are reported per configuration.
 
 Every switch off gives exactly the ``"range"`` baseline. ``tib`` adds TFMQ-DM's temporal information block to
-the reconstruction (:mod:`~supernet.calibration.reconstruction`).
+the reconstruction (:mod:`~supernet.calibration.reconstruction`). ``grad_align`` (off by default) weights the
+reconstruction's calibration samples by weights learned so that the timestep groups' held-out gradients align
+(:mod:`~supernet.calibration.gradalign`); the weights per timestep group are reported per configuration under
+``grad_align``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from supernet.calibration import temporal
 from supernet.calibration.daq import PowerLawTest, power_law_test, subsample, timestep_groups
 from supernet.calibration.data import CalibrationData
 from supernet.calibration.dilation import compute_dilation
+from supernet.calibration.gradalign import GradAlignOptions
 from supernet.calibration.reconstruction import BlockReconstructor, ReconOptions
 from supernet.calibration.reparam import plan_groups
 from supernet.calibration.session import CalibrationSession, FitFn
@@ -101,7 +105,7 @@ class TCAQCalibrator(CalibrationStrategy):
     def _calibrate(self, session: CalibrationSession) -> None:
         s = self.settings
         label = config_label(session)
-        recon = BlockReconstructor(session, tib=s.tib)
+        recon = BlockReconstructor(session, tib=s.tib, align=GradAlignOptions.from_settings(s))
         bits = min(session.w_bits.values(), default=0)  # a mixed configuration reconstructs as its lowest width
         rounds = s.par_rounds if s.par else 1
         blocks = len(recon.blocks()) if s.reconstruction else 0
@@ -141,6 +145,8 @@ class TCAQCalibrator(CalibrationStrategy):
                 opts = ReconOptions.from_settings(s, r, bits)
                 reports[f"round_{r + 1}"] = recon.run(opts, cache, on_block)
         self._report.setdefault("reconstruction", {})[label] = reports
+        if recon.weights is not None:
+            self._report.setdefault("grad_align", {})[label] = recon.weights.report()
         if s.temporal_cache:
             session.report("temporal", 0, 1)
             self._temporal_cache(session, recon, label)
