@@ -495,9 +495,10 @@ def finish_front(
     options: DriverOptions,
     report: Callable[[str, str], None],
 ) -> SearchResult:
-    """After the search: the front analysis (:func:`analyse_front`) and the FDD re-scoring (when the job has
-    ``rescore_samples``), stored through ``sink.on_rescored`` (the points' extras) and
-    :func:`workers.protocol.report_fp_references` (the FP reference points)."""
+    """After the search: the front analysis (:func:`analyse_front`, in this process with the job's loaded supernet)
+    and the FDD re-scoring (with the search's evaluator kind, when the job has ``rescore_samples``), stored through
+    ``sink.on_rescored`` (the points' extras) and :func:`workers.protocol.report_fp_references` (the FP reference
+    points)."""
     from workers.protocol import report_fp_references
 
     spec, front, candidates = job.spec, result.front, dict(result.candidates)
@@ -505,7 +506,8 @@ def finish_front(
     report("analysing", f"FP on the front's {len(references)} schedules, and each point's quantization error")
     objective = "mse" if spec.evaluation.objective == "latent_mse" else spec.evaluation.objective
     config = evaluator_config(job, objective=objective, options=options, schedule_reference=True)
-    analyser = make_evaluator(job, config, kind, options)
+    # in this process, as the sample grids: a front's worth of samplings does not pay for starting a pool
+    analyser = make_evaluator(job, config, "inprocess", options)
     try:
         front, points = analyse_front(job, front, candidates, references, analyser)
     finally:
