@@ -178,7 +178,7 @@ def estimate_from_forward(
         for k, v in mine.items():
             phases[k] = phases.get(k, 0.0) + v
     if sites:
-        ranking = COST_FACTORS["report_ranking"] * f * sites * RANKING_TIMESTEPS * RANKING_SAMPLES
+        ranking = COST_FACTORS["report_ranking"] * f * sites * RANKING_TIMESTEPS * RANKING_SAMPLES * s.report_ranking
         phases["report"] = (1 + len(bit_options)) * sampling + len(bit_options) * ranking
         if CHECK_BITS in bit_options and s.strategy != "range":
             phases["report"] += COST_FACTORS["ranges"] * f * grid * s.samples + 2 * sampling

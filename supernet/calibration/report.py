@@ -7,9 +7,9 @@ without loading tensors. For each bit option b:
 - the uniform candidate WbAb sampled with :data:`REPORT_STEPS` uniform DDIM steps from held-out noise (a seed the
   calibration trajectories never used), against the FP model on the same schedule and noise: MSE and PSNR of the
   images (quantization error alone: both run the same schedule);
-- an error ranking: the denoiser's relative output error (``mean((ε̂ - ε)²) / mean(ε²)``) on calibration inputs at
-  a few grid timesteps with only one site (or, for models with more than :data:`MAX_RANKED_SITES` sites, one
-  block) at WbAb and the rest in FP, highest first.
+- an error ranking (unless the settings' ``report_ranking`` is off): the denoiser's relative output error
+  (``mean((ε̂ - ε)²) / mean(ε²)``) on calibration inputs at a few grid timesteps with only one site (or, for models
+  with more than :data:`MAX_RANKED_SITES` sites, one block) at WbAb and the rest in FP, highest first.
 
 The report also records the settings, its own seconds and, when the calibration was checked against it, the plain
 range fit's uniform W8A8 (:func:`range_w8a8_check`): a calibration whose W8A8 is worse than that fails loudly.
@@ -135,14 +135,19 @@ def calibration_report(
     n = REPORT_SAMPLES
     quality = uniform_quality(supernet, supernet.bit_options, n, seed)
     per_bits: dict[str, Any] = {}
+    ranked = supernet.calib_settings.report_ranking
+    granularity = _groups(supernet)[0]
     for b, q in quality.items():
-        granularity, ranking = error_ranking(supernet, b, data)
-        per_bits[str(b)] = {**q, "ranking": ranking}
+        per_bits[str(b)] = {**q, "ranking": error_ranking(supernet, b, data)[1] if ranked else []}
     report: dict[str, Any] = {
         "schedule": _schedule(supernet),
         "samples": n,
         "noise_seed": seed,
-        "ranking": {"granularity": granularity, "timesteps": RANKING_TIMESTEPS, "samples": RANKING_SAMPLES},
+        "ranking": (
+            {"granularity": granularity, "timesteps": RANKING_TIMESTEPS, "samples": RANKING_SAMPLES}
+            if ranked
+            else {"skipped": "calibration.report_ranking is off"}
+        ),
         "bits": per_bits,
         "settings": supernet.calib_settings.to_dict(),
     }

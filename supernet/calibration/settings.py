@@ -34,6 +34,7 @@ KEY_STABLE_DEFAULTS: dict[str, Any] = {
     "grad_align_holdout": 0.05,
     "grad_align_groups": 5,
     "grad_align_every": 20,
+    "report_ranking": True,
 }
 #: Strategies every installation has; :func:`declare_strategy` adds a plug-in's name (``register_strategy`` calls it).
 BUILTIN_STRATEGIES = ("tcaq", "range")
@@ -163,6 +164,9 @@ class CalibrationSettings:
             gradients of the ``grad_align_groups`` timestep groups align; ``grad_align_holdout`` of each grid
             timestep's samples are held out for that; ``grad_align_lr`` is the largest change of a score per update.
             These fields are left out of :meth:`to_dict` at their defaults (see :data:`KEY_STABLE_DEFAULTS`).
+        report_ranking: whether the calibration report ranks the sites (or blocks) by error: one denoiser pass per
+            site and bit option at a few grid timesteps (about half of the report's time on the testbed). Off, the
+            report keeps the uniform candidates' image quality and the range check.
         version: format version of these settings.
     """
 
@@ -207,6 +211,7 @@ class CalibrationSettings:
     grad_align_holdout: float = 0.05
     grad_align_groups: int = 5
     grad_align_every: int = 20
+    report_ranking: bool = True
     version: int = CALIBRATION_SETTINGS_VERSION
 
     def __post_init__(self) -> None:
@@ -220,7 +225,7 @@ class CalibrationSettings:
             "strategy",
             f"unknown calibration strategy {shown(self.strategy)} (available: {', '.join(known_strategies())})",
         )
-        for name in SWITCHES:
+        for name in (*SWITCHES, "report_ranking"):
             _check(isinstance(getattr(self, name), bool), name, "must be a boolean")
         for name, (low, high) in INT_BOUNDS.items():
             value = getattr(self, name)

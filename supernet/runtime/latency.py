@@ -145,15 +145,24 @@ def _anchor_bits(bit_options: list[int], kernel_bits: int, reference_widths: dic
     return min(pairs, key=lambda p: (sum(p in ws for ws in reference_widths.values()), -sum(p), -p[0]))
 
 
+#: Steps of the anchor export's uniform schedule (see :func:`_anchor_ms`).
+ANCHOR_STEPS = 10
+
+
 def _anchor_ms(supernet: QuantSupernet, bits: tuple[int, int], backend: str, batch_size: int, repeats: int) -> float:
     """Measured milliseconds of one denoiser step of uniform ``bits`` (W, A) exported and loaded on ``backend``."""
     from supernet.export import export_candidate, load
+    from supernet.sampling import uniform_schedule
 
     model = supernet.model
-    t = model.num_train_timesteps // 2
+    # a common schedule rather than one step: the per-timestep tables, and so the compiled graph, are those of a
+    # uniform 10-step export of the same widths, which Inductor's cache can then share (the time of a step does
+    # not depend on how many rows the tables have)
+    schedule = tuple(uniform_schedule(ANCHOR_STEPS, model.num_train_timesteps))
+    t = schedule[len(schedule) // 2]
     with tempfile.TemporaryDirectory() as tmp:
         out = export_candidate(
-            supernet, supernet.uniform(*bits, (t,)), Path(tmp) / "anchor", scheduler_config=model.scheduler_config
+            supernet, supernet.uniform(*bits, schedule), Path(tmp) / "anchor", scheduler_config=model.scheduler_config
         )
         runtime = load(out, backend=backend).model
         x = torch.randn(batch_size, *runtime.sample_shape)

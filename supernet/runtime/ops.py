@@ -13,19 +13,26 @@ AMX CPU, where the kernel itself is 15x faster than float32), and a step of the 
 
 The kernels take the input as unsigned 8-bit codes with a per-tensor scale and zero-point (0-d tensors, so a
 compiled graph does not specialise on a timestep's values) and return float32, bias included.
+
+The quantized attention names the computation it runs by a handle that is a 0-d tensor too: an integer argument
+would be a constant of the graph, so two exports of the same architecture would compile two graphs that differ in
+it alone, and Inductor's graph cache, which serves a graph compiled before in this process or an earlier one, would
+never serve the second (measured: a second identical export's first step took 74 s to compile, 6 s from the cache).
 """
 
 from __future__ import annotations
 
 import itertools
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch.library import Library, register_fake
 
-#: The attention computations ``tmpq::quant_attention`` runs, by handle (an operator takes no Python objects).
-_ATTENTION: dict[int, Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]] = {}
+#: The attention computations ``tmpq::quant_attention`` runs, by handle (an operator takes no Python objects); weak,
+#: so that a dropped export's computations and their parameters go with it.
+_ATTENTION: dict[int, weakref.WeakMethod] = {}
 _HANDLES = itertools.count()
 
 _LIB = Library("tmpq", "DEF")  # module-level: the definitions live as long as this object
@@ -37,14 +44,15 @@ _LIB.define(
     "int8_linear(Tensor codes, Tensor scale, Tensor zero_point, Tensor packed, Tensor w_scale, Tensor w_zero, "
     "Tensor? bias) -> Tensor"
 )
-_LIB.define("quant_attention(int handle, Tensor query, Tensor key, Tensor value, float scale) -> Tensor")
+_LIB.define("quant_attention(Tensor handle, Tensor query, Tensor key, Tensor value, float scale) -> Tensor")
 
 
-def register_attention(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]) -> int:
-    """A handle under which ``tmpq::quant_attention`` calls ``fn(query, key, value, scale)``."""
+def register_attention(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]) -> torch.Tensor:
+    """A handle (a 0-d int64 tensor) under which ``tmpq::quant_attention`` calls the bound method
+    ``fn(query, key, value, scale)`` for as long as its object lives."""
     handle = next(_HANDLES)
-    _ATTENTION[handle] = fn
-    return handle
+    _ATTENTION[handle] = weakref.WeakMethod(fn, lambda _ref: _ATTENTION.pop(handle, None))  # type: ignore[arg-type]
+    return torch.tensor(handle, dtype=torch.int64)
 
 
 def int8_conv2d(
@@ -102,15 +110,19 @@ def _int8_linear_shape(codes: torch.Tensor, *args: Any) -> torch.Tensor:
 
 
 def quant_attention(
-    handle: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
+    handle: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
 ) -> torch.Tensor:
     """A quantized attention (``(batch·heads, tokens, head_dim)`` operands) computed by the function registered
     under ``handle`` (:func:`register_attention`), which reads the current timestep's parameters itself."""
-    return _ATTENTION[handle](query, key, value, scale)
+    ref = _ATTENTION.get(int(handle))
+    fn = ref() if ref is not None else None
+    if fn is None:
+        raise RuntimeError(f"tmpq::quant_attention: handle {int(handle)} names no live attention")
+    return fn(query, key, value, scale)
 
 
 def _quant_attention_shape(
-    handle: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
+    handle: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
 ) -> torch.Tensor:
     return query.new_empty((query.shape[0], query.shape[1], value.shape[2]))
 

@@ -33,7 +33,13 @@ JOB = {
         "seed": 3,
         "budget": "W8A8@5",
     },
-    "calibration": {"strategy": "range", "grid_steps": 4, "samples": 8, "act_method": "minmax"},
+    "calibration": {
+        "strategy": "range",
+        "grid_steps": 4,
+        "samples": 8,
+        "act_method": "minmax",
+        "report_ranking": False,
+    },
     "evaluation": {"samples": 16, "rescore_samples": 0, "reference_steps": 20},
 }
 

@@ -19,7 +19,7 @@ from supernet.testing import TINY_CALIB, TOY_SHAPE, random_data, toy_net
 from supernet.zoo.testbed import random_testbed
 
 #: ``tcaq`` with every switch off: exactly the range fit (so the check against it passes with equal errors).
-TCAQ_OFF = dataclasses.replace(TINY_CALIB, strategy="tcaq", **dict.fromkeys(SWITCHES, False))
+TCAQ_OFF = dataclasses.replace(TINY_CALIB, strategy="tcaq", report_ranking=True, **dict.fromkeys(SWITCHES, False))
 #: A tiny TCR + reconstruction calibration: on the random-weight testbed its W8A8 is worse than the range fit's.
 TINY_TCAQ = dataclasses.replace(
     TINY_CALIB, strategy="tcaq", recon_iters=4, recon_samples=4, recon_batch=4, par=False, tcr=True, daq=False
@@ -60,7 +60,11 @@ def test_a_calibration_worse_than_the_range_fit_fails_loudly_and_caches_nothing(
 
 def test_a_range_calibration_is_not_checked_against_itself_and_a_bare_module_gets_no_report(tmp_path: Path) -> None:
     sn = get_or_build_supernet(random_testbed(0), (8,), None, TINY_CALIB, tmp_path / "a", batch_size=4)
-    assert "range_check" not in sn.calibration_metadata["report"]
+    report = sn.calibration_metadata["report"]
+    assert "range_check" not in report
+    # report_ranking off (TINY_CALIB): the image quality without the ranking's denoiser passes
+    assert report["ranking"] == {"skipped": "calibration.report_ranking is off"}
+    assert report["bits"]["8"]["ranking"] == [] and report["bits"]["8"]["psnr"] > 0
     sn.detach()
     data = random_data(TOY_SHAPE)
     bare = get_or_build_supernet(toy_net(), (8,), None, TINY_CALIB, tmp_path / "b", data=data)

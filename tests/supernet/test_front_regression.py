@@ -5,15 +5,22 @@ The eight candidates are the Pareto front of a search on the shipped testbed wit
 population 8 for 2 generations, seed 0). Their objectives in exactly this test's configuration were first recorded
 by the evaluator before :mod:`supernet.models` existed (bit-identical on one host with the evaluator through the
 seam, checked side by side), and recorded again on 2026-12-07 when the testbed's supernet was re-calibrated with
-the shorter reconstruction of the wide widths (``recon_iters_wide``). The MSEs are not portable across hosts: last-bit
-differences in oneDNN's float32 kernels flip fake-quant roundings, and two EPYC hosts measured the same candidates
-0.05 %-10 % apart (4-bit activations move most). So BitOps, which depend on the architecture alone, must match
-exactly; the MSEs within a tolerance wider than that spread, and their order along the front must hold.
+the shorter reconstruction of the wide widths (``recon_iters_wide``).
+
+The MSEs are not portable across CPUs: torch's and oneDNN's float32 kernels differ in their last bits between
+instruction sets, which flips fake-quant roundings, and a flip early in a trajectory moves a 16-sample MSE a lot.
+On one AMD EPYC the same candidates measured with AVX-512 and with AVX2 kernels (``ATEN_CPU_CAPABILITY=avx2
+ONEDNN_MAX_CPU_ISA=AVX2``, which reproduced a CI host's figures to the last digit) were 0.0 %-26 % apart, the most
+for uniform W8A8 at ten steps, whose MSE is the smallest. So each instruction set has its own record, checked to
+5 % (what is left is the same instruction set on another microarchitecture), BitOps, which depend on the
+architecture alone, must match exactly, and the order of the uniform rows along the front must hold. A CPU whose
+capability has no record must measure each MSE between the two records (5 % either side).
 """
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from search.candidate import Candidate
 from supernet.artifact import SHIPPED_DIR, load_supernet
@@ -32,7 +39,8 @@ BLOCKS = (
     "up_blocks.1",
     "up_blocks.2",
 )
-#: (key, timesteps, "wa" bits per block in BLOCKS order, MSE, BitOps), recorded with the shipped supernet.
+#: (key, timesteps, "wa" bits per block in BLOCKS order, MSE with AVX-512 kernels, BitOps), recorded with the shipped
+#: supernet.
 FRONT = [
     (
         "0a2b163fa3f4cae77ad7",
@@ -92,6 +100,18 @@ FRONT = [
     ),
 ]
 
+#: The same candidates' MSEs with AVX2 kernels (torch's CPU capability "AVX2"), recorded on 2026-12-07.
+MSE_AVX2 = {
+    "0a2b163fa3f4cae77ad7": 0.03863802206899922,
+    "26751fae42f45670b09a": 0.03410076431846816,
+    "39f49388f13f964432fc": 0.00561238399922547,
+    "3bcd45ddf96bed47a343": 0.012633703215598646,
+    "6a9afbfabe1612cdd7e5": 0.018880608818030113,
+    "9774edb4e15ec905e694": 0.018025460212848034,
+    "b661841e5617b7469761": 0.008911460658210326,
+    "f08eb97d07408043d858": 0.004696438105909368,
+}
+
 
 def _candidate(timesteps: tuple[int, ...], genes: str, site_blocks: dict[str, str]) -> Candidate:
     bits = {b: (int(g[0]), int(g[1])) for b, g in zip(BLOCKS, genes.split(), strict=True)}
@@ -113,8 +133,14 @@ def test_the_recorded_front_is_measured_alike() -> None:
     assert [c.key() for c in candidates] == [key for key, *_ in FRONT]
     results = evaluator.evaluate(candidates)
     assert [(r.key, r.bitops) for r in results] == [(key, bitops) for key, _, _, _, bitops in FRONT]
-    for result, (key, _, _, mse, _) in zip(results, FRONT, strict=True):
-        assert result.quality == pytest.approx(mse, rel=0.2), key
+    records = {"AVX512": {key: mse for key, _, _, mse, _ in FRONT}, "AVX2": MSE_AVX2}
+    capability = torch.backends.cpu.get_cpu_capability()
+    for result in results:
+        if capability in records:
+            assert result.quality == pytest.approx(records[capability][result.key], rel=0.05), result.key
+        else:
+            low, high = sorted(record[result.key] for record in records.values())
+            assert low * 0.95 <= result.quality <= high * 1.05, (capability, result.key)
     by_bitops = sorted(results, key=lambda r: r.bitops)
     uniform_k5 = [
         r.quality

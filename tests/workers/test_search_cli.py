@@ -22,7 +22,13 @@ TINY = {
         "generations": 2,
         "seed": 1,
     },
-    "calibration": {"strategy": "range", "grid_steps": 3, "samples": 4, "act_method": "minmax"},
+    "calibration": {
+        "strategy": "range",
+        "grid_steps": 3,
+        "samples": 4,
+        "act_method": "minmax",
+        "report_ranking": False,
+    },
     "evaluation": {"samples": 8, "rescore_samples": 0, "reference_steps": 10},
 }
 
