@@ -190,8 +190,9 @@ def test_a_bfloat16_job_evaluates_in_bfloat16_on_the_float32_calibration(tmp_pat
 @pytest.mark.slow
 def test_a_latency_job_measures_its_table_once_and_ranks_by_milliseconds(tmp_path: Path) -> None:
     """On the shipped supernet (default calibration, bits 4/6/8) at batch 16: the table's anchor export is the graph
-    ``tests/supernet/test_runtime_latency.py`` compiles, which Inductor's cache then serves (the compile is most of
-    a table's cost; the table itself is still measured, and cached, by the job)."""
+    ``tests/supernet/test_runtime_latency.py`` compiles, both at one torch thread (this module's fixture: Inductor's
+    code, and so its cache key, depends on the thread count), which Inductor's cache then serves (the compile is
+    most of a table's cost; the table itself is still measured, and cached, by the job)."""
     spec = JobSpec.from_dict(
         {
             **{k: v for k, v in SPEC.items() if k != "calibration"},
