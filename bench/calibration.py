@@ -2,9 +2,10 @@
 
 For each model, each settings (``previous``: the default before issue 18, :data:`PREVIOUS_DEFAULT` applied to the
 current defaults; ``default``: :class:`CalibrationSettings` as it is) and each calibration seed (the ``seed`` field:
-the FP trajectories' noise and the reconstruction's batches), a supernet over the bit options is calibrated in this
-process, one after the other, and for every bit option b the uniform candidate WbAb is sampled with 10 uniform DDIM
-steps from the same noise as the FP model. Reported:
+the FP trajectories' noise and the reconstruction's batches), a supernet over the bit options is calibrated as the
+settings say (the previous default: in this process, one option after the other; the default: in worker processes
+where ``calibration.workers`` decides so), and for every bit option b the uniform candidate WbAb is sampled with
+10 uniform DDIM steps from the same noise as the FP model. Reported:
 
 - ``seconds``: per bit option, the calibration's seconds and their split by phase (``ranges``, ``reconstruction``,
   ``par-trajectories``, ...; :meth:`supernet.progress.ProgressTracker.phase_seconds`), plus the FP trajectories
@@ -19,8 +20,10 @@ steps from the same noise as the FP model. Reported:
   seed 1|``), for FDD and for PSNR; ``noise`` lists every comparison.
 
 Models: ``testbed`` (the shipped 16x16 digits UNet) and ``rgb24`` (a differently shaped ``UNet2DModel`` the bench
-generates with random weights from seed 0: 3 channels, 24x24, three levels, attention at 6x6; PSNR only, FDD needs
-digits). ``--quick`` (under ten minutes on 2 cores): bit option 6 only, 256 samples per row, ``rgb24`` with one
+generates with random weights from seed 0: 3 channels, 24x24, three levels, attention at 6x6, saved to a temporary
+directory and loaded from it; PSNR only, FDD needs digits) by default; ``digits-sd`` (the shipped text-to-image
+testbed on its prompts and guidance; FDD and PSNR of the decoded images) on request, e.g. for an ablation with
+``--try``. ``--quick`` (under ten minutes on 2 cores): bit option 6 only, 256 samples per row, ``rgb24`` with one
 seed. Prints progress to stderr and one JSON object as the last stdout line.
 """
 
@@ -33,12 +36,15 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
+import atexit
 import dataclasses
 import json
 import logging
 import os
 import platform
+import shutil
 import statistics
+import tempfile
 import time
 from typing import Any
 
@@ -47,13 +53,14 @@ import torch
 from supernet.calibration import CalibrationSettings, collect_calibration_data
 from supernet.calibration.estimate import estimate_calibration
 from supernet.metrics import FDDScorer, psnr
-from supernet.models import TESTBED_DIR, UNet2DAdapter, load_model
+from supernet.models import DIGITS_SD_DIR, TESTBED_DIR, UNet2DAdapter, load_model
 from supernet.models.base import DiffusionAdapter
 from supernet.sampling import uniform_schedule
 from supernet.supernet import QuantSupernet
 
-#: The fields the issue-18 default changed, at their previous values (applied to today's defaults).
-PREVIOUS_DEFAULT: dict[str, Any] = {"recon_iters_wide": None}
+#: The fields the issue-18 defaults changed, at their previous values (applied to today's defaults): the wide
+#: widths' shorter reconstruction, and the bit options calibrated one after the other in process.
+PREVIOUS_DEFAULT: dict[str, Any] = {"recon_iters_wide": None, "workers": 1}
 #: The generated second model: RGB at 24x24, three levels (the testbed: one channel at 16x16, three levels).
 RGB24_CONFIG: dict[str, Any] = {
     "_class_name": "UNet2DModel",
@@ -73,19 +80,32 @@ RGB24_SCHEDULER: dict[str, Any] = {
     "beta_schedule": "squaredcos_cap_v2",
     "clip_sample": True,
 }
-MODELS = ("testbed", "rgb24")
+MODELS = ("testbed", "rgb24", "digits-sd")
+#: The models FDD is measured on (the shipped digits classifier's): the others get PSNR only.
+DIGITS_MODELS = ("testbed", "digits-sd")
 
 
 def _log(msg: str) -> None:
     print(f"[bench/calibration] {msg}", file=sys.stderr, flush=True)
 
 
+_GENERATED: dict[str, Path] = {}
+
+
 def build(name: str) -> DiffusionAdapter:
-    """The named model: the shipped testbed, or the generated ``rgb24`` (random weights from seed 0)."""
+    """The named model: the shipped testbed, or the generated ``rgb24`` (random weights from seed 0), saved once
+    to a temporary diffusers directory and loaded from there, as a user's local checkpoint is."""
     if name == "testbed":
         return load_model(TESTBED_DIR)
-    torch.manual_seed(0)
-    return UNet2DAdapter.from_config(RGB24_CONFIG, RGB24_SCHEDULER)
+    if name == "digits-sd":
+        return load_model(DIGITS_SD_DIR)  # conditioned on its shipped prompts and guidance
+    if name not in _GENERATED:
+        torch.manual_seed(0)
+        out = Path(tempfile.mkdtemp(prefix=f"tmpq-bench-{name}-"))
+        atexit.register(shutil.rmtree, out, ignore_errors=True)
+        UNet2DAdapter.from_config(RGB24_CONFIG, RGB24_SCHEDULER).save_pretrained(out)
+        _GENERATED[name] = out
+    return load_model(_GENERATED[name])
 
 
 def settings_pair(
@@ -122,14 +142,16 @@ def calibrate_one(name: str, settings: CalibrationSettings, bits: tuple[int, ...
     data = collect_calibration_data(model, settings)
     trajectories = time.perf_counter() - start
     sn = QuantSupernet.build(model, bits, calib_settings=settings)
+    start = time.perf_counter()
     sn.calibrate(data)
+    total = trajectories + time.perf_counter() - start  # wall-clock: bit options may overlap in workers
     meta = sn.calibration_metadata
-    total = trajectories + meta["seconds"]["prepare"] + sum(sn.calibration_seconds.values())
     predicted = estimate.seconds - estimate.phases.get("report", 0.0)  # the bench calibrates without the report
     seconds = {
         "estimate": {"seconds": round(predicted, 1), "measured_over_estimate": round(total / predicted, 3)},
         "trajectories": round(trajectories, 3),
         "prepare": meta["seconds"]["prepare"],
+        "workers": meta.get("workers"),
         "total": round(total, 3),
         "per_bits": {
             str(b): {"total": round(s, 3), "phases": meta["phase_seconds"].get(str(b), {})}
@@ -191,7 +213,7 @@ def compare(
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="bit option 6, 256 samples, rgb24 with one seed (< 10 min)")
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--models", nargs="+", default=list(MODELS[:2]), choices=MODELS)
     p.add_argument("--bits", nargs="+", type=int, default=None, help="bit options (default 4 6 8; --quick 6)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="calibration seeds (default 0 1)")
     p.add_argument("--samples", type=int, default=None, help="samples per row (default 1024; --quick 256)")
@@ -233,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         fp = build(name)
         schedule = uniform_schedule(args.steps, fp.num_train_timesteps)
         fp_images = fp.sampler(128).sample(schedule, n, seed=args.noise_seed)
-        model_scorer = scorer if name == "testbed" else None
+        model_scorer = scorer if name in DIGITS_MODELS else None
         fp_fdd = None if model_scorer is None else round(model_scorer.score(fp_images), 3)
         seeds = args.seeds[:1] if args.quick and name != "testbed" else args.seeds
         seconds: dict[str, dict[str, Any]] = {}

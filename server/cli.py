@@ -504,9 +504,15 @@ def _estimate_text(estimate: dict[str, Any]) -> str:
 
     widths = ", ".join(f"W{b} {eta_text(v)}" for b, v in estimate["per_bits"].items())
     phases = ", ".join(f"{k} {eta_text(v)}" for k, v in estimate["phases"].items() if v >= 0.5)
+    workers = estimate.get("workers")
+    where = ""
+    if workers:
+        groups = " | ".join(", ".join(f"W{b}" for b in g) for g in workers["bit_options"])
+        threads = workers["threads_each"]
+        where = f"in {workers['processes']} processes of {threads} thread{'s' * (threads != 1)} ({groups}); "
     return (
-        f"estimated {eta_text(estimate['seconds'])} ({widths}; by phase: {phases}; from the model's forward time "
-        f"here, {estimate['forward_ms_per_sample']:.2f} ms per sample)"
+        f"estimated {eta_text(estimate['seconds'])} ({where}{widths}; by phase: {phases}; from the model's forward "
+        f"time here, {estimate['forward_ms_per_sample']:.2f} ms per sample)"
     )
 
 

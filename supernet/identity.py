@@ -39,7 +39,7 @@ def cache_key(
             "model_hash": model_hash,
             "bit_options": sorted({int(b) for b in bit_options}),
             "settings": settings.to_dict(),
-            "calibration": calib_settings.to_dict(),
+            "calibration": calib_settings.cache_dict(),
         }
     )
 

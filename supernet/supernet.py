@@ -28,11 +28,19 @@ from search.candidate import FP_BITS, Candidate
 from search.cost import Cost, CostModel
 from search.errors import ConfigError, InvalidCandidate
 from supernet.calibration.data import CalibrationData
+from supernet.calibration.processes import (
+    OptionsOutcome,
+    ParametersDiffer,
+    merge_reports,
+    parameters_digest,
+    plan_workers,
+    run_workers,
+)
 from supernet.calibration.reparam import Reparameterization, apply_reparameterization
 from supernet.calibration.report import REPORT_STEPS, report_unavailable, uniform_quality
 from supernet.calibration.session import CalibrationSession
 from supernet.calibration.settings import CalibrationSettings
-from supernet.calibration.strategy import make_strategy
+from supernet.calibration.strategy import CalibrationStrategy, make_strategy
 from supernet.cost import trace_costs
 from supernet.errors import CalibrationError
 from supernet.models.base import DiffusionAdapter, as_adapter
@@ -414,20 +422,66 @@ class QuantSupernet:
             for q in site.act_quantizers():
                 q.tables.clear()
         self._ctx.set_grid(data.timesteps)
+        plan = plan_workers(self, data)
+        digest = parameters_digest(self.denoiser) if plan is not None else ""
         start = time.perf_counter()
         tracker.report("prepare", 0, 1)
         strategy.prepare(self, data)
         tracker.report("prepare", 1, 1)
         prepare_s = time.perf_counter() - start
-        seconds: dict[int, float] = {}
-        restarts: dict[str, Any] = {}
+        outcome, fallback = None, ""
+        if plan is not None:
+            try:
+                outcome, states = run_workers(self, data, plan, tracker, digest)
+            except ParametersDiffer as exc:
+                if not plan.automatic:
+                    raise
+                log.warning("calibrating in process: %s", exc)
+                fallback = str(exc)
+            else:
+                for bits, state in states.items():
+                    self._set_bit_state(bits, state)
+        if outcome is None:
+            outcome = self._calibrate_options(self.bit_options, strategy, data, tracker)
+            if plan is not None:
+                outcome.workers = {**plan.to_dict(), "fallback": fallback}
+        self.calibration_source = dict(data.source)
+        self.calibration_seconds = outcome.seconds
+        phase_seconds = tracker.phase_seconds()
+        if outcome.phase_seconds is not None:
+            phase_seconds = {k: v for k, v in phase_seconds.items() if k == "-"} | outcome.phase_seconds
+        self.calibration_metadata = {
+            "strategy": self.calib_settings.strategy,
+            **merge_reports(strategy.report(), outcome.report),
+            "reparameterization": self.reparam.report() if self.reparam is not None else None,
+            "seconds": {"prepare": round(prepare_s, 3), **{str(b): round(v, 3) for b, v in outcome.seconds.items()}},
+            "phase_seconds": phase_seconds,
+        }
+        if outcome.workers is not None:
+            self.calibration_metadata["workers"] = outcome.workers
+        if outcome.restarts:
+            self.calibration_metadata["restarts"] = {
+                "count": self.calib_settings.restarts,
+                "judged_on": {"steps": REPORT_STEPS, "samples": RESTART_SAMPLES, "noise_seed": self._restart_noise()},
+                "bits": outcome.restarts,
+            }
+        self.calibrated = True
+        tracker.done()
+
+    def _calibrate_options(
+        self, options: Sequence[int], strategy: CalibrationStrategy, data: CalibrationData, tracker: ProgressTracker
+    ) -> OptionsOutcome:
+        """Calibrate bit options ``options`` one after the other in this process (with ``calibration.restarts``,
+        each several times, the best kept); the supernet is left in FP. Used by :meth:`calibrate` and by its worker
+        processes (:mod:`supernet.calibration.processes`)."""
+        outcome = OptionsOutcome()
         kept_reports: dict[int, dict[str, Any]] = {}
         base = strategy.settings
         try:
-            for index, bits in enumerate(self.bit_options):
+            for bits in options:
                 uniform = dict.fromkeys(self._names, bits)
                 start = time.perf_counter()
-                tracker.begin_bits(index, bits)
+                tracker.begin_bits(tracker.bit_options.index(bits), bits)
                 kept: tuple[float, int, dict[str, Any]] | None = None
                 scores: list[float] = []
                 for r in range(self.calib_settings.restarts):
@@ -445,37 +499,22 @@ class QuantSupernet:
                             kept_reports[bits] = copy.deepcopy(strategy.report())
                 if kept is not None:
                     self._set_bit_state(bits, kept[2])
-                    restarts[str(bits)] = {"mse": [float(f"{v:.6g}") for v in scores], "kept": kept[1]}
+                    outcome.restarts[str(bits)] = {"mse": [float(f"{v:.6g}") for v in scores], "kept": kept[1]}
                     log.info("W%dA%d: kept restart %d of %d (image MSE %s)", bits, bits, kept[1], len(scores), scores)
                 tracker.end_bits()
-                seconds[bits] = time.perf_counter() - start
+                outcome.seconds[bits] = time.perf_counter() - start
                 log.info(
                     "calibrated W%dA%d on %d timesteps x %d samples in %.1f s",
                     bits,
                     bits,
                     len(data.timesteps),
                     data.samples,
-                    seconds[bits],
+                    outcome.seconds[bits],
                 )
         finally:
             strategy.settings = base
-        self.calibration_source = dict(data.source)
-        self.calibration_seconds = seconds
-        self.calibration_metadata = {
-            "strategy": self.calib_settings.strategy,
-            **kept_restarts_report(strategy.report(), kept_reports),
-            "reparameterization": self.reparam.report() if self.reparam is not None else None,
-            "seconds": {"prepare": round(prepare_s, 3), **{str(b): round(v, 3) for b, v in seconds.items()}},
-            "phase_seconds": tracker.phase_seconds(),
-        }
-        if restarts:
-            self.calibration_metadata["restarts"] = {
-                "count": self.calib_settings.restarts,
-                "judged_on": {"steps": REPORT_STEPS, "samples": RESTART_SAMPLES, "noise_seed": self._restart_noise()},
-                "bits": restarts,
-            }
-        self.calibrated = True
-        tracker.done()
+        outcome.report = kept_restarts_report(strategy.report(), kept_reports)
+        return outcome
 
     def _restart_noise(self) -> int:
         return self.calib_settings.seed + RESTART_NOISE_OFFSET

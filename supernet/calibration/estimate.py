@@ -35,7 +35,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -43,6 +43,9 @@ from torch import nn
 from supernet.calibration.reconstruction import ReconOptions
 from supernet.calibration.settings import CalibrationSettings
 from supernet.models.base import DiffusionAdapter
+
+if TYPE_CHECKING:
+    from supernet.calibration.processes import WorkerPlan
 
 #: Seconds per forward-sample of each phase, as multiples of one FP forward's time per sample (see the docstring).
 COST_FACTORS: dict[str, float] = {
@@ -66,26 +69,32 @@ class CalibrationEstimate:
     """A calibration's estimated seconds, in total, per bit option and per phase.
 
     Attributes:
-        seconds: the whole calibration (trajectories, prepare and every bit option).
-        per_bits: each bit option's seconds.
+        seconds: the whole calibration (trajectories, prepare and every bit option), wall-clock: with worker
+            processes, the slowest worker's bit options plus its start.
+        per_bits: each bit option's seconds (in its worker, at the worker's thread count, if any).
         phases: seconds by phase over the whole calibration (the once-per-supernet ``trajectories`` and
-            ``prepare``, then the bit options' phases summed).
+            ``prepare``, then the bit options' phases summed: work, not wall-clock, with workers).
         forward_ms_per_sample: the measured FP forward time per sample the estimate scales.
+        plan: the worker processes that will calibrate the bit options (``calibration.workers``), if any.
     """
 
     seconds: float
     per_bits: dict[int, float] = field(default_factory=dict)
     phases: dict[str, float] = field(default_factory=dict)
     forward_ms_per_sample: float = 0.0
+    plan: WorkerPlan | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready form, seconds rounded to 0.1 s."""
-        return {
+        out: dict[str, Any] = {
             "seconds": round(self.seconds, 1),
             "per_bits": {str(b): round(v, 1) for b, v in self.per_bits.items()},
             "phases": {k: round(v, 1) for k, v in self.phases.items()},
             "forward_ms_per_sample": round(self.forward_ms_per_sample, 4),
         }
+        if self.plan is not None:
+            out["workers"] = self.plan.to_dict()
+        return out
 
 
 def forward_seconds_per_sample(model: DiffusionAdapter, batch: int, timestep: int | None = None) -> float:
@@ -131,8 +140,27 @@ def estimate_calibration(
     the ``tcaq`` strategy reconstructs); it scales the capture of block inputs. ``timestep``: where the forward is
     timed (default: mid-schedule; a bare module without a schedule needs one, e.g. its data's).
     """
+    from supernet.calibration.processes import WORKER_START_SECONDS, decide_workers
+
     per_sample = forward_seconds_per_sample(model, settings.recon_batch, timestep)
-    return estimate_from_forward(per_sample, bit_options, settings, blocks or _blocks(model), _ranked(model))
+    blocks = blocks or _blocks(model)
+    estimate = estimate_from_forward(per_sample, bit_options, settings, blocks, _ranked(model))
+    threads = torch.get_num_threads()
+    plan = decide_workers(model, bit_options, settings, estimate, threads)
+    if plan is None:
+        return estimate
+    torch.set_num_threads(plan.threads)
+    try:  # a worker's thread share: its bit options cost what the forward costs at that share
+        per_worker = forward_seconds_per_sample(model, settings.recon_batch, timestep)
+    finally:
+        torch.set_num_threads(threads)
+    slower = per_worker / per_sample
+    per_bits = {b: v * slower for b, v in estimate.per_bits.items()}
+    once = sum(v for k, v in estimate.phases.items() if k in ("trajectories", "prepare", "report"))
+    seconds = once + WORKER_START_SECONDS + max(sum(per_bits[b] for b in group) for group in plan.groups)
+    if plan.automatic and seconds >= estimate.seconds:
+        return estimate  # the automatic mode takes workers only where they are estimated to finish sooner
+    return CalibrationEstimate(seconds, per_bits, estimate.phases, estimate.forward_ms_per_sample, plan)
 
 
 def estimate_from_forward(

@@ -35,7 +35,10 @@ KEY_STABLE_DEFAULTS: dict[str, Any] = {
     "grad_align_groups": 5,
     "grad_align_every": 20,
     "report_ranking": True,
+    "workers": 0,
 }
+#: Fields that say how a calibration runs, not what it computes: never part of the cache key (:meth:`key`).
+EXECUTION_FIELDS = ("workers",)
 #: Strategies every installation has; :func:`declare_strategy` adds a plug-in's name (``register_strategy`` calls it).
 BUILTIN_STRATEGIES = ("tcaq", "range")
 _KNOWN_STRATEGIES: set[str] = set(BUILTIN_STRATEGIES)
@@ -54,6 +57,7 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
     "recon_samples": (1, 4096),
     "daq_groups": (1, 1000),
     "restarts": (1, 10),
+    "workers": (0, 64),
     "grad_align_groups": (2, 100),
     "grad_align_every": (1, 100_000),
 }
@@ -167,6 +171,12 @@ class CalibrationSettings:
         report_ranking: whether the calibration report ranks the sites (or blocks) by error: one denoiser pass per
             site and bit option at a few grid timesteps (about half of the report's time on the testbed). Off, the
             report keeps the uniform candidates' image quality and the range check.
+        workers: processes that calibrate bit options side by side (:mod:`supernet.calibration.processes`), each
+            with an equal share of the torch threads; 0 (the default) decides: one per bit option up to the
+            threads available, on the CPU, for a model loaded from a directory, when the calibration is estimated
+            to take at least a minute and to finish sooner so; otherwise, and with 1, every bit option is
+            calibrated in this process. How a calibration runs, not what it computes: never part of the cache key
+            (:data:`EXECUTION_FIELDS`).
         version: format version of these settings.
     """
 
@@ -212,6 +222,7 @@ class CalibrationSettings:
     grad_align_groups: int = 5
     grad_align_every: int = 20
     report_ranking: bool = True
+    workers: int = 0
     version: int = CALIBRATION_SETTINGS_VERSION
 
     def __post_init__(self) -> None:
@@ -275,9 +286,16 @@ class CalibrationSettings:
         """The part of :meth:`to_dict` that decides the calibration data."""
         return {"version": self.version, **{k: getattr(self, k) for k in DATA_FIELDS}}
 
+    def cache_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the :data:`EXECUTION_FIELDS`: what decides the calibrated supernet."""
+        d = self.to_dict()
+        for name in EXECUTION_FIELDS:
+            d.pop(name, None)
+        return d
+
     def key(self) -> str:
-        """Short stable digest of :meth:`to_dict`."""
-        return canonical_key(self.to_dict())
+        """Short stable digest of :meth:`cache_dict`."""
+        return canonical_key(self.cache_dict())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CalibrationSettings:

@@ -64,3 +64,18 @@ def test_a_bad_spec_is_one_line_naming_the_field(tmp_path: Path) -> None:
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "calibration.recon_iters" in lines[0], result.stderr
+
+
+def test_the_estimate_says_which_worker_processes_calibrate_which_bit_options() -> None:
+    from server.cli import _estimate_text
+
+    estimate = {
+        "seconds": 160.0,
+        "per_bits": {"4": 150.0, "6": 60.0, "8": 58.0},
+        "phases": {"trajectories": 2.0, "reconstruction": 230.0},
+        "forward_ms_per_sample": 1.5,
+        "workers": {"processes": 2, "threads_each": 1, "bit_options": [[4], [6, 8]], "automatic": True},
+    }
+    text = _estimate_text(estimate)
+    assert text.startswith("estimated ~3m (in 2 processes of 1 thread (W4 | W6, W8); W4 ~3m, W6 ~1m"), text
+    assert "in 2 processes" not in _estimate_text({k: v for k, v in estimate.items() if k != "workers"})
