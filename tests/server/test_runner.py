@@ -117,9 +117,10 @@ def test_job_runs_to_success(store: Store) -> None:
 
 
 def test_heartbeat_keeps_a_long_job_from_being_taken_over(store: Store) -> None:
-    job, _ = store.create_job({**SPEC, "generations": 8})
+    # a lease of 1.5 s (0.6 s was taken over on a loaded 2-core machine: its heartbeat thread ran late)
+    job, _ = store.create_job({**SPEC, "generations": 20})
     runner = JobRunner(
-        store, settings_for(store.url, lease_seconds=0.6), execute=partial(run_fake_job, delay=0.15), owner="keeper"
+        store, settings_for(store.url, lease_seconds=1.5), execute=partial(run_fake_job, delay=0.15), owner="keeper"
     )
     worker = threading.Thread(target=runner.run_until_idle)
     worker.start()
