@@ -143,7 +143,7 @@ def calibrate_one(name: str, settings: CalibrationSettings, bits: tuple[int, ...
     trajectories = time.perf_counter() - start
     sn = QuantSupernet.build(model, bits, calib_settings=settings)
     start = time.perf_counter()
-    sn.calibrate(data)
+    sn.calibrate(data, estimate=estimate)
     total = trajectories + time.perf_counter() - start  # wall-clock: bit options may overlap in workers
     meta = sn.calibration_metadata
     predicted = estimate.seconds - estimate.phases.get("report", 0.0)  # the bench calibrates without the report

@@ -428,7 +428,7 @@ def get_or_build_supernet(
             range_check = range_w8a8_check(adapter, data, settings, calib_settings)
         supernet = QuantSupernet.build(adapter, options, settings, calib_settings, model_hash=identity)
         try:
-            supernet.calibrate(data, tracker)
+            supernet.calibrate(data, tracker, estimate)
             supernet.calibration_metadata["estimate"] = estimate.to_dict()
             supernet.calibration_metadata["report"] = calibration_report(supernet, data, range_check)
             _write_atomically(final, supernet.save, "the calibrated supernet")

@@ -28,6 +28,7 @@ from search.candidate import FP_BITS, Candidate
 from search.cost import Cost, CostModel
 from search.errors import ConfigError, InvalidCandidate
 from supernet.calibration.data import CalibrationData
+from supernet.calibration.estimate import CalibrationEstimate
 from supernet.calibration.processes import (
     OptionsOutcome,
     ParametersDiffer,
@@ -399,9 +400,16 @@ class QuantSupernet:
             self.reparam.undo()
             self.reparam = None
 
-    def calibrate(self, data: CalibrationData, progress: ProgressCallback | ProgressTracker | None = None) -> None:
+    def calibrate(
+        self,
+        data: CalibrationData,
+        progress: ProgressCallback | ProgressTracker | None = None,
+        estimate: CalibrationEstimate | None = None,
+    ) -> None:
         """Fit every bit option: the whole network at WbAb, one strategy session per b. Replaces any previous
-        calibration (and reparameterization); the supernet is left in FP.
+        calibration (and reparameterization); the supernet is left in FP. ``estimate``: the caller's
+        :func:`~supernet.calibration.estimate.estimate_calibration` of these bit options and settings, whose worker
+        plan (``calibration.workers``) is then taken instead of timing the model again.
 
         ``progress`` is called at every phase and block boundary (:mod:`supernet.progress`; a running tracker is
         used as is). An exception it raises propagates: the supernet is then left uncalibrated (``calibrated`` is
@@ -422,7 +430,7 @@ class QuantSupernet:
             for q in site.act_quantizers():
                 q.tables.clear()
         self._ctx.set_grid(data.timesteps)
-        plan = plan_workers(self, data)
+        plan = plan_workers(self, data, estimate)
         digest = parameters_digest(self.denoiser) if plan is not None else ""
         start = time.perf_counter()
         tracker.report("prepare", 0, 1)

@@ -147,13 +147,17 @@ def decide_workers(
     return WorkerPlan(groups, max(1, threads // len(groups)), requested == 0, threads)
 
 
-def plan_workers(supernet: QuantSupernet, data: CalibrationData) -> WorkerPlan | None:
-    """:func:`decide_workers` for ``supernet`` (through :func:`~supernet.calibration.estimate.estimate_calibration`,
-    which times the model's forward)."""
+def plan_workers(
+    supernet: QuantSupernet, data: CalibrationData, estimate: CalibrationEstimate | None = None
+) -> WorkerPlan | None:
+    """:func:`decide_workers` for ``supernet``: ``estimate``'s plan when the caller has estimated this calibration
+    already, else through :func:`~supernet.calibration.estimate.estimate_calibration` (which times the forward)."""
     from supernet.calibration.estimate import estimate_calibration
 
     if supernet.calib_settings.workers == 1 or len(supernet.bit_options) < 2:
         return None
+    if estimate is not None:
+        return estimate.plan
     model, options = supernet.model, tuple(supernet.bit_options)
     return estimate_calibration(model, options, supernet.calib_settings, timestep=data.timesteps[0]).plan
 

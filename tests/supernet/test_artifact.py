@@ -38,9 +38,9 @@ def count_calibrations(monkeypatch: pytest.MonkeyPatch) -> list[CalibrationData]
     calls: list[CalibrationData] = []
     original = QuantSupernet.calibrate
 
-    def counting(self: QuantSupernet, d: CalibrationData, progress=None) -> None:
+    def counting(self: QuantSupernet, d: CalibrationData, progress=None, estimate=None) -> None:
         calls.append(d)
-        original(self, d, progress)
+        original(self, d, progress, estimate)
 
     monkeypatch.setattr(QuantSupernet, "calibrate", counting)
     return calls

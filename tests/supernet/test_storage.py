@@ -88,7 +88,7 @@ def test_a_shipped_artifact_that_cannot_be_copied_is_not_recalibrated(
 
     monkeypatch.setattr(artifact.shutil, "copytree", disk_full)
     calls: list[CalibrationData] = []
-    monkeypatch.setattr(QuantSupernet, "calibrate", lambda self, d, progress=None: calls.append(d))
+    monkeypatch.setattr(QuantSupernet, "calibrate", lambda self, d, progress=None, estimate=None: calls.append(d))
     model = ModuleAdapter(toy_net(), sample_shape=TOY_SHAPE, path=model_dir)
     cache = tmp_path / "cache"
     with pytest.raises(StorageError, match="No space left on device") as err:
