@@ -4,10 +4,12 @@ A run-time backend has kernels at some widths only: ``cpu-int8`` runs every conv
 inputs have at most 8 bits on an int8 kernel (a site at 5 bits costs what one at 8 does), and a site left in FP on
 float kernels. So a site's cost depends on its *kernel class*, not on its bits:
 
-- ``fp``: weights or inputs in FP (or wider than the backend's kernels), or widths whose int8 products the CPU
-  would saturate (one without VNNI: the table lists them per site in ``reference_widths``);
+- ``fp``: weights or inputs in FP (or wider than the backend's kernels);
 - ``int8``: an int8 kernel;
-- ``int8-offset``: an int8 kernel plus the per-channel offset term that 8-bit asymmetric weights need.
+- ``int8-offset``: an int8 kernel plus the per-channel offset term that 8-bit asymmetric weights need;
+- ``reference``: float products of the site's codes (the input rounded to its codes, then a float32 convolution
+  or matmul), for the widths whose int8 products the CPU would saturate (one without VNNI: the table lists them
+  per site in ``reference_widths``). It costs the ``fp`` class plus the rounding pass.
 
 :class:`LatencyTable` holds, per priced site, the milliseconds of each class at the table's batch size, and a
 ``base_ms``: the rest of a denoiser step (norms, activations, attention, the sites it does not price), anchored so
@@ -29,8 +31,9 @@ from search.spec import FP_OPTION
 FP_CLASS = "fp"
 INT8_CLASS = "int8"
 INT8_OFFSET_CLASS = "int8-offset"
-KERNEL_CLASSES = (FP_CLASS, INT8_CLASS, INT8_OFFSET_CLASS)
-LATENCY_TABLE_VERSION = 2
+REFERENCE_CLASS = "reference"
+KERNEL_CLASSES = (FP_CLASS, INT8_CLASS, INT8_OFFSET_CLASS, REFERENCE_CLASS)
+LATENCY_TABLE_VERSION = 3
 
 
 def kernel_class(w_bits: int, a_bits: int, kernel_bits: int, offset_at_widest: bool) -> str:
@@ -55,11 +58,11 @@ class LatencyTable:
         site_ms: ``{site: {class: ms}}`` for every priced site; sites not in it (attention matmuls, cached
             time-embedding projections) are in ``base_ms``.
         offset_sites: sites whose weights at ``kernel_bits`` are asymmetric (the ``int8-offset`` class).
-        reference_widths: per site, the ``(w_bits, a_bits)`` the backend runs in the ``fp`` class although both fit
-            the kernel (on a CPU without VNNI, where their int8 products would saturate).
+        reference_widths: per site, the ``(w_bits, a_bits)`` the backend runs in the ``reference`` class although
+            both fit the kernel (on a CPU without VNNI, where their int8 products would saturate).
         kernel_bits: the widest integer kernel; narrower widths run on it.
-        anchor: the candidate whose measured step anchors ``base_ms`` (its bits summary) and that measurement,
-            ``{"candidate": ..., "measured_ms": ...}``.
+        anchor: the uniform candidate whose measured step anchors ``base_ms``: its bits summary, its widths and
+            that measurement, ``{"candidate": "W8A8", "bits": [8, 8], "measured_ms": ...}``.
     """
 
     backend: str
@@ -87,7 +90,7 @@ class LatencyTable:
     def site_class(self, site: str, w_bits: int, a_bits: int) -> str:
         """The kernel class ``site`` runs in at ``w_bits``/``a_bits``."""
         if (w_bits, a_bits) in self.reference_widths.get(site, ()):
-            return FP_CLASS
+            return REFERENCE_CLASS
         return kernel_class(w_bits, a_bits, self.kernel_bits, site in self.offset_sites)
 
     def classes(self, candidate: Candidate) -> dict[str, str]:

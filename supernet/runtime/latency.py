@@ -3,13 +3,15 @@
 For ``cpu-int8`` (the only backend with integer kernels so far) every site the backend can run in int8 is timed
 alone, eagerly, at its real input shape (captured by a forward hook during one denoiser call) and the table's batch
 size, in each kernel class: ``fp`` (a float32 convolution or matmul of the FP weights), ``int8`` (oneDNN's int8
-kernel on the codes of the site's 8-bit slot, the rounding of its input to codes included) and, for sites whose
-8-bit weights are asymmetric, ``int8-offset`` (the same plus the offset term). The rest of a step (norms,
-activations, attention, which the compiled graph fuses into neighbouring loops) is not timed per site: a whole
-uniform candidate (the widest whose sites all run on int8 kernels on this CPU; W8A8 where it has VNNI) is exported,
-loaded on the backend (compiled) and timed, and ``base_ms`` is that measured step minus the sum of its sites' times,
-so that the table reproduces the anchor exactly and prices other candidates
-by the differences between classes.
+kernel on the codes of the site's 8-bit slot, the rounding of its input to codes included), for sites whose
+8-bit weights are asymmetric ``int8-offset`` (the same plus the offset term) and, for sites with widths this CPU
+would saturate (one without VNNI), ``reference`` (the rounding plus float products of the codes). The rest of a step
+(norms, activations, attention, which the compiled graph fuses into neighbouring loops) is not timed per site: a
+whole uniform candidate (the widest whose sites all run on int8 kernels on this CPU; W8A8 where it has VNNI) is
+exported, loaded on the backend (compiled) and timed, and ``base_ms`` is that measured step minus the sum of its
+sites' times, so that the table reproduces the anchor exactly and prices other candidates by the differences
+between classes. The anchor's time is the fastest call of several rounds a second apart: right after a compilation
+(and on a shared machine) a burst of interference can last longer than one round of calls.
 
 A table is cached as JSON under ``<cache>/latency/`` by supernet, backend, batch size and machine, so it is measured
 once per (machine, backend, batch size): the anchor's compilation takes about a minute on 2 cores.
@@ -32,7 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from search.latency import FP_CLASS, INT8_CLASS, INT8_OFFSET_CLASS, LatencyTable
+from search.latency import FP_CLASS, INT8_CLASS, INT8_OFFSET_CLASS, REFERENCE_CLASS, LatencyTable
 from supernet.qlayers.weighted import QConv2d, QLinear
 from supernet.runtime.cpu_int8 import (
     CPU_INT8,
@@ -108,20 +110,23 @@ def _site_inputs(supernet: QuantSupernet, batch_size: int) -> dict[str, tuple[in
     return shapes
 
 
-def _site_times(layer: QConv2d | QLinear, shape: tuple[int, ...], step: StepIndex, repeats: int) -> dict[str, float]:
-    """The site's milliseconds in each kernel class at input ``shape`` (the layer assembled at its int8 width)."""
+def _site_times(
+    layer: QConv2d | QLinear, shape: tuple[int, ...], step: StepIndex, repeats: int, reference: bool
+) -> dict[str, float]:
+    """The site's milliseconds in each kernel class at input ``shape`` (the layer assembled at its int8 width);
+    ``reference``: the site has widths this CPU runs as float products of codes (the ``reference`` class)."""
     kernel = _Int8Kernel(layer, layer.slots[layer.w_bits], step)
     x = torch.randn(shape)
     weight = layer.weight.detach().to(torch.float32)
     bias = None if layer.bias is None else layer.bias.detach().to(torch.float32)
     if isinstance(layer, QConv2d):
 
-        def fp() -> Any:
-            return F.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+        def product(v: torch.Tensor) -> Any:
+            return F.conv2d(v, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
     else:
 
-        def fp() -> Any:
-            return F.linear(x, weight, bias)
+        def product(v: torch.Tensor) -> Any:
+            return F.linear(v, weight, bias)
 
     inv, lo, hi, zero, scale = (float(v) for v in kernel.table[0])
     r = torch.clamp(torch.round(x * inv), lo, hi)
@@ -130,7 +135,12 @@ def _site_times(layer: QConv2d | QLinear, shape: tuple[int, ...], step: StepInde
         q = torch.clamp(torch.round(x * inv), lo, hi).add_(zero).to(torch.uint8)
         return kernel._int8(q, scale, int(zero), x, False)
 
-    times = {FP_CLASS: best_ms(fp, repeats), INT8_CLASS: best_ms(int8, repeats)}
+    def codes() -> Any:  # the backend's computation of a width whose int8 products would saturate (no VNNI)
+        return product(torch.clamp(torch.round(x * inv), lo, hi).mul_(scale))
+
+    times = {FP_CLASS: best_ms(lambda: product(x), repeats), INT8_CLASS: best_ms(int8, repeats)}
+    if reference:
+        times[REFERENCE_CLASS] = best_ms(codes, repeats)
     if kernel.offset is not None:
         offset = best_ms(lambda: kernel._offset_term(r, scale), repeats)
         times[INT8_OFFSET_CLASS] = times[INT8_CLASS] + offset
@@ -147,6 +157,9 @@ def _anchor_bits(bit_options: list[int], kernel_bits: int, reference_widths: dic
 
 #: Steps of the anchor export's uniform schedule (see :func:`_anchor_ms`).
 ANCHOR_STEPS = 10
+#: Rounds of timed anchor calls, and the pause between them (see the module docstring).
+ANCHOR_ROUNDS = 3
+ANCHOR_PAUSE_S = 1.0
 
 
 def _anchor_ms(supernet: QuantSupernet, bits: tuple[int, int], backend: str, batch_size: int, repeats: int) -> float:
@@ -167,7 +180,12 @@ def _anchor_ms(supernet: QuantSupernet, bits: tuple[int, int], backend: str, bat
         runtime = load(out, backend=backend).model
         x = torch.randn(batch_size, *runtime.sample_shape)
         condition = runtime.example_condition(batch_size)
-        return best_ms(lambda: runtime.predict_noise(x, t, condition), repeats)
+        rounds = []
+        for r in range(ANCHOR_ROUNDS):
+            if r:
+                time.sleep(ANCHOR_PAUSE_S)
+            rounds.append(best_ms(lambda: runtime.predict_noise(x, t, condition), repeats, warmup=3 if r == 0 else 1))
+        return min(rounds)
 
 
 def measure_latency_table(
@@ -197,10 +215,10 @@ def measure_latency_table(
         for layer in layers:
             if _why_not(layer) is not None or layer.site not in shapes:
                 continue
-            site_ms[layer.site] = _site_times(layer, shapes[layer.site], step, repeats)
             widths = saturating_widths(layer)
             if widths:
                 reference_widths[layer.site] = frozenset(widths)
+            site_ms[layer.site] = _site_times(layer, shapes[layer.site], step, repeats, reference=bool(widths))
             if INT8_OFFSET_CLASS in site_ms[layer.site]:
                 offset_sites.add(layer.site)
     w_bits, a_bits = _anchor_bits(list(supernet.bit_options), kernel_bits, reference_widths)
@@ -215,7 +233,7 @@ def measure_latency_table(
         offset_sites=frozenset(offset_sites),
         reference_widths=reference_widths,
         kernel_bits=kernel_bits,
-        anchor={"candidate": f"W{w_bits}A{a_bits}", "measured_ms": measured},
+        anchor={"candidate": f"W{w_bits}A{a_bits}", "bits": [w_bits, a_bits], "measured_ms": measured},
     )
     table = replace(sites_only, base_ms=measured - sites_only.step_ms(anchor))
     log.info(

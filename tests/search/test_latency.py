@@ -9,7 +9,7 @@ import pytest
 
 from search.candidate import Candidate
 from search.errors import InvalidCandidate
-from search.latency import FP_CLASS, INT8_CLASS, INT8_OFFSET_CLASS, LatencyTable, kernel_class
+from search.latency import FP_CLASS, INT8_CLASS, INT8_OFFSET_CLASS, REFERENCE_CLASS, LatencyTable, kernel_class
 
 SITES = ("a", "b", "c")
 
@@ -22,7 +22,7 @@ def _table() -> LatencyTable:
         base_ms=10.0,
         site_ms={
             "a": {FP_CLASS: 4.0, INT8_CLASS: 1.0, INT8_OFFSET_CLASS: 1.5},
-            "b": {FP_CLASS: 2.0, INT8_CLASS: 1.0},
+            "b": {FP_CLASS: 2.0, INT8_CLASS: 1.0, REFERENCE_CLASS: 2.5},
         },
         offset_sites=frozenset({"a"}),
     )
@@ -55,19 +55,21 @@ def test_step_is_base_plus_site_classes_and_latency_scales_with_steps() -> None:
     assert table.latency_ms(three) == pytest.approx(3 * (10.0 + 1.0 + 2.0))
 
 
-def test_widths_the_cpu_would_saturate_are_priced_as_fp() -> None:
+def test_widths_the_cpu_would_saturate_are_priced_as_float_products_of_codes() -> None:
     table = replace(_table(), reference_widths={"b": [(8, 8)]})  # "b" at W8A8: the reference, without VNNI
-    at = {w: Candidate.from_maps([500], {"a": 6, "b": w, "c": 4}, {"a": 6, "b": 8, "c": 4}) for w in (6, 8)}
-    assert table.classes(at[8])["b"] == FP_CLASS
+    at = {w: Candidate.from_maps([500], {"a": 6, "b": w, "c": 4}, {"a": 6, "b": 8, "c": 4}) for w in (6, 8, 16)}
+    assert table.classes(at[8])["b"] == REFERENCE_CLASS
     assert table.classes(at[6])["b"] == INT8_CLASS
-    assert table.step_ms(at[8]) - table.step_ms(at[6]) == pytest.approx(2.0 - 1.0)
+    assert table.classes(at[16])["b"] == FP_CLASS
+    assert table.step_ms(at[8]) - table.step_ms(at[6]) == pytest.approx(2.5 - 1.0)
+    assert table.step_ms(at[8]) - table.step_ms(at[16]) == pytest.approx(2.5 - 2.0)  # the rounding costs more than FP
 
 
 def test_step_range_spans_every_width_not_just_the_uniform_corners() -> None:
     table = replace(_table(), reference_widths={"b": [(8, 8)]})  # "b" at W8A8 runs float products (no VNNI)
     low, high = table.step_range([4, 8])
     assert low == pytest.approx(10.0 + 1.0 + 1.0)  # "a" int8 (4 bits), "b" int8
-    assert high == pytest.approx(10.0 + 1.5 + 2.0)  # "a" with its offset term (8 bits), "b" fp at W8A8
+    assert high == pytest.approx(10.0 + 1.5 + 2.5)  # "a" with its offset term (8 bits), "b" codes in float at W8A8
     w8 = Candidate.from_maps([500], {"a": 8, "b": 8, "c": 8}, {"a": 8, "b": 8, "c": 8})
     assert low <= table.step_ms(w8) <= high
 
