@@ -1,12 +1,62 @@
-"""Shared fixtures: the shipped testbed and its FDD scorer, loaded once per session."""
+"""Shared fixtures: the shipped testbed and its FDD scorer, loaded once per session; and how ``make test`` splits
+the suite between its two pytest-xdist workers."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Two workers share two cores, and some tests run two torch threads: OpenMP threads that spin while they wait would
+# take the other worker's core. Set before torch is imported (no test module imports it at collection before this).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+#: Test modules that start Ray: ``make test`` runs them on one worker, one Ray at a time.
+RAY_MODULES = "tests/workers/test_ray_"
+#: The longest modules (two minutes or more each on the 2-core CI machine), handed out first so that the workers do
+#: not end on one of them while the other idles; only the order changes, and only under xdist.
+LONG_MODULES = (
+    "tests/workers/test_driver.py",
+    "tests/supernet/test_precision.py",
+    "tests/supernet/test_calibration_processes.py",
+    "tests/server/test_measure_route.py",
+    "tests/workers/test_search_cli.py",
+    "tests/workers/test_calibrate_cli.py",
+)
+
+
+def _first(item: pytest.Item) -> int:
+    module = item.nodeid.split("::", 1)[0]
+    if module.startswith(RAY_MODULES):
+        return 0
+    return 1 if module in LONG_MODULES else 2
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In an xdist worker (each collects the same list, so the order agrees): the Ray modules and
+    :data:`LONG_MODULES` first, otherwise in collection order."""
+    if hasattr(config, "workerinput"):
+        items.sort(key=_first)
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest without xdist (the GPU check's) runs the suite in one process
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under ``--dist loadfile`` (``make test``: two pytest-xdist workers), each test module runs whole on one worker
+    (its module fixtures, a calibrated supernet or a live server, are built once), and the modules that start Ray
+    all run on the same worker. (xdist's ``loadgroup`` marks were not honoured with pytest 9 here.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesAndRay(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "ray" if module.startswith(RAY_MODULES) else module
+
+    return ModulesAndRay(config, log)
 
 
 @pytest.fixture(scope="session")

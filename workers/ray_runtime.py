@@ -145,6 +145,7 @@ class RayRuntime:
         logger.info("starting a local Ray (%d CPUs, object store %d MiB)", num_cpus, cfg.object_store_bytes >> 20)
         try:
             ray.init(
+                address="local",  # a new Ray of its own, never a cluster another process started on this machine
                 num_cpus=num_cpus,
                 include_dashboard=cfg.include_dashboard,
                 object_store_memory=cfg.object_store_bytes,

@@ -11,9 +11,11 @@ from server.cli import main
 
 
 def isolate_env(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
-    """No ``TMPQ_*`` variable of the caller's environment leaks in; the CLI talks to ``url``."""
+    """No ``TMPQ_*`` variable of the caller's environment leaks in, nor ``COLUMNS`` (pytest-xdist's workers set it to
+    80, which wraps the CLI's tables); the CLI talks to ``url``."""
     for name in [k for k in os.environ if k.startswith("TMPQ_")]:
         monkeypatch.delenv(name)
+    monkeypatch.delenv("COLUMNS", raising=False)
     monkeypatch.setenv("TMPQ_URL", url)
 
 

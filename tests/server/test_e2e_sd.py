@@ -30,7 +30,7 @@ JOB = {
         "generations": 1,
         "solver": "dpmsolver++",
     },
-    "calibration": {"strategy": "range", "grid_steps": 3, "samples": 4},
+    "calibration": {"strategy": "range", "grid_steps": 3, "samples": 4, "report_ranking": False},
     "evaluation": {"samples": 4, "reference_steps": 8, "batch_size": 4},
 }
 

@@ -102,8 +102,12 @@ def test_the_estimate_plans_the_workers_and_counts_their_start_and_thread_share(
     once = sum(planned.phases.get(k, 0.0) for k in ("trajectories", "prepare", "report"))
     slowest = max(planned.per_bits[4], planned.per_bits[6] + planned.per_bits[8])
     assert planned.seconds == pytest.approx(once + processes.WORKER_START_SECONDS + slowest)
-    # one thread each: every option costs at least what it costs with both (to the forward timing's noise)
-    assert all(planned.per_bits[b] > 0.8 * alone.per_bits[b] for b in (4, 6, 8))
+    # every option scaled by one factor: the forward timed at the worker's thread share over the forward timed at
+    # the full thread count (how those two timings compare is the machine's business, and a loaded machine's: not
+    # asserted here; bench/calibration.py compares the estimate with the measured time)
+    ratios = [planned.per_bits[b] / alone.per_bits[b] for b in (4, 6, 8)]
+    assert ratios[1] == pytest.approx(ratios[0], rel=1e-9) and ratios[2] == pytest.approx(ratios[0], rel=1e-9)
+    assert ratios[0] > 0
 
 
 @pytest.mark.slow

@@ -143,7 +143,7 @@ def test_a_calibrated_sd_supernet_samples_each_candidate(tiny: Path, tmp_path: P
     from supernet.calibration.settings import CalibrationSettings
 
     model = load_model(tiny)
-    calib = CalibrationSettings.from_dict({"strategy": "range", "grid_steps": 3, "samples": 6})
+    calib = CalibrationSettings.from_dict({"strategy": "range", "grid_steps": 3, "samples": 6, "report_ranking": False})
     supernet = get_or_build_supernet(model, [4, 8], calib_settings=calib, cache_dir=tmp_path, batch_size=6)
     sites = supernet.sites
     assert any(s.endswith("attn2.pv") for s in sites) and any(s.endswith("ff.net.0.proj") for s in sites)
@@ -175,7 +175,7 @@ def test_an_export_is_a_diffusers_pipeline_running_the_searched_schedule(tiny: P
     from supernet.export import export_candidate, load
 
     model = load_model(tiny)
-    calib = CalibrationSettings.from_dict({"strategy": "range", "grid_steps": 3, "samples": 6})
+    calib = CalibrationSettings.from_dict({"strategy": "range", "grid_steps": 3, "samples": 6, "report_ranking": False})
     supernet = get_or_build_supernet(model, [4, 8], calib_settings=calib, cache_dir=tmp_path / "c", batch_size=6)
     sites = supernet.sites
     cand = Candidate.from_maps(
@@ -208,7 +208,7 @@ def test_latent_mse_compares_samples_before_the_decoder(tiny: Path, tmp_path: Pa
     from workers.evaluator import EvaluatorConfig, InProcessEvaluator
 
     model = load_model(tiny)
-    calib = CalibrationSettings.from_dict({"strategy": "range", "grid_steps": 3, "samples": 4})
+    calib = CalibrationSettings.from_dict({"strategy": "range", "grid_steps": 3, "samples": 4, "report_ranking": False})
     supernet = get_or_build_supernet(model, [4], calib_settings=calib, cache_dir=tmp_path, batch_size=4)
     base = {"model_path": str(tiny), "supernet_path": "unused", "samples": 4, "reference_steps": 6}
     latent = InProcessEvaluator(model, supernet, EvaluatorConfig(**base, objective="latent_mse"))

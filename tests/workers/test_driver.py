@@ -128,7 +128,7 @@ def test_a_text_to_image_job_runs_on_any_local_sd_directory(tmp_path: Path) -> N
                 "generations": 1,
                 "solver": "dpmsolver++",
             },
-            "calibration": {"strategy": "range", "grid_steps": 3, "samples": 6},
+            "calibration": {"strategy": "range", "grid_steps": 3, "samples": 6, "report_ranking": False},
             "evaluation": {
                 "samples": 6,
                 "reference_steps": 8,

@@ -244,7 +244,12 @@ def evaluator_config(tmp_path_factory: pytest.TempPathFactory) -> Any:
     torch.set_num_threads(1)
     try:
         calib = CalibrationSettings(
-            strategy="range", grid_steps=4, samples=8, weight_method="minmax", act_method="minmax"
+            strategy="range",
+            grid_steps=4,
+            samples=8,
+            weight_method="minmax",
+            act_method="minmax",
+            report_ranking=False,
         )
         get_or_build_supernet(load_model(model_dir), (4, 8), None, calib, root / "cache", batch_size=8)
     finally:

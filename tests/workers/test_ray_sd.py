@@ -29,7 +29,7 @@ def test_ray_actors_evaluate_text_to_image_candidates_like_the_driver(local_ray:
     root = tiny_sd_pipeline(tmp_path / "sd")
     conditioning = Conditioning(("a red square", "a blue circle"), 2.0, "blurry")
     model = load_model(root, conditioning=conditioning)
-    calib = CalibrationSettings.from_dict({"strategy": "range", "grid_steps": 3, "samples": 4})
+    calib = CalibrationSettings.from_dict({"strategy": "range", "grid_steps": 3, "samples": 4, "report_ranking": False})
     supernet = get_or_build_supernet(model, [4, 8], calib_settings=calib, cache_dir=tmp_path / "cache", batch_size=4)
     path = tmp_path / "cache" / artifact_name(model.identity(), [4, 8], SupernetSettings(), calib)
     assert path.is_dir()
