@@ -16,15 +16,20 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 #: Test modules that start Ray: ``make test`` runs them on one worker, one Ray at a time.
 RAY_MODULES = "tests/workers/test_ray_"
-#: The longest modules (two minutes or more each on the 2-core CI machine), handed out first so that the workers do
-#: not end on one of them while the other idles; only the order changes, and only under xdist.
+#: The longest modules, longest first (one and a half to three and a half minutes each on the 2-core CI machine,
+#: measured 2026-12-07), handed out first so that the workers do not end on one of them while the other idles; only
+#: the order changes, and only under xdist. The Ray modules (about three minutes together) go before them.
 LONG_MODULES = (
     "tests/workers/test_driver.py",
+    "tests/supernet/test_runtime_cpu_int8.py",
     "tests/supernet/test_precision.py",
+    "tests/supernet/test_runtime_latency.py",
     "tests/supernet/test_calibration_processes.py",
     "tests/server/test_measure_route.py",
-    "tests/workers/test_search_cli.py",
     "tests/workers/test_calibrate_cli.py",
+    "tests/supernet/test_restarts.py",
+    "tests/workers/test_search_cli.py",
+    "tests/supernet/test_calibration_report.py",
 )
 
 
@@ -32,7 +37,7 @@ def _first(item: pytest.Item) -> int:
     module = item.nodeid.split("::", 1)[0]
     if module.startswith(RAY_MODULES):
         return 0
-    return 1 if module in LONG_MODULES else 2
+    return 1 + LONG_MODULES.index(module) if module in LONG_MODULES else 1 + len(LONG_MODULES)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -50,6 +55,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False  # xdist would order the modules by their number of tests instead
 
     class ModulesAndRay(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
