@@ -33,8 +33,12 @@ LONG_MODULES = (
 )
 
 
+def _module(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
 def _first(item: pytest.Item) -> int:
-    module = item.nodeid.split("::", 1)[0]
+    module = _module(item.nodeid)
     if module.startswith(RAY_MODULES):
         return 0
     return 1 + LONG_MODULES.index(module) if module in LONG_MODULES else 1 + len(LONG_MODULES)
@@ -60,7 +64,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class ModulesAndRay(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
+            module = _module(nodeid)
             return "ray" if module.startswith(RAY_MODULES) else module
 
     return ModulesAndRay(config, log)
