@@ -226,7 +226,7 @@ def load_supernet(path: str | Path, model: DiffusionAdapter | nn.Module, *, rest
         adapter,
         meta["bit_options"],
         SupernetSettings.from_dict(meta["settings"]),
-        CalibrationSettings.from_dict(meta["calibration"]),
+        CalibrationSettings.from_stored(meta["calibration"]),
         model_hash=identity,
         restorable=restorable,
     )

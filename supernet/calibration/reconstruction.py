@@ -164,8 +164,10 @@ class ReconOptions:
     @classmethod
     def from_settings(cls, s: CalibrationSettings, round_index: int = 0, bits: int = 0) -> ReconOptions:
         """Round ``round_index`` (0-based) of ``s`` for weights of ``bits`` bits: ``recon_iters_wide`` steps from
-        :data:`WIDE_BITS` bits up (when set), else ``recon_iters``; later rounds take ``par_decay`` times fewer."""
-        base = s.recon_iters_wide if s.recon_iters_wide is not None and bits >= WIDE_BITS else s.recon_iters
+        :data:`WIDE_BITS` bits up to ``recon_wide_below`` (when set), else ``recon_iters``; later rounds take
+        ``par_decay`` times fewer."""
+        wide = s.recon_iters_wide is not None and WIDE_BITS <= bits < s.recon_wide_below
+        base = s.recon_iters_wide if wide else s.recon_iters
         iters = max(1, round(base * s.par_decay**round_index)) if base else 0
         return cls(
             iters,

@@ -14,7 +14,7 @@ from supernet.settings import QUANT_KINDS, RANGE_METHODS, canonical_key
 
 CALIBRATION_SETTINGS_VERSION = 1
 GRID_SPACINGS = ("linear", "quadratic")
-#: Weights this wide or wider reconstruct for ``recon_iters_wide`` steps.
+#: Weights this wide or wider (and narrower than ``recon_wide_below``) reconstruct for ``recon_iters_wide`` steps.
 WIDE_BITS = 6
 
 #: The fields that decide the calibration *data* (the FP trajectories); the rest decide how it is used.
@@ -23,8 +23,10 @@ DATA_FIELDS = ("grid_steps", "grid_spacing", "samples", "seed")
 #: On/off switches of the ``"tcaq"`` strategy (TCAQ-DM's three, then the extra seed-method ideas).
 SWITCHES = ("reconstruction", "tcr", "daq", "par", "tib", "dilation", "temporal_cache", "grad_align")
 #: Fields added after supernets were cached and shipped (``models/*/tmpq-supernets``), with the value they had in
-#: effect before: :meth:`CalibrationSettings.to_dict` leaves them out while they hold it, so the cache keys of
-#: existing artifacts stay valid; any other value is part of the key as usual.
+#: effect before: :meth:`CalibrationSettings.cache_dict` leaves them out while they hold it, so the cache keys of
+#: existing artifacts stay valid; any other value is part of the key as usual. A field whose default is not its old
+#: value (``recon_wide_below``) is a default that changed the key on purpose; artifacts written before it existed
+#: are read with the old value (:meth:`CalibrationSettings.from_stored`).
 KEY_STABLE_DEFAULTS: dict[str, Any] = {
     "restarts": 1,
     "temporal_cache": False,
@@ -36,6 +38,7 @@ KEY_STABLE_DEFAULTS: dict[str, Any] = {
     "grad_align_every": 20,
     "report_ranking": True,
     "workers": 0,
+    "recon_wide_below": 9,
 }
 #: Fields that say how a calibration runs, not what it computes: never part of the cache key (:meth:`key`).
 EXECUTION_FIELDS = ("workers",)
@@ -51,6 +54,7 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
     "mse_grid": (1, 1000),
     "act_max_elems": (1, 2**24),
     "weight_minmax_below": (0, 9),
+    "recon_wide_below": (0, 9),
     "par_rounds": (1, 10),
     "recon_iters": (0, 100_000),
     "recon_batch": (1, 4096),
@@ -147,6 +151,10 @@ class CalibrationSettings:
             before it are not taken for the new default's). Measured on the testbed (``bench/calibration.py``):
             W6A6 is as good or better after 50 steps as after 200, W4A4 is not, and W8A8 after 12 steps fell below
             the plain range fit.
+        recon_wide_below: weights of this many bits or more take ``recon_iters`` again (the wide count applies from
+            :data:`WIDE_BITS` up to this, exclusive). 8 (the default): W8 reconstructs in full, since W8A8 after
+            50 steps lost 1-4 dB of PSNR against 200 and once fell below the plain range fit; 9 applies the wide
+            count to W8 as well (the behaviour before the field existed, left out of :meth:`to_dict`).
         recon_batch: samples per step; recon_epochs: see ``recon_iters``.
         recon_samples: calibration samples per grid timestep (the first ones) that reconstruction, TCR's and
             DAQ's statistics use (the initial range fit uses all of them).
@@ -205,6 +213,7 @@ class CalibrationSettings:
     par_decay: float = 0.5
     recon_iters: int = 200
     recon_iters_wide: int | None = 50
+    recon_wide_below: int = 8
     recon_batch: int = 32
     recon_samples: int = 32
     recon_epochs: float = 10.0
@@ -273,11 +282,11 @@ class CalibrationSettings:
         return dict(self.strategy_params).get(name, default)
 
     def to_dict(self) -> dict[str, Any]:
-        """Canonical, JSON-ready form (part of the supernet cache key); fields of :data:`KEY_STABLE_DEFAULTS` at
-        their old value are left out (:meth:`from_dict` restores them)."""
+        """Canonical, JSON-ready form that :meth:`from_dict` reads back; fields of :data:`KEY_STABLE_DEFAULTS` at
+        their old value, where that is also their default, are left out (:meth:`from_dict` restores them)."""
         d = asdict(self)
         for name, old in KEY_STABLE_DEFAULTS.items():
-            if d[name] == old:
+            if d[name] == old == _DEFAULTS[name]:
                 del d[name]
         d["strategy_params"] = {k: v for k, v in self.strategy_params}
         return d
@@ -287,8 +296,12 @@ class CalibrationSettings:
         return {"version": self.version, **{k: getattr(self, k) for k in DATA_FIELDS}}
 
     def cache_dict(self) -> dict[str, Any]:
-        """:meth:`to_dict` without the :data:`EXECUTION_FIELDS`: what decides the calibrated supernet."""
+        """:meth:`to_dict` without the :data:`EXECUTION_FIELDS` and without the fields of
+        :data:`KEY_STABLE_DEFAULTS` at their old value: what decides the calibrated supernet."""
         d = self.to_dict()
+        for name, old in KEY_STABLE_DEFAULTS.items():
+            if d.get(name, old) == old:
+                d.pop(name, None)
         for name in EXECUTION_FIELDS:
             d.pop(name, None)
         return d
@@ -309,6 +322,12 @@ class CalibrationSettings:
         if version != CALIBRATION_SETTINGS_VERSION:
             raise ConfigError("version", f"{shown(version)} is not supported (expected {CALIBRATION_SETTINGS_VERSION})")
         return cls(**dict(data))
+
+    @classmethod
+    def from_stored(cls, data: Mapping[str, Any]) -> CalibrationSettings:
+        """:meth:`from_dict` for the settings an artifact was written with: a field of :data:`KEY_STABLE_DEFAULTS`
+        it does not name was not there yet, so it takes the value in effect then, not today's default."""
+        return cls.from_dict({**KEY_STABLE_DEFAULTS, **data})
 
 
 def _check(ok: bool, field: str, reason: str) -> None:
@@ -340,3 +359,7 @@ def _normalise_params(params: Any) -> tuple[tuple[str, Any], ...]:
             raise ConfigError("strategy_params", f"{k}: value must be a JSON scalar, got {type(v).__name__}")
     json.dumps(pairs)
     return pairs
+
+
+#: Every field's default (what a dict that does not name the field means to :meth:`CalibrationSettings.from_dict`).
+_DEFAULTS: dict[str, Any] = asdict(CalibrationSettings())

@@ -39,7 +39,15 @@ def test_reconstruction_steps_are_the_reconstructors(change: dict, bits: int) ->
 def test_wide_codes_reconstruct_for_their_own_steps() -> None:
     s = dataclasses.replace(DEFAULT, recon_iters=200, recon_iters_wide=50, par_decay=0.5)
     assert ReconOptions.from_settings(s, 0, 4).iters == 200 and ReconOptions.from_settings(s, 0, 5).iters == 200
-    assert ReconOptions.from_settings(s, 0, 6).iters == 50 and ReconOptions.from_settings(s, 1, 8).iters == 25
+    assert ReconOptions.from_settings(s, 0, 6).iters == 50 and ReconOptions.from_settings(s, 1, 7).iters == 25
+    assert ReconOptions.from_settings(s, 0, 8).iters == 200  # W8 reconstructs in full by default
+    old = dataclasses.replace(s, recon_wide_below=9)  # before the field: the wide count at W8 too
+    assert ReconOptions.from_settings(old, 1, 8).iters == 25
+    assert "recon_wide_below" not in old.cache_dict() and s.cache_dict()["recon_wide_below"] == 8  # a new key
+    assert CalibrationSettings.from_dict(old.to_dict()) == old and CalibrationSettings.from_dict(s.to_dict()) == s
+    stored = {k: v for k, v in old.to_dict().items() if k != "recon_wide_below"}  # written before the field
+    assert CalibrationSettings.from_stored(stored) == old
+    assert CalibrationSettings.from_dict(stored).recon_wide_below == 8  # a job spec that does not name it
     flat = dataclasses.replace(s, recon_iters_wide=None)
     assert {ReconOptions.from_settings(flat, 0, b).iters for b in (2, 4, 6, 8)} == {200}
     assert flat.to_dict()["recon_iters_wide"] is None and s.to_dict()["recon_iters_wide"] == 50  # both in the key
@@ -56,8 +64,8 @@ def test_the_estimate_scales_with_forward_time_and_bit_options() -> None:
     assert one.phases["ranges"] == pytest.approx(COST_FACTORS["ranges"] * 1e-3 * DEFAULT.grid_steps * DEFAULT.samples)
     assert one.phases["reconstruction"] > one.phases["ranges"]
     assert one.to_dict()["forward_ms_per_sample"] == 1.0
-    decayed = estimate_from_forward(1e-3, (4, 8), dataclasses.replace(DEFAULT, recon_iters_wide=20), blocks=10)
-    assert decayed.per_bits[8] < decayed.per_bits[4]
+    decayed = estimate_from_forward(1e-3, (4, 6, 8), dataclasses.replace(DEFAULT, recon_iters_wide=20), blocks=10)
+    assert decayed.per_bits[6] < decayed.per_bits[4] == pytest.approx(decayed.per_bits[8])
 
 
 def test_switches_remove_their_phases() -> None:
