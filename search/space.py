@@ -91,9 +91,9 @@ class SearchSpace:
         sites: the quantizable sites (sorted).
         bit_options: bit-widths the precision genes choose among (sorted ascending).
         grouping: ``nonuniform`` or ``uniform``.
-        granularity: ``site`` (one unit per site) or ``block`` (one unit per block of ``site_blocks``).
-        site_blocks: ``{site: block}``; required for ``block`` granularity (every site mapped; names of sites
-            outside ``sites`` are ignored).
+        granularity: ``site`` (one unit per site), ``block`` or ``kind`` (one unit per value of ``site_blocks``).
+        site_blocks: ``{site: unit}``: the site's block (``block``), or its block and kind of layer (``kind``);
+            required for both (every site mapped; names of sites outside ``sites`` are ignored).
     """
 
     num_train_timesteps: int
@@ -135,10 +135,10 @@ class SearchSpace:
     def _resolve_units(self, sites: tuple[str, ...]) -> dict[str, str]:
         if self.granularity == "site":
             return {s: s for s in sites}
-        if self.granularity != "block":
+        if self.granularity not in GRANULARITIES:
             raise ConfigError("granularity", f"must be one of {list(GRANULARITIES)}, got {self.granularity!r}")
         if self.site_blocks is None:
-            raise ConfigError("site_blocks", "block granularity needs a {site: block} map")
+            raise ConfigError("site_blocks", f"{self.granularity} granularity needs a {{site: unit}} map")
         missing = [s for s in sites if s not in self.site_blocks]
         if missing:
             raise ConfigError("site_blocks", f"{len(missing)} sites have no block, e.g. {missing[0]!r}")

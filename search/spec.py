@@ -25,7 +25,7 @@ SEARCH_SETTINGS_VERSION = 1
 FP_OPTION = 16
 
 GROUPINGS = ("nonuniform", "uniform")
-GRANULARITIES = ("site", "block")
+GRANULARITIES = ("site", "block", "kind")
 ALGORITHMS = ("nsga2", "tmpq_evolution", "random")
 #: The solvers that run a candidate's schedule (and the FP reference): DDIM (η = 0; TMPQ-DM's) and DPM-Solver++(2M).
 SOLVERS = ("ddim", "dpmsolver++")
@@ -100,7 +100,8 @@ class SearchSettings:
         bit_options: the bit-widths the precision genes choose among, sorted ascending (each in 2..8 or 16).
         steps: the step counts K searched; one value or several (then K is itself a gene), sorted ascending.
         grouping: ``nonuniform`` (TMPQ-DM's quadratic groups) or ``uniform`` (equal widths).
-        granularity: ``site`` (genes per quantizable site) or ``block`` (sites of a block share genes).
+        granularity: ``site`` (genes per quantizable site), ``block`` (sites of a block share genes) or ``kind``
+            (sites of one kind of layer within a block share genes: attention, MLP, modulation, the rest).
         solver: what samples a candidate's timesteps, its uniform baselines and the FP reference: ``ddim`` or
             ``dpmsolver++`` (DPM-Solver++(2M)).
         budget: ``None``, BitOps, or :class:`UniformBudget` (``"W6A6@10"``); a constraint in BitOps whatever

@@ -52,6 +52,22 @@ def _cmd_zoo_train_digits_sd(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_zoo_train_digits_dit(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from supernet.zoo.digits_dit import DITTrainSettings, record_class_accuracy, train_digits_dit
+
+    steps = {"steps": args.steps} if args.steps is not None else {}
+    settings = replace(DITTrainSettings(seed=args.seed, threads=args.threads), **steps)
+    start = time.perf_counter()
+    out = train_digits_dit(args.out, settings)
+    print(f"trained the digits DiT in {time.perf_counter() - start:.0f} s -> {out}")
+    if args.eval_per_class > 0:
+        acc = record_class_accuracy(out, n_per_class=args.eval_per_class, seed=args.seed)
+        print(f"class accuracy {acc:.4f} ({10 * args.eval_per_class} samples), recorded in {out}/tmpq.json")
+    return EXIT_OK
+
+
 def _cmd_zoo_train_features(args: argparse.Namespace) -> int:
     from supernet.zoo.features import FeatureTrainSettings, train_features
 
@@ -89,7 +105,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance_scale,
     )
     info = check_model_dir(path)
-    settings = settings.resolved_for_model(path, info.conditional)  # prompts for an unconditional model: refused
+    settings = settings.resolved_for_model(path, info.condition)  # prompts for an unconditional model: refused
     model = load_model(path, conditioning=settings.conditioning(path))
     sampler = model.sampler(batch_size=64, solver=args.solver)
     features = features_for(model.path)
@@ -392,6 +408,13 @@ def _add_zoo(sub: argparse._SubParsersAction) -> None:
         "--eval-per-prompt", type=int, default=50, help="samples per prompt for the prompt accuracy (0: skip)"
     )
     p.set_defaults(handler=_cmd_zoo_train_digits_sd)
+    p = zsub.add_parser("train-digits-dit", help="train the class-conditional digits DiT (models/digits-dit)")
+    p.add_argument("--out", default="models/digits-dit")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=None, help="transformer training steps (default: DITTrainSettings)")
+    p.add_argument("--eval-per-class", type=int, default=50, help="samples per class for the class accuracy (0: skip)")
+    p.set_defaults(handler=_cmd_zoo_train_digits_dit)
     p = zsub.add_parser("train-features", help="train the digits classifier (models/digits-features)")
     p.add_argument("--out", default="models/digits-features")
     p.add_argument("--seed", type=int, default=0)

@@ -1,4 +1,4 @@
-"""What a conditional (text-to-image) model is conditioned on in a job, torch-free.
+"""What a conditional (text-to-image or class-conditional) model is conditioned on in a job, torch-free.
 
 :class:`Conditioning` is the resolved form: the prompts, the optional negative prompt, the classifier-free guidance
 scale and the images per prompt. Sample ``i`` of any sample set (calibration trajectories, the evaluation's
@@ -9,6 +9,11 @@ data keeps its prompts.
 A model directory may carry defaults beside its weights (tmpq's own files, ignored by diffusers):
 ``prompts.txt`` (one prompt per line) and ``tmpq.json`` (``{"guidance_scale": ...}``). Without them the guidance
 scale is diffusers' default for Stable Diffusion, 7.5.
+
+A class-conditional model (DiT) is conditioned on class labels the same way: its "prompts" are the labels of the
+classes a job evaluates (the ``id2label`` names of ``model_index.json``, or the class number where it has none),
+sample ``i`` draws class ``i % len(classes)``, and the guidance scale defaults to ``DiTPipeline``'s 4.0
+(:func:`resolve_classes`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from search.errors import ConfigError
+from search.fields import shown
 from supernet.settings import canonical_key
 
 #: The prompts file a model directory may ship (one prompt per line).
@@ -30,6 +36,10 @@ DEFAULTS_FILE = "tmpq.json"
 #: diffusers' default guidance scale of ``StableDiffusionPipeline``.
 DEFAULT_GUIDANCE = 7.5
 MAX_IMAGES_PER_PROMPT = 64
+#: diffusers' default guidance scale of ``DiTPipeline``.
+DEFAULT_CLASS_GUIDANCE = 4.0
+#: At most this many classes in a job (ImageNet DiTs have 1,000).
+MAX_CLASSES = 10_000
 
 
 @dataclass(frozen=True)
@@ -148,3 +158,81 @@ def resolve_conditioning(
     if guidance_scale is None:
         guidance_scale = float(model_defaults(root).get("guidance_scale", DEFAULT_GUIDANCE))
     return Conditioning(found, float(guidance_scale), negative_prompt, images_per_prompt)
+
+
+def class_table(model_dir: str | Path) -> dict[int, str]:
+    """``{class id: label}`` of a class-conditional pipeline directory: ``model_index.json``'s ``id2label`` (a
+    label is its first comma-separated name), else every class of the transformer's label table
+    (``num_embeds_ada_norm``) named by its number."""
+    names = _id2label(model_dir)
+    if names:
+        return {i: aliases[0] for i, aliases in names.items()}
+    n = _json_object(Path(model_dir) / "transformer" / "config.json").get("num_embeds_ada_norm")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError("classes", "the model has neither id2label nor num_embeds_ada_norm: its classes are unknown")
+    return {i: str(i) for i in range(n)}
+
+
+def _id2label(model_dir: str | Path) -> dict[int, list[str]]:
+    """Every class's names in ``model_index.json``'s ``id2label`` (comma-separated, as diffusers' ``DiTPipeline``
+    splits them), by id; empty when it has none."""
+    table = _json_object(Path(model_dir) / "model_index.json").get("id2label")
+    out: dict[int, list[str]] = {}
+    if not isinstance(table, Mapping):
+        return out
+    for key, value in table.items():
+        try:
+            i = int(key)
+        except (TypeError, ValueError):
+            raise ConfigError("classes", f"the model's id2label has a non-integer class id {shown(key)}") from None
+        out[i] = [a.strip() for a in str(value).split(",") if a.strip()] or [str(i)]
+    return dict(sorted(out.items()))
+
+
+def class_ids(labels: Sequence[str], table: Mapping[int, str]) -> list[int]:
+    """The class id of each label (a label of ``table``, else a class number in it); ConfigError naming
+    ``classes[i]`` for one that is neither."""
+    by_label = {label: i for i, label in sorted(table.items(), reverse=True)}  # the lowest id wins a shared label
+    ids = []
+    for i, label in enumerate(labels):
+        key = str(label).strip()
+        if key in by_label:
+            ids.append(by_label[key])
+        elif key.lstrip("-").isdigit() and int(key) in table:
+            ids.append(int(key))
+        else:
+            raise ConfigError(f"classes[{i}]", f"{shown(label)} is not a class of the model (e.g. {_examples(table)})")
+    return ids
+
+
+def resolve_classes(
+    model_dir: str | Path,
+    classes: Sequence[int | str] | None,
+    guidance_scale: float | None,
+    images_per_prompt: int,
+) -> Conditioning:
+    """The job's conditioning on the class-conditional model in ``model_dir``: the classes it names (ids, labels or
+    any of a label's comma-separated names; default: every class of :func:`class_table`), as their labels, and its
+    guidance scale (else the model's ``tmpq.json``, else ``DiTPipeline``'s 4.0). ConfigError naming
+    ``classes[i]`` for a class the model lacks."""
+    table = class_table(model_dir)
+    alias = {a: table[i] for i, names in sorted(_id2label(model_dir).items(), reverse=True) for a in names}
+    ids = list(table) if classes is None else class_ids([alias.get(str(c), str(c)) for c in classes], table)
+    if len(ids) > MAX_CLASSES:
+        raise ConfigError("classes", f"at most {MAX_CLASSES} classes, the model has {len(ids)}: name the ones to use")
+    if guidance_scale is None:
+        guidance_scale = float(model_defaults(model_dir).get("guidance_scale", DEFAULT_CLASS_GUIDANCE))
+    return Conditioning(tuple(table[i] for i in ids), float(guidance_scale), None, images_per_prompt)
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError("classes", f"{path.name} of the model cannot be read: {exc}") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _examples(table: Mapping[int, str]) -> str:
+    first = list(table.items())[:3]
+    return ", ".join(f"{i} or {label!r}" if label != str(i) else str(i) for i, label in first)

@@ -4,7 +4,8 @@ An export is a directory in diffusers' layout::
 
     model_index.json                  the components (unet, scheduler), diffusers-style: its denoiser class picks
                                       the model adapter (:mod:`supernet.models`) that rebuilds the architecture
-    unet/config.json                  the denoiser's diffusers config (the adapter's ``from_config`` builds it)
+    unet/config.json                  the denoiser's diffusers config (the adapter's ``from_config`` builds it);
+                                      the denoiser's component is ``transformer/`` for a DiT
     unet/quantized.safetensors        quantized weights as packed integer codes + scale + zero-point per output
                                       channel; every other tensor (biases, norms, layers left in FP) as stored
     quant_config.json                 per site: kind, weight and activation bit-widths, packing, and the
@@ -53,6 +54,7 @@ from search.errors import ConfigError, InvalidCandidate, ModelLoadError, Schedul
 from supernet.errors import CalibrationError
 from supernet.models.base import DiffusionAdapter, NoiseSchedule
 from supernet.models.directory import kind_of_index
+from supernet.models.kinds import denoiser_components, kind_named
 from supernet.models.registry import adapter_class
 from supernet.qlayers.context import TimestepContext
 from supernet.qlayers.registry import install_sites
@@ -79,8 +81,19 @@ UNET_CONFIG_FILE = "unet/config.json"
 UNET_WEIGHTS_FILE = "unet/quantized.safetensors"
 SCHEDULER_CONFIG_FILE = "scheduler/scheduler_config.json"
 
-#: Files the manifest checksums (every file of an export but the manifest itself).
-CHECKED_FILES = (MODEL_INDEX_FILE, UNET_CONFIG_FILE, UNET_WEIGHTS_FILE, QUANT_CONFIG_FILE, SCHEDULER_CONFIG_FILE)
+
+def denoiser_files(component: str = "unet") -> tuple[str, str]:
+    """The denoiser's config and quantized weights in an export, under its ``model_index.json`` component."""
+    return f"{component}/config.json", f"{component}/quantized.safetensors"
+
+
+def checked_files(component: str = "unet") -> tuple[str, ...]:
+    """Files the manifest checksums besides the FP components' (every file of an export but the manifest)."""
+    return (MODEL_INDEX_FILE, *denoiser_files(component), QUANT_CONFIG_FILE, SCHEDULER_CONFIG_FILE)
+
+
+#: :func:`checked_files` of a UNet export.
+CHECKED_FILES = checked_files("unet")
 
 #: Keys of a training scheduler's config that the DDIM scheduler config keeps.
 _SCHEDULER_KEYS = (
@@ -395,6 +408,8 @@ def export_candidate(
     _check_hooks(supernet, explicit)
     cost = supernet.cost(candidate)  # checks the candidate against the supernet's sites and widths
     model = supernet.model
+    component = kind_named(model.kind).component if model.kind else "unet"
+    config_file, weights_file = denoiser_files(component)
     if scheduler_config is None:
         scheduler_config = model.scheduler_config
     if not scheduler_config:
@@ -423,17 +438,17 @@ def export_candidate(
     tmp.mkdir(parents=True)
     try:
         _write_json(tmp / MODEL_INDEX_FILE, model_index)
-        _write_json(tmp / UNET_CONFIG_FILE, unet_cfg)
+        _write_json(tmp / config_file, unet_cfg)
         save_file(
             tensors,
-            str(tmp / UNET_WEIGHTS_FILE),
+            str(tmp / weights_file),
             metadata={"format": EXPORT_FORMAT, "format_version": str(EXPORT_FORMAT_VERSION)},
         )
         _write_json(tmp / QUANT_CONFIG_FILE, quant_config)
         _write_json(tmp / SCHEDULER_CONFIG_FILE, sched_cfg)
         components = model.export_components(tmp)  # the FP parts of the pipeline (a VAE, a text encoder...)
-        weights_bytes = (tmp / UNET_WEIGHTS_FILE).stat().st_size
-        checked = [*CHECKED_FILES, *components]
+        weights_bytes = (tmp / weights_file).stat().st_size
+        checked = [*checked_files(component), *components]
         manifest = {
             "format": EXPORT_FORMAT,
             "format_version": EXPORT_FORMAT_VERSION,
@@ -445,6 +460,7 @@ def export_candidate(
                 {**(objectives or {}), "bitops": cost.bitops, "weight_bytes": cost.weight_bytes, "steps": cost.steps}
             ),
             "model_hash": supernet.model_hash,
+            "denoiser": component,
             "solver": solver,
             "backend": backend,
             "conditioning": model.conditioning.to_dict() if getattr(model, "conditioning", None) else None,
@@ -513,20 +529,31 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def manifest_denoiser(root: Path, manifest: Mapping[str, Any]) -> str:
+    """The denoiser's component of an export (``unet`` for exports that do not name it); ModelLoadError for one no
+    model kind has."""
+    component = manifest.get("denoiser", "unet")
+    if component not in denoiser_components():
+        raise ModelLoadError(root / MANIFEST_FILE, f"unknown denoiser component {component!r}")
+    return str(component)
+
+
 def verify(path: str | Path, manifest: Mapping[str, Any] | None = None) -> None:
     """Check every file against the manifest's size and SHA-256; :class:`ModelLoadError` names the first bad one."""
     root = Path(path)
     manifest = manifest if manifest is not None else read_manifest(root)
     files = manifest.get("files")
     components = manifest.get("fp_components") or []
+    component = manifest_denoiser(root, manifest)
+    checked = checked_files(component)
     if (
         not isinstance(files, Mapping)
-        or not set(CHECKED_FILES) <= set(files)
-        or any(str(rel).split("/")[0] not in components for rel in set(files) - set(CHECKED_FILES))
+        or not set(checked) <= set(files)
+        or any(str(rel).split("/")[0] not in components for rel in set(files) - set(checked))
         or any(".." in Path(str(rel)).parts or Path(str(rel)).is_absolute() for rel in files)
     ):
         raise ModelLoadError(
-            root / MANIFEST_FILE, f"the file list must name exactly {list(CHECKED_FILES)} and the FP components' files"
+            root / MANIFEST_FILE, f"the file list must name exactly {list(checked)} and the FP components' files"
         )
     for rel in files:
         f = root / rel
@@ -623,13 +650,14 @@ def _tensor(tensors: Mapping[str, torch.Tensor], key: str, where: Path) -> torch
 
 
 def _install(
-    denoiser: nn.Module, qcfg: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], root: Path
+    denoiser: nn.Module, qcfg: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], root: Path, component: str
 ) -> list[Any]:
     """Rebuild the state dict (dequantized weights), install the quantized sites (and the reparameterization's
     explicit input pre-scales) and select the candidate; returns the hooks installed on the denoiser."""
     from supernet.calibration.reparam import _prescale_hook, channel_dim  # the supernet's own pre-scale, exactly
 
-    weights_file, qcfg_file = root / UNET_WEIGHTS_FILE, root / QUANT_CONFIG_FILE
+    config_name, weights_name = denoiser_files(component)
+    weights_file, qcfg_file = root / weights_name, root / QUANT_CONFIG_FILE
     sites_cfg: Mapping[str, Any] = qcfg["sites"]
     slots: dict[str, QuantizedTensor] = {}
     state = {
@@ -645,7 +673,7 @@ def _install(
     try:
         denoiser.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ModelLoadError(weights_file, f"does not match unet/config.json: {str(exc).splitlines()[0]}") from None
+        raise ModelLoadError(weights_file, f"does not match {config_name}: {str(exc).splitlines()[0]}") from None
     settings = SupernetSettings.from_dict(qcfg["settings"])
     ctx = TimestepContext()
     installation = install_sites(denoiser, ctx, attention=settings.attention_matmuls, exclude=settings.exclude)
@@ -750,7 +778,9 @@ def load(
     if check:
         verify(root, manifest)
     index = _read_json(root, MODEL_INDEX_FILE)
-    unet_cfg = _read_json(root, UNET_CONFIG_FILE)
+    component = manifest_denoiser(root, manifest)
+    config_file, weights_file = denoiser_files(component)
+    unet_cfg = _read_json(root, config_file)
     qcfg = _read_json(root, QUANT_CONFIG_FILE)
     sched_cfg = _read_json(root, SCHEDULER_CONFIG_FILE)
     if qcfg.get("format_version") != EXPORT_FORMAT_VERSION:
@@ -759,10 +789,10 @@ def load(
             f"format version {qcfg.get('format_version')!r} is not supported (expected {EXPORT_FORMAT_VERSION})",
         )
     kind = kind_of_index(index, root / MODEL_INDEX_FILE)
-    if f"{kind.component}/config.json" != UNET_CONFIG_FILE:
-        raise ModelLoadError(root / MODEL_INDEX_FILE, f"a {kind.name} model does not fit export format version 1")
+    if kind.component != component:
+        raise ModelLoadError(root / MODEL_INDEX_FILE, f"a {kind.name} model's denoiser is not under {component}/")
     if unet_cfg.get("_class_name") not in kind.classes:
-        raise ModelLoadError(root / UNET_CONFIG_FILE, f"unsupported model class {unet_cfg.get('_class_name')!r}")
+        raise ModelLoadError(root / config_file, f"unsupported model class {unet_cfg.get('_class_name')!r}")
     if sched_cfg.get("prediction_type", "epsilon") not in kind.prediction_types:
         raise ModelLoadError(
             root / SCHEDULER_CONFIG_FILE, f"prediction_type {sched_cfg.get('prediction_type')!r} is not supported"
@@ -776,17 +806,17 @@ def load(
     except (KeyError, InvalidCandidate, ScheduleError, ValueError) as exc:
         raise ModelLoadError(root / SCHEDULER_CONFIG_FILE, f"inconsistent with the manifest: {exc}") from None
     try:
-        tensors = load_file(str(root / UNET_WEIGHTS_FILE))
+        tensors = load_file(str(root / weights_file))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelLoadError(root / UNET_WEIGHTS_FILE, f"unreadable: {exc}") from None
+        raise ModelLoadError(root / weights_file, f"unreadable: {exc}") from None
     try:
         model = adapter_class(kind).from_export(root, unet_cfg, sched_cfg, manifest)
     except ModelLoadError:
         raise
     except Exception as exc:  # diffusers raises many types for a bad config
-        raise ModelLoadError(root / UNET_CONFIG_FILE, f"the model cannot be built: {exc}") from None
+        raise ModelLoadError(root / config_file, f"the model cannot be built: {exc}") from None
     try:
-        hooks = _install(model.denoiser, qcfg, tensors, root)
+        hooks = _install(model.denoiser, qcfg, tensors, root, component)
     except (KeyError, TypeError, ValueError, CalibrationError) as exc:
         raise ModelLoadError(root / QUANT_CONFIG_FILE, f"corrupt: {type(exc).__name__}: {exc}") from None
     pipe = ExportedPipeline(model, tuple(timesteps), manifest, qcfg, sched_cfg, root, hooks)

@@ -1,8 +1,8 @@
 """The ``model`` section of a job spec: :class:`ModelSettings`, torch-free (the server validates it).
 
 Which model a job runs (a diffusers directory, named relative to the model root), on which device and in which
-compute dtype, and the conditioning a conditional model needs (prompts, guidance). Every command resolves a model
-name the same way, with :func:`resolve_model_path`.
+compute dtype, and the conditioning a conditional model needs (prompts or class labels, guidance). Every command
+resolves a model name the same way, with :func:`resolve_model_path`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,15 @@ from typing import Any, ClassVar
 
 from search.errors import ConfigError, ModelLoadError
 from search.fields import check_known, read_number, read_str, shown
-from supernet.conditioning import MAX_IMAGES_PER_PROMPT, PROMPTS_FILE, Conditioning, resolve_conditioning
+from supernet.conditioning import (
+    DEFAULT_CLASS_GUIDANCE,
+    MAX_CLASSES,
+    MAX_IMAGES_PER_PROMPT,
+    PROMPTS_FILE,
+    Conditioning,
+    resolve_classes,
+    resolve_conditioning,
+)
 
 MODEL_SETTINGS_VERSION = 1
 
@@ -46,7 +54,9 @@ class ModelSettings:
         guidance_scale: classifier-free guidance scale of a conditional model (``None``: the model's default, else
             diffusers' 7.5).
         negative_prompt: the unconditional branch's prompt under guidance (``None``: the empty prompt).
-        images_per_prompt: consecutive samples drawn per prompt.
+        images_per_prompt: consecutive samples drawn per prompt (per class).
+        classes: the classes a class-conditional model (DiT) is evaluated on, as class ids or labels (``None``:
+            every class of the model); refused for other models. Resolved to the labels of ``id2label``.
         version: format version of this section.
     """
 
@@ -59,6 +69,7 @@ class ModelSettings:
     guidance_scale: float | None = None
     negative_prompt: str | None = None
     images_per_prompt: int = 1
+    classes: tuple[int | str, ...] | None = None
     version: int = MODEL_SETTINGS_VERSION
 
     def __post_init__(self) -> None:
@@ -91,9 +102,31 @@ class ModelSettings:
         if self.guidance_scale is not None:
             scale = read_number(self.guidance_scale, "guidance_scale", 0.0, MAX_GUIDANCE)
             object.__setattr__(self, "guidance_scale", scale)
+        self._check_classes()
         images = self.images_per_prompt
         if isinstance(images, bool) or not isinstance(images, int) or not 1 <= images <= MAX_IMAGES_PER_PROMPT:
             raise ConfigError("images_per_prompt", f"must be an integer in [1, {MAX_IMAGES_PER_PROMPT}]")
+
+    def _check_classes(self) -> None:
+        classes = self.classes
+        if classes is None:
+            return
+        if isinstance(classes, str) or not isinstance(classes, list | tuple):
+            raise ConfigError("classes", f"expected a list of class ids or labels, got {type(classes).__name__}")
+        if not classes:
+            raise ConfigError("classes", "must not be empty (leave it out to evaluate every class)")
+        if len(classes) > MAX_CLASSES:
+            raise ConfigError("classes", f"at most {MAX_CLASSES} classes, got {len(classes)}")
+        for i, c in enumerate(classes):
+            if isinstance(c, bool) or not isinstance(c, int | str):
+                raise ConfigError(f"classes[{i}]", f"expected a class id or label, got {shown(c)}")
+            if isinstance(c, int) and c < 0:
+                raise ConfigError(f"classes[{i}]", f"a class id is >= 0, got {c}")
+            if isinstance(c, str):
+                read_str(c, f"classes[{i}]", max_len=MAX_PROMPT_CHARS)
+        if self.prompts is not None or self.prompts_file is not None or self.negative_prompt is not None:
+            raise ConfigError("classes", "give prompts (a text-to-image model) or classes (a class-conditional one)")
+        object.__setattr__(self, "classes", tuple(classes))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | str) -> ModelSettings:
@@ -111,6 +144,10 @@ class ModelSettings:
         """Plain JSON/YAML-ready form."""
         out = dataclasses.asdict(self)
         out["prompts"] = list(self.prompts) if self.prompts is not None else None
+        if self.classes is None:
+            del out["classes"]  # the field came with class-conditional models: older stored specs stay as they were
+        else:
+            out["classes"] = list(self.classes)
         return out
 
     def replace(self, **changes: Any) -> ModelSettings:
@@ -118,25 +155,49 @@ class ModelSettings:
         return dataclasses.replace(self, **changes)
 
     #: The fields that condition a model (refused for unconditional ones).
-    CONDITION_FIELDS: ClassVar[tuple[str, ...]] = ("prompts", "prompts_file", "guidance_scale", "negative_prompt")
+    CONDITION_FIELDS: ClassVar[tuple[str, ...]] = (
+        "prompts",
+        "prompts_file",
+        "guidance_scale",
+        "negative_prompt",
+        "classes",
+    )
+    #: The fields only a text-to-image model takes, and only a class-conditional one.
+    PROMPT_FIELDS: ClassVar[tuple[str, ...]] = ("prompts", "prompts_file", "negative_prompt")
+    CLASS_FIELDS: ClassVar[tuple[str, ...]] = ("classes",)
 
     @property
     def conditional(self) -> bool:
-        """Whether the settings carry a condition (prompts, a prompts file, guidance or a negative prompt)."""
+        """Whether the settings carry a condition (prompts, a prompts file, guidance, a negative prompt, classes)."""
         return any(getattr(self, f) is not None for f in self.CONDITION_FIELDS) or self.images_per_prompt != 1
 
-    def validate_for_model(self, conditional_model: bool) -> None:
-        """Conditioning fields must match the model: an unconditional model takes no prompts or guidance."""
-        if not conditional_model:
+    def validate_for_model(self, condition: str) -> None:
+        """Conditioning fields must match the model's ``condition`` (:data:`~supernet.models.kinds.CONDITIONS`): an
+        unconditional model takes no prompts, classes or guidance; a text-to-image model no classes; a
+        class-conditional model no prompts."""
+        if not condition:
             for name in self.CONDITION_FIELDS:
                 if getattr(self, name) is not None:
                     raise ConfigError(name, "the model is unconditional: it takes no condition")
             if self.images_per_prompt != 1:
                 raise ConfigError("images_per_prompt", "the model is unconditional: it takes no prompts")
+            return
+        refused = self.CLASS_FIELDS if condition == "prompts" else self.PROMPT_FIELDS
+        reason = (
+            "the model is text-to-image: it takes prompts, not class labels"
+            if condition == "prompts"
+            else "the model is class-conditional: it takes classes (ids or labels), not prompts"
+        )
+        for name in refused:
+            if getattr(self, name) is not None:
+                raise ConfigError(name, reason)
 
     def conditioning(self, model_dir: str | Path) -> Conditioning | None:
         """The resolved conditioning on the (conditional) model in ``model_dir``; ``None`` when these settings carry
-        none and the model ships no prompts file (an unconditional model)."""
+        none and the model ships no prompts file (an unconditional model, or a class-conditional one whose adapter
+        then takes every class)."""
+        if self.classes is not None:
+            return resolve_classes(model_dir, self.classes, self.guidance_scale, self.images_per_prompt)
         if not self.conditional and not (Path(model_dir) / PROMPTS_FILE).is_file():
             return None
         return self._resolve(model_dir)
@@ -151,18 +212,24 @@ class ModelSettings:
             self.images_per_prompt,
         )
 
-    def resolved_for_model(self, model_dir: str | Path, conditional_model: bool) -> ModelSettings:
-        """Checked against the model, with a conditional model's prompts and guidance filled in from its files, so
-        the stored job says exactly what it ran."""
-        self.validate_for_model(conditional_model)
-        if not conditional_model:
+    def resolved_for_model(self, model_dir: str | Path, condition: str) -> ModelSettings:
+        """Checked against the model's ``condition``, with a conditional model's prompts (or classes, as labels)
+        and guidance filled in from its files, so the stored job says exactly what it ran."""
+        self.validate_for_model(condition)
+        if not condition:
             return self
+        if condition == "classes":
+            resolved = resolve_classes(model_dir, self.classes, self.guidance_scale, self.images_per_prompt)
+            return self.replace(classes=resolved.prompts, guidance_scale=resolved.guidance_scale)
         resolved = self._resolve(model_dir)
         return self.replace(prompts=resolved.prompts, prompts_file=None, guidance_scale=resolved.guidance_scale)
 
     def condition_key(self) -> str | None:
         """The identity of a resolved conditional job's condition (see :meth:`resolved_for_model`), ``None`` when
         it has none: part of the identity of its calibrated supernet."""
+        if self.classes is not None:  # resolved: the labels
+            scale = DEFAULT_CLASS_GUIDANCE if self.guidance_scale is None else self.guidance_scale
+            return Conditioning(tuple(str(c) for c in self.classes), scale, None, self.images_per_prompt).key()
         if self.prompts is None:
             return None
         return Conditioning(

@@ -360,6 +360,18 @@ class QuantSupernet:
             reparam_saved=self.reparam.saved_bytes if self.reparam is not None else 0,
         )
 
+    def site_units(self, granularity: str) -> dict[str, str] | None:
+        """``{site: precision unit}`` of a search ``granularity``: ``None`` for ``site`` (each its own), the site's
+        block for ``block``, its block and kind of layer (``transformer_blocks.3/attention``, see
+        :meth:`~supernet.models.base.DiffusionAdapter.layer_kind`) for ``kind``."""
+        if granularity == "site":
+            return None
+        if granularity == "block":
+            return dict(self.site_blocks)
+        if granularity == "kind":
+            return {s: f"{b}/{self.model.layer_kind(s)}" for s, b in self.site_blocks.items()}
+        raise ConfigError("granularity", f"unknown granularity {granularity!r}")
+
     def cost(self, candidate: Candidate) -> Cost:
         """BitOps (whole schedule) and weight bytes of ``candidate`` (analytic; see :class:`CostModel`).
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import string
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
 
 #: Prompts a tiny pipeline is conditioned on by default (its ``prompts.txt``).
 TINY_PROMPTS = ("a red square", "a blue circle", "a green line")
@@ -38,6 +41,22 @@ def _write_tokenizer(folder: Path, max_length: int) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
 
 
+def tiny_vae() -> AutoencoderKL:
+    """A random one-level ``AutoencoderKL`` between 3×8×8 images and 4×8×8 latents (seeded by the caller)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16,),
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        norm_num_groups=8,
+        sample_size=8,
+    )
+
+
 def tiny_sd_pipeline(
     root: str | Path,
     *,
@@ -51,7 +70,7 @@ def tiny_sd_pipeline(
     one-level AutoencoderKL on 3×8×8 images, a one-layer CLIP text encoder, a character tokenizer) to ``root``;
     with ``prompts``, its ``prompts.txt`` (and ``tmpq.json`` guidance) beside it."""
     import diffusers
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from supernet.zoo.digits_sd import save_sd_pipeline
@@ -73,16 +92,7 @@ def tiny_sd_pipeline(
         attention_head_dim=4,
         norm_num_groups=8,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(16,),
-        down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",),
-        norm_num_groups=8,
-        sample_size=8,
-    )
+    vae = tiny_vae()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer),

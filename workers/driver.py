@@ -302,7 +302,10 @@ def _search_space(spec: JobSpec, supernet: Any) -> SearchSpace:
     (the budget included: an absolute BitOps budget below the cheapest candidate)."""
     try:
         space = SearchSpace.from_spec(
-            spec.search, supernet.sites, supernet.model.num_train_timesteps, supernet.site_blocks
+            spec.search,
+            supernet.sites,
+            supernet.model.num_train_timesteps,
+            supernet.site_units(spec.search.granularity),
         )
         resolve_budget(spec.search.budget, supernet.cost_model, space, spec.search.algorithm)
     except ConfigError as exc:

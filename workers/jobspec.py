@@ -178,7 +178,7 @@ class JobSpec:
         info = check_model_dir(path, shown=self.model.path)
         steps = info.num_train_timesteps
         try:
-            model = self.model.resolved_for_model(path, info.conditional)
+            model = self.model.resolved_for_model(path, info.condition)
         except ConfigError as exc:
             raise within("model", exc) from None
         try:

@@ -295,6 +295,23 @@ class DiffusionAdapter(abc.ABC):
         the top-level unit (:func:`top_level_block`)."""
         return top_level_block(self.denoiser, name)
 
+    def layer_kind(self, name: str) -> str:
+        """The kind of layer the site ``name`` is, for the search's ``kind`` granularity: ``attention`` (an
+        attention's projections and matmuls), ``mlp`` (a feed-forward), ``modulation`` (what the timestep or class
+        embedding computes or feeds: adaLN, time-embedding MLPs and projections, a DiT's final modulation), else
+        ``other`` (convolutions, patch embedding, output projection). By the module names diffusers uses."""
+        parts = name.split(".")
+        if any(p.startswith("attn") for p in parts):
+            return "attention"
+        if "ff" in parts:
+            return "mlp"
+        embedding = {"emb", "time_embedding", "time_emb_proj", "timestep_embedder", "class_embedder", "proj_out_1"}
+        if any(p in embedding or p.startswith("norm") for p in parts):
+            return "modulation"
+        if "attentions" in parts:
+            return "attention"
+        return "other"
+
     def temporal_support(self) -> str | None:
         """``None`` when the time-embedding pieces below apply (the temporal features depend on ``t`` only), else
         why not."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from search.errors import ModelLoadError
+from supernet.conditioning import class_table
 from supernet.models.kinds import (
     ModelKind,
     denoiser_components,
@@ -29,8 +30,10 @@ TESTBED_DIR = SHIPPED_MODELS / "digits-ddpm-16"
 #: The text-to-image testbed (a StableDiffusionPipeline on the digits, prompts "a handwritten digit seven"...).
 DIGITS_SD_DIR = SHIPPED_MODELS / "digits-sd"
 FEATURES_DIR = SHIPPED_MODELS / "digits-features"
-#: The shipped models the digits classifier measures (FDD, prompt accuracy), recognised by their weights.
-DIGITS_MODELS = (TESTBED_DIR, DIGITS_SD_DIR)
+#: The class-conditional transformer testbed (a DiTPipeline on the digits, class d is the digit d).
+DIGITS_DIT_DIR = SHIPPED_MODELS / "digits-dit"
+#: The shipped models the digits classifier measures (FDD, prompt or class accuracy), recognised by their weights.
+DIGITS_MODELS = (TESTBED_DIR, DIGITS_SD_DIR, DIGITS_DIT_DIR)
 
 MODEL_INDEX = "model_index.json"
 SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
@@ -58,6 +61,11 @@ class ModelDir:
     def model_kind(self) -> ModelKind:
         """The registered kind of the directory."""
         return kind_named(self.kind)
+
+    @property
+    def condition(self) -> str:
+        """What the model is conditioned on: ``"prompts"``, ``"classes"`` or ``""`` (unconditional)."""
+        return self.model_kind.condition
 
     @property
     def num_train_timesteps(self) -> int:
@@ -229,9 +237,12 @@ def features_for(model_dir: str | Path) -> Path | None:
 
 
 def prompt_labels_for(model_dir: str | Path) -> dict[str, int] | None:
-    """For a text-to-image model whose prompts each name a class the feature extractor predicts, ``{prompt:
-    class}``: the shipped digits-sd testbed's ``prompts.txt`` names digit ``i`` on line ``i``. ``None`` otherwise."""
+    """For a conditional model whose prompts (or class labels) each name a class the feature extractor predicts,
+    ``{prompt: class}``: the shipped digits-sd testbed's ``prompts.txt`` names digit ``i`` on line ``i``, and the
+    DiT testbed's class ``i`` is digit ``i``. ``None`` otherwise."""
     shipped = _shipped_digits_model(model_dir)
+    if shipped is not None and shipped == DIGITS_DIT_DIR:
+        return {label: i for i, label in class_table(model_dir).items()}
     if shipped is None or shipped != DIGITS_SD_DIR:
         return None
     try:

@@ -24,6 +24,10 @@ LATENT_SCHEDULERS = (
 )
 
 
+#: What a model can be conditioned on: nothing, prompts (text-to-image), class labels (class-conditional).
+CONDITIONS = ("", "prompts", "classes")
+
+
 @dataclass(frozen=True)
 class ModelKind:
     """One kind of diffusers pipeline and its adapter.
@@ -35,6 +39,8 @@ class ModelKind:
         schedulers: the training scheduler classes accepted.
         prediction_types: what the denoiser predicts (``epsilon``; ``v_prediction`` once an adapter converts it).
         conditional: whether the model takes a condition (prompts, class labels).
+        condition: what a conditional model is conditioned on: ``"prompts"`` (text) or ``"classes"`` (class labels);
+            empty for an unconditional model.
         hashed: the components whose ``config.json`` and safetensors files make the model's identity, in order.
         adapter: ``"module:Class"`` of the adapter (a :class:`supernet.models.base.DiffusionAdapter`).
         pipelines: the ``model_index.json`` ``_class_name`` values of this kind's pipelines.
@@ -53,10 +59,15 @@ class ModelKind:
     pipelines: tuple[str, ...] = ()
     required: tuple[str, ...] = ()
     fp_components: tuple[str, ...] = ()
+    condition: str = ""
 
     def __post_init__(self) -> None:
         if not self.name or not self.component or not self.classes or ":" not in self.adapter:
             raise ValueError(f"incomplete model kind {self!r}")
+        if self.condition not in CONDITIONS or bool(self.condition) != self.conditional:
+            raise ValueError(
+                f"model kind {self.name!r}: condition must be one of {CONDITIONS[1:]} exactly when conditional"
+            )
         if not self.hashed:
             object.__setattr__(self, "hashed", (self.component,))
 
@@ -81,10 +92,27 @@ STABLE_DIFFUSION = ModelKind(
     adapter="supernet.models.sd:StableDiffusionAdapter",
     prediction_types=("epsilon", "v_prediction"),
     conditional=True,
+    condition="prompts",
     hashed=("unet", "text_encoder", "tokenizer"),
     pipelines=("StableDiffusionPipeline",),
     required=("vae", "text_encoder", "tokenizer"),
     fp_components=("text_encoder", "vae"),
+)
+
+#: Class-conditional latent diffusion transformers: a ``DiTTransformer2DModel`` (adaLN-Zero blocks conditioned on the
+#: timestep and a class label) and an ``AutoencoderKL`` (DiTPipeline, labels in ``model_index.json``'s ``id2label``).
+DIT = ModelKind(
+    name="dit",
+    component="transformer",
+    classes=("DiTTransformer2DModel",),
+    schedulers=LATENT_SCHEDULERS,
+    adapter="supernet.models.dit:DiTAdapter",
+    conditional=True,
+    condition="classes",
+    hashed=("transformer",),
+    pipelines=("DiTPipeline",),
+    required=("vae",),
+    fp_components=("vae",),
 )
 
 _KINDS: dict[str, ModelKind] = {}
@@ -102,6 +130,7 @@ def register_kind(kind: ModelKind) -> ModelKind:
 
 register_kind(UNET2D)
 register_kind(STABLE_DIFFUSION)
+register_kind(DIT)
 
 
 def model_kinds() -> tuple[ModelKind, ...]:

@@ -9,8 +9,6 @@ layout loads the same way, safetensors only; nothing is ever downloaded.
 
 from __future__ import annotations
 
-import inspect
-import json
 import logging
 import shutil
 from collections.abc import Mapping, Sequence
@@ -26,6 +24,8 @@ from supernet.conditioning import Conditioning, default_conditioning
 from supernet.models.base import Condition, DiffusionAdapter, NoiseSchedule
 from supernet.models.directory import ModelDir, model_hash
 from supernet.models.kinds import STABLE_DIFFUSION
+from supernet.models.latent import VAELatents, denoiser_config
+from supernet.models.schedulers import scheduler_from_config, searched_scheduler_for
 from supernet.models.unet_time import UNetTimeEmbedding
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def _pipeline_class() -> type:
     return StableDiffusionPipeline  # type: ignore[no-any-return]
 
 
-class StableDiffusionAdapter(UNetTimeEmbedding, DiffusionAdapter):
+class StableDiffusionAdapter(VAELatents, UNetTimeEmbedding, DiffusionAdapter):
     """A ``StableDiffusionPipeline`` (UNet2DConditionModel + AutoencoderKL + CLIP text encoder and tokenizer).
 
     Before sampling, :meth:`configure` sets the job's prompts and guidance (at load, the model directory's own
@@ -223,28 +223,10 @@ class StableDiffusionAdapter(UNetTimeEmbedding, DiffusionAdapter):
         a = a.reshape(-1, *([1] * (x_t.dim() - 1))) if isinstance(a, torch.Tensor) and a.dim() > 0 else a
         return a**0.5 * v + (1.0 - a) ** 0.5 * x_t  # type: ignore[no-any-return]
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents to images in [-1, 1] through the FP VAE (``latents / scaling_factor``, as diffusers does)."""
-        vae = self.pipeline.vae
-        scale = float(getattr(vae.config, "scaling_factor", 1.0))
-        with torch.no_grad():
-            images = vae.decode(latents.to(vae.dtype) / scale, return_dict=False)[0]
-        return images.to(torch.float32).clamp(-1.0, 1.0)
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] to latents (the VAE posterior's mean, scaled)."""
-        vae = self.pipeline.vae
-        scale = float(getattr(vae.config, "scaling_factor", 1.0))
-        with torch.no_grad():
-            return vae.encode(images.to(vae.dtype)).latent_dist.mean * scale  # type: ignore[no-any-return]
-
     # --- export -----------------------------------------------------------------------------------------------
     @property
     def config(self) -> dict[str, Any]:
-        cfg: dict[str, Any] = json.loads(self.denoiser.to_json_string())  # type: ignore[operator]
-        if cfg.get("_class_name") != CLASS_NAME:
-            raise ConfigError("model", f"expected a {CLASS_NAME}, not a {cfg.get('_class_name')}")
-        return cfg
+        return denoiser_config(self.denoiser, CLASS_NAME)
 
     def export_index(self) -> dict[str, Any]:
         """``model_index.json`` of an export: a ``StableDiffusionPipeline`` (the exporter names the scheduler)."""
@@ -295,7 +277,8 @@ class StableDiffusionAdapter(UNetTimeEmbedding, DiffusionAdapter):
         from diffusers import UNet2DConditionModel
 
         unet = UNet2DConditionModel.from_config(dict(config))
-        pipe = _load_pipeline(root, "the export's pipeline", unet=unet, scheduler=_scheduler(scheduler_config))
+        scheduler = scheduler_from_config(scheduler_config)
+        pipe = _load_pipeline(root, "the export's pipeline", unet=unet, scheduler=scheduler)
         schedule = NoiseSchedule.from_config({"clip_sample": False, **scheduler_config})
         adapter = cls(pipe, schedule=schedule, path=root, model_hash=manifest.get("model_hash"))
         conditioning = manifest.get("conditioning")
@@ -307,16 +290,7 @@ class StableDiffusionAdapter(UNetTimeEmbedding, DiffusionAdapter):
         """This ``StableDiffusionPipeline`` with a scheduler that runs ``timesteps`` whenever it is called without
         explicit ones (``num_inference_steps`` is then ignored): ``pipe(prompt, guidance_scale=..., generator=...)``
         samples the searched schedule with the quantized UNet through diffusers' own scheduler."""
-        scheduler = _scheduler(scheduler_config)
-        if "timesteps" not in inspect.signature(scheduler.set_timesteps).parameters:
-            raise ConfigError(
-                "solver",
-                f"diffusers' {type(scheduler).__name__} cannot run a searched (non-uniform) schedule: sample this "
-                "export with its sampler (export.sample), or search with solver dpmsolver++",
-            )
-        self.pipeline.scheduler = _searched(type(scheduler), tuple(int(t) for t in timesteps)).from_config(
-            scheduler.config
-        )
+        self.pipeline.scheduler = searched_scheduler_for(scheduler_config, timesteps)
         return self.pipeline
 
     def save_pretrained(self, out_dir: str | Path) -> Path:
@@ -350,30 +324,6 @@ def _load_pipeline(root: Path, what: str, **components: Any) -> Any:
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):
         part.eval().requires_grad_(False)
     return pipe
-
-
-def _scheduler(config: Mapping[str, Any]) -> Any:
-    """The diffusers scheduler a config names (its extra ``timesteps`` key left out)."""
-    import diffusers
-
-    cfg = {k: v for k, v in config.items() if k != "timesteps"}
-    cls = getattr(diffusers, str(cfg.get("_class_name", "")), None)
-    if cls is None:
-        raise ConfigError("scheduler", f"unknown diffusers scheduler {cfg.get('_class_name')!r}")
-    return cls.from_config(cfg)
-
-
-def _searched(cls: type, timesteps: tuple[int, ...]) -> type:
-    """A subclass of the scheduler class ``cls`` whose ``set_timesteps`` runs ``timesteps`` unless told others."""
-
-    def set_timesteps(self: Any, num_inference_steps: int | None = None, device: Any = None, **kwargs: Any) -> Any:
-        if kwargs.get("timesteps") is None:
-            kwargs["timesteps"] = list(timesteps)
-        return cls.set_timesteps(self, None, device, **kwargs)
-
-    searched = type(cls.__name__, (cls,), {"set_timesteps": set_timesteps, "searched_timesteps": timesteps})
-    searched.__module__ = cls.__module__
-    return searched
 
 
 def conditions_of(prompts: Sequence[str], n: int, images_per_prompt: int = 1) -> list[str]:

@@ -150,7 +150,7 @@ def test_the_registry_refuses_an_unsupported_class_by_name(tmp_path: Path) -> No
     index["_class_name"] = "DDPMPipeline"
     del index["unet"]
     (root / "model_index.json").write_text(json.dumps(index))
-    with pytest.raises(ModelLoadError, match="names no 'unet' component"):
+    with pytest.raises(ModelLoadError, match="names no 'unet' or 'transformer' component"):
         check_model_dir(root)
 
 
@@ -159,26 +159,29 @@ def test_a_new_kind_registers_in_one_place(tmp_path: Path, monkeypatch: pytest.M
     from supernet.models import kinds
 
     fake = ModelKind(
-        name="fake-dit",
+        name="fake-transformer",
         component="transformer",
         classes=("FakeTransformer2DModel",),
         schedulers=("DDPMScheduler",),
         adapter="supernet.models.unet2d:UNet2DAdapter",
         conditional=True,
+        condition="classes",
     )
     monkeypatch.setattr(kinds, "_KINDS", dict(kinds._KINDS))
     kinds.register_kind(fake)
-    root = tmp_path / "dit"
+    root = tmp_path / "fake"
     (root / "transformer").mkdir(parents=True)
     shutil.copytree(TESTBED_DIR / "scheduler", root / "scheduler")
     (root / "model_index.json").write_text(json.dumps({"transformer": ["diffusers", "FakeTransformer2DModel"]}))
     (root / "transformer" / "config.json").write_text(json.dumps({"_class_name": "FakeTransformer2DModel"}))
     (root / "transformer" / "weights.safetensors").write_bytes(b"x")
     checked = check_model_dir(root)
-    assert checked.kind == "fake-dit" and checked.conditional is True
+    assert checked.kind == "fake-transformer" and checked.conditional is True and checked.condition == "classes"
     assert len(model_hash(root)) == 16  # the kind's component is what is hashed
     with pytest.raises(ValueError, match="already belong"):
         kinds.register_kind(ModelKind("other", "unet", ("UNet2DModel",), ("DDPMScheduler",), "x:Y"))
+    with pytest.raises(ValueError, match="exactly when conditional"):
+        ModelKind("vague", "unet", ("X",), ("DDPMScheduler",), "x:Y", conditional=True)
 
 
 def test_the_directory_check_and_registry_import_without_torch() -> None:
