@@ -1,14 +1,17 @@
-"""Benchmark of text-to-image models: the shipped digits-sd testbed (or any local StableDiffusionPipeline).
+"""Benchmark of conditional models: the shipped text-to-image and class-conditional testbeds (digits-sd and the DiT
+digits-dit), or any local StableDiffusionPipeline or DiTPipeline directories (``--model``, repeatable).
 
-Under the model's key (``"digits-sd"`` for the testbed) it reports:
+Under each model's key (its directory name: ``"digits-sd"``, ``"digits-dit"``) it reports:
 
-- ``fp_prompt_accuracy``, ``fp_fdd``: the FP pipeline at its default steps and guidance (the model's ``tmpq.json``)
-  with DPM-Solver++: the share of samples the shipped digits classifier labels as the digit their prompt names, and
-  FDD against the real digits (the testbed only; ``null`` for a model without a feature extractor);
+- ``fp_prompt_accuracy`` (a text-to-image model) or ``fp_class_accuracy`` (a class-conditional one), ``fp_fdd``: the
+  FP pipeline at its default steps and guidance (the model's ``tmpq.json``) with DPM-Solver++: the share of samples
+  the shipped digits classifier labels as the digit their prompt (class) names, and FDD against the real digits (the
+  testbeds only; ``null`` for a model without a feature extractor);
 - ``eval_seconds_64``: one candidate evaluated on 64 samples (the search's unit of work);
 - ``overhead_ratio``: a random mixed candidate's sampling time over FP's, side by side, at one torch thread;
 - ``rows``: uniform W8A8, W6A6 and W4A8 at the default steps with the default calibration (the shipped supernet when
-  there is one): MSE against the FP pipeline's images from the same noise and prompts, prompt accuracy, FDD;
+  there is one): MSE against the FP pipeline's images from the same noise and prompts (classes), prompt (class)
+  accuracy, FDD;
 - ``export_bit_identical``: a mixed candidate exported and loaded back samples bit-identically to the supernet.
 
 Prints progress to stderr and one JSON object as the last stdout line. ``--quick`` (under a minute once the
@@ -40,6 +43,7 @@ from supernet.conditioning import model_defaults
 from supernet.export import export_candidate, load
 from supernet.metrics import FDDScorer, mse
 from supernet.models import DIGITS_SD_DIR, features_for, load_model, prompt_labels_for
+from supernet.models.directory import DIGITS_DIT_DIR
 from supernet.sampling import uniform_schedule
 
 ROWS = (("W8A8", 8, 8), ("W6A6", 6, 6), ("W4A8", 4, 8))
@@ -61,12 +65,13 @@ def _fdd(scorer: FDDScorer | None, images: torch.Tensor) -> float | None:
     return round(scorer.score(images), 3) if scorer is not None else None
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    model = load_model(args.model)
+def run(args: argparse.Namespace, path: str) -> dict[str, Any]:
+    model = load_model(path)
     conditioning = model.conditioning
     if conditioning is None:
-        raise SystemExit(f"{args.model}: the model ships no prompts.txt; give it prompts first")
-    defaults = model_defaults(args.model)
+        raise SystemExit(f"{path}: the model ships no prompts.txt; give it prompts first")
+    accuracy = "class_accuracy" if model.kind == "dit" else "prompt_accuracy"
+    defaults = model_defaults(path)
     steps = int(defaults.get("default_steps", 25))
     schedule = uniform_schedule(steps, model.num_train_timesteps)
     features = features_for(model.path)
@@ -88,11 +93,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "steps": steps,
         "guidance_scale": conditioning.guidance_scale,
         "solver": SOLVER,
-        "fp_prompt_accuracy": _accuracy(scorer, labels, fp, prompts),
+        f"fp_{accuracy}": _accuracy(scorer, labels, fp, prompts),
         "fp_fdd": _fdd(scorer, fp),
         "supernet_seconds": round(calib_s, 1),
     }
-    _log(f"FP: prompt accuracy {out['fp_prompt_accuracy']}, FDD {out['fp_fdd']}")
+    _log(f"FP: {accuracy.replace('_', ' ')} {out[f'fp_{accuracy}']}, FDD {out['fp_fdd']}")
 
     rows = {}
     for name, w, a in ROWS:
@@ -100,7 +105,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             images = sampler.sample(schedule, n, args.seed)
         rows[name] = {
             "mse": round(mse(images, fp), 6),
-            "prompt_accuracy": _accuracy(scorer, labels, images, prompts),
+            accuracy: _accuracy(scorer, labels, images, prompts),
             "fdd": _fdd(scorer, images),
         }
         _log(f"{name}: {rows[name]}")
@@ -139,7 +144,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(DIGITS_SD_DIR), help="a StableDiffusionPipeline directory")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="a StableDiffusionPipeline or DiTPipeline directory (repeatable; default: digits-sd and digits-dit)",
+    )
     parser.add_argument("--quick", action="store_true", help="fewer samples and repeats (a smoke run)")
     parser.add_argument("--samples", type=int, default=None, help="samples per measurement (default 500; quick 64)")
     parser.add_argument("--repeats", type=int, default=None)
@@ -151,9 +161,10 @@ def main() -> None:
     args.repeats = args.repeats or (2 if args.quick else 6)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    key = Path(args.model).resolve().name
+    models = args.model or [str(DIGITS_SD_DIR), str(DIGITS_DIT_DIR)]
     start = time.perf_counter()
-    result = {key: run(args), "quick": args.quick, "seconds": None}
+    result: dict[str, Any] = {Path(m).resolve().name: run(args, m) for m in models}
+    result.update(quick=args.quick, seconds=None)
     result["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(result))
 

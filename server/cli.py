@@ -452,9 +452,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--generations", type=int, default=None, help="search generations (default: the demo job's)")
     p.add_argument(
         "--model",
-        choices=("digits-ddpm-16", "digits-sd"),
+        choices=("digits-ddpm-16", "digits-sd", "digits-dit"),
         default="digits-ddpm-16",
-        help="the shipped testbed to run: the pixel-space DDPM (default) or the text-to-image digits-sd",
+        help="the shipped testbed to run: the pixel-space DDPM (default), the text-to-image digits-sd or the "
+        "class-conditional transformer digits-dit",
     )
     p.set_defaults(handler=_cmd_demo)
     p = sub.add_parser("sample", help="sample a model at uniform schedules and score it (FDD on the testbed)")

@@ -58,8 +58,20 @@ DEMO_T2I_JOB: dict[str, Any] = {
     "execution": {"ray": {"num_actors": 2, "num_cpus": 1, "threads_per_actor": 1}},
 }
 
+#: The class-conditional transformer demo (``tmpq demo --model digits-dit``): the shipped DiT testbed on its ten
+#: classes at its guidance, DPM-Solver++ at 4 or 8 steps, one precision unit per kind of layer in each block.
+DEMO_DIT_JOB: dict[str, Any] = {
+    **DEMO_T2I_JOB,
+    "model": {"path": "digits-dit"},
+    "search": {**DEMO_T2I_JOB["search"], "granularity": "kind"},
+}
+
 #: The demo job of each model ``tmpq demo --model`` takes.
-DEMO_JOBS: dict[str, dict[str, Any]] = {"digits-ddpm-16": DEMO_JOB, "digits-sd": DEMO_T2I_JOB}
+DEMO_JOBS: dict[str, dict[str, Any]] = {
+    "digits-ddpm-16": DEMO_JOB,
+    "digits-sd": DEMO_T2I_JOB,
+    "digits-dit": DEMO_DIT_JOB,
+}
 
 
 class DemoError(TmpqError):

@@ -6,8 +6,10 @@ applied as a per-input-channel reparameterization of the FP weights, shared by e
 Per configuration (``_calibrate``, one session):
 
 1. DAQ (``daq``): the FP model's post-softmax probabilities of every ``.pv`` site are tested per timestep group
-   (:mod:`~supernet.calibration.daq`); each (site, group) gets log2 or uniform. Both quantizers are also fitted
-   and their error recorded, as a check of the decision.
+   (:mod:`~supernet.calibration.daq`). Both quantizers, log2 and uniform, are fitted at every grid timestep and
+   width; with ``daq_rule: "error"`` (the default, ours) the one with the lower quantization error is kept, with
+   ``"power_law"`` (TCAQ-DM's) the test's choice for the timestep's group. The test and both errors are reported
+   (``daq_check``) either way.
 2. Initial quantizers: weights per output channel and activation ranges per grid timestep, layer after layer on
    the quantized upstream (the ``"range"`` baseline, with DAQ's kinds).
 3. Block reconstruction (``reconstruction``) on the FP-trajectory inputs.
@@ -286,7 +288,10 @@ class TCAQCalibrator(CalibrationStrategy):
                 session.set_kind(q, kind)
                 fits[kind] = session.act_quantizer(q).fit(x, bits)
                 errors.append(float(lp_error(fits[kind].fake_quantize(flat), flat, 2.0, dim=0)))
-            chosen = kinds[q.site][index]
+            if self.settings.daq_rule == "error":
+                chosen = "log2" if errors[0] < errors[1] else "uniform"
+            else:
+                chosen = kinds[q.site][index]
             session.set_kind(q, chosen)
             check.setdefault(q.site, [[] for _ in kinds[q.site]])[index] = errors
             return fits[chosen]
@@ -294,8 +299,8 @@ class TCAQCalibrator(CalibrationStrategy):
         return fit
 
     def _record_check(self, label: str, check: dict[str, list[list[float]]]) -> None:
-        """Per (site, group): the mean quantization MSE of each kind on the observed inputs, and whether the
-        likelihood-ratio decision picked the one with the lower error."""
+        """Per (site, group): the mean quantization MSE of each kind on the observed inputs, whether the
+        likelihood-ratio decision picked the one with the lower error, and the kind kept at each timestep."""
         assert self._decisions is not None
         out: dict[str, Any] = {}
         for site, groups in self._decisions.items():
@@ -311,6 +316,7 @@ class TCAQCalibrator(CalibrationStrategy):
                 log2_mse = sum(e[0] for e in errs) / len(errs)
                 uni_mse = sum(e[1] for e in errs) / len(errs)
                 better = "log2" if log2_mse < uni_mse else "uniform"
+                by_error = self.settings.daq_rule == "error"
                 rows.append(
                     {
                         "timesteps": ts,
@@ -318,6 +324,7 @@ class TCAQCalibrator(CalibrationStrategy):
                         "mse_log2": log2_mse,
                         "mse_uniform": uni_mse,
                         "agrees": better == test.choice,
+                        "kept": [("log2" if e[0] < e[1] else "uniform") if by_error else test.choice for e in errs],
                     }
                 )
             out[site] = rows

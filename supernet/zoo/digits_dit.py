@@ -141,7 +141,7 @@ def _train(
         loss.backward()
         opt.step()
         sched.step()
-        recent = [*recent[-99:], float(loss)]
+        recent = [*recent[-99:], loss.item()]
         if (step + 1) % 500 == 0 or step + 1 == settings.steps:
             log.info(
                 "dit step %d/%d loss %.4f (%.0f s)", step + 1, settings.steps, loss.item(), time.perf_counter() - start
@@ -185,7 +185,6 @@ def _train_digits_dit(out: Path, settings: DITTrainSettings, sd_dir: Path) -> Pa
         "guidance_scale": DEFAULT_GUIDANCE,
         "vae": "models/digits-sd/vae",
         "final_loss": round(loss, 5),
-        "train_seconds": round(seconds, 1),
         "train": asdict(settings),
     }
     (out / DEFAULTS_FILE).write_text(json.dumps(record, indent=2) + "\n")

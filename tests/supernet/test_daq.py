@@ -62,7 +62,8 @@ def test_mle_is_the_closed_form_and_degenerate_input_is_uniform():
 
 
 def test_choices_and_ratios_reach_the_tables_and_the_saved_metadata(tmp_path, monkeypatch):
-    """Group 0 forced to log2, the rest to uniform: every .pv probability table follows, per timestep."""
+    """``daq_rule: power_law``, group 0 forced to log2, the rest to uniform: every .pv probability table follows,
+    per timestep."""
     real = power_law_test
     calls = []
 
@@ -83,6 +84,7 @@ def test_choices_and_ratios_reach_the_tables_and_the_saved_metadata(tmp_path, mo
         par=False,
         daq_groups=2,
         recon_samples=2,
+        daq_rule="power_law",
     )
     sn = QuantSupernet.build(make_testbed(0).eval(), (4, 6), calib_settings=settings)
     sn.calibrate(random_data(TESTBED_SHAPE, grid=(999, 600, 300, 0), n=2))
@@ -102,3 +104,32 @@ def test_choices_and_ratios_reach_the_tables_and_the_saved_metadata(tmp_path, mo
         assert all(c["mse_log2"] > 0 and c["mse_uniform"] > 0 for c in check)
     meta = json.loads((sn.save(tmp_path / "daq") / META_FILE).read_text())
     assert meta["calibration_metadata"]["daq"] == json.loads(json.dumps(daq))
+
+
+def test_the_error_rule_keeps_the_kind_with_the_lower_error_whatever_the_test_says(monkeypatch):
+    """The default ``daq_rule: error``: the test says log2 everywhere, each timestep's table keeps the kind whose
+    quantization error on the observed probabilities is lower (reported per timestep as ``kept``)."""
+
+    def always_log2(values: torch.Tensor) -> PowerLawTest:
+        fitted = power_law_test(values)
+        return PowerLawTest("log2", fitted.R, fitted.R_norm, fitted.alpha, fitted.xmin, fitted.n, fitted.ks)
+
+    monkeypatch.setattr(tcaq_module, "power_law_test", always_log2)
+    settings = CalibrationSettings(
+        grid_steps=4, samples=2, mse_grid=8, act_max_elems=4096, reconstruction=False, tcr=False, par=False
+    )
+    assert settings.daq_rule == "error"
+    sn = QuantSupernet.build(make_testbed(0).eval(), (4, 8), calib_settings=settings)
+    sn.calibrate(random_data(TESTBED_SHAPE, grid=(999, 600, 300, 0), n=2))
+    kinds = {"log2": Log2Params, "uniform": UniformParams}
+    seen = set()
+    for label, bits in (("W4A4", 4), ("W8A8", 8)):
+        for site, rows in sn.calibration_metadata["daq_check"][label].items():
+            kept = [k for row in rows for k in row["kept"]]
+            assert [type(p) for p in sn.site(site).a.tables[bits]] == [kinds[k] for k in kept]
+            for row in rows:
+                assert row["choice"] == "log2"
+                if len(row["kept"]) == 1:  # one timestep: its errors are the row's
+                    assert row["kept"][0] == ("log2" if row["mse_log2"] < row["mse_uniform"] else "uniform")
+            seen.update(kept)
+    assert "uniform" in seen  # the test's log2 was overruled somewhere
