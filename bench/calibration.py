@@ -59,8 +59,8 @@ from supernet.sampling import uniform_schedule
 from supernet.supernet import QuantSupernet
 
 #: The fields the issue-18 defaults changed, at their previous values (applied to today's defaults): the wide
-#: widths' shorter reconstruction, and the bit options calibrated one after the other in process.
-PREVIOUS_DEFAULT: dict[str, Any] = {"recon_iters_wide": None, "workers": 1}
+#: widths' shorter reconstruction, the bit options calibrated one after the other in process, and DAQ's rule.
+PREVIOUS_DEFAULT: dict[str, Any] = {"recon_iters_wide": None, "workers": 1, "daq_rule": "power_law"}
 #: The generated second model: RGB at 24x24, three levels (the testbed: one channel at 16x16, three levels).
 RGB24_CONFIG: dict[str, Any] = {
     "_class_name": "UNet2DModel",
