@@ -103,6 +103,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         path=str(path),
         prompts=tuple(args.prompt) if args.prompt else None,
         guidance_scale=args.guidance_scale,
+        classes=tuple(args.class_label) if args.class_label else None,
     )
     info = check_model_dir(path)
     settings = settings.resolved_for_model(path, info.condition)  # prompts for an unconditional model: refused
@@ -467,6 +468,13 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=None,
         help="a text-to-image model's prompt (repeat for several; default: the model's prompts.txt)",
+    )
+    p.add_argument(
+        "--class",
+        dest="class_label",
+        action="append",
+        default=None,
+        help="a class-conditional (DiT) model's class, id or label (repeat for several; default: every class)",
     )
     p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (default: the model's)")
     p.add_argument("--samples", type=int, default=512)

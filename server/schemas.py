@@ -60,7 +60,8 @@ class JobSubmission(BaseModel):
         description="The model: a directory (absolute or relative to the server's model root), or a mapping with "
         "`path`, `device` (auto, cpu, cuda, cuda:N), `dtype` (float32, bfloat16, float16), `tf32` (false), and "
         "for text-to-image models `prompts` (a list; default: the model's prompts.txt) or `prompts_file`, "
-        "`guidance_scale` (default: the model's, else 7.5), `negative_prompt`, `images_per_prompt`."
+        "`guidance_scale` (default: the model's, else 7.5; 4.0 for a DiT), `negative_prompt`, `images_per_prompt`; "
+        "for class-conditional (DiT) models `classes` (ids or labels; default: every class)."
     )
     search: Section | None = Field(
         default=None,

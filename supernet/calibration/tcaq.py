@@ -7,9 +7,9 @@ Per configuration (``_calibrate``, one session):
 
 1. DAQ (``daq``): the FP model's post-softmax probabilities of every ``.pv`` site are tested per timestep group
    (:mod:`~supernet.calibration.daq`). Both quantizers, log2 and uniform, are fitted at every grid timestep and
-   width; with ``daq_rule: "error"`` (the default, ours) the one with the lower quantization error is kept, with
-   ``"power_law"`` (TCAQ-DM's) the test's choice for the timestep's group. The test and both errors are reported
-   (``daq_check``) either way.
+   width; ``daq_rule`` decides which is kept (:func:`daq_kind`): TCAQ-DM's test (``power_law``), the test unless
+   its kind errs a hundred times more than the other (``guarded``, the default, ours), or the lower error
+   (``error``). The test, both errors and the kind kept are reported (``daq_check``).
 2. Initial quantizers: weights per output channel and activation ranges per grid timestep, layer after layer on
    the quantized upstream (the ``"range"`` baseline, with DAQ's kinds).
 3. Block reconstruction (``reconstruction``) on the FP-trajectory inputs.
@@ -45,7 +45,7 @@ from supernet.calibration.gradalign import GradAlignOptions
 from supernet.calibration.reconstruction import BlockReconstructor, ReconOptions
 from supernet.calibration.reparam import plan_groups
 from supernet.calibration.session import CalibrationSession, FitFn
-from supernet.calibration.settings import SWITCHES, CalibrationSettings
+from supernet.calibration.settings import DAQ_GUARD_RATIO, SWITCHES, CalibrationSettings
 from supernet.calibration.strategy import CalibrationStrategy, register_strategy
 from supernet.calibration.tcr import compute_tcr
 from supernet.qlayers.act import ActQuantizer
@@ -70,6 +70,18 @@ def config_label(session: CalibrationSession) -> str:
     """``"W4A4"`` for a uniform configuration, else ``"mixed"``."""
     w, a = set(session.w_bits.values()), set(session.a_bits.values())
     return f"W{w.pop()}A{a.pop()}" if len(w) == 1 and len(a) == 1 else "mixed"
+
+
+def daq_kind(rule: str, tested: str, log2_mse: float, uniform_mse: float) -> str:
+    """The post-softmax quantizer ``daq_rule`` keeps at one timestep and width, given the power-law test's choice
+    and each kind's quantization MSE on the observed probabilities."""
+    if rule == "error":
+        return "log2" if log2_mse < uniform_mse else "uniform"
+    if rule == "guarded":
+        mine, other = (log2_mse, uniform_mse) if tested == "log2" else (uniform_mse, log2_mse)
+        if mine > DAQ_GUARD_RATIO * other:
+            return "uniform" if tested == "log2" else "log2"
+    return tested
 
 
 @register_strategy
@@ -288,10 +300,7 @@ class TCAQCalibrator(CalibrationStrategy):
                 session.set_kind(q, kind)
                 fits[kind] = session.act_quantizer(q).fit(x, bits)
                 errors.append(float(lp_error(fits[kind].fake_quantize(flat), flat, 2.0, dim=0)))
-            if self.settings.daq_rule == "error":
-                chosen = "log2" if errors[0] < errors[1] else "uniform"
-            else:
-                chosen = kinds[q.site][index]
+            chosen = daq_kind(self.settings.daq_rule, kinds[q.site][index], errors[0], errors[1])
             session.set_kind(q, chosen)
             check.setdefault(q.site, [[] for _ in kinds[q.site]])[index] = errors
             return fits[chosen]
@@ -316,7 +325,7 @@ class TCAQCalibrator(CalibrationStrategy):
                 log2_mse = sum(e[0] for e in errs) / len(errs)
                 uni_mse = sum(e[1] for e in errs) / len(errs)
                 better = "log2" if log2_mse < uni_mse else "uniform"
-                by_error = self.settings.daq_rule == "error"
+                rule = self.settings.daq_rule
                 rows.append(
                     {
                         "timesteps": ts,
@@ -324,7 +333,7 @@ class TCAQCalibrator(CalibrationStrategy):
                         "mse_log2": log2_mse,
                         "mse_uniform": uni_mse,
                         "agrees": better == test.choice,
-                        "kept": [("log2" if e[0] < e[1] else "uniform") if by_error else test.choice for e in errs],
+                        "kept": [daq_kind(rule, test.choice, e[0], e[1]) for e in errs],
                     }
                 )
             out[site] = rows

@@ -161,9 +161,10 @@ def _load(kind: str, path: str, backend: str) -> Any:
     return load_model(path) if kind == "fp32" else load(path, backend=backend).model
 
 
-def _step(model: Any, x: torch.Tensor) -> None:
+def _step(model: Any, x: torch.Tensor, condition: Any) -> None:
+    """One denoiser call at :data:`TIMESTEP` (a conditional model's ``condition`` made beforehand, untimed)."""
     with torch.no_grad():
-        model.predict_noise(x, TIMESTEP)
+        model.predict_noise(x, TIMESTEP, condition)
 
 
 def _peak_child(kind: str, path: str, batch: int, backend: str, threads: int, out: Any) -> None:
@@ -175,11 +176,12 @@ def _peak_child(kind: str, path: str, batch: int, backend: str, threads: int, ou
         return
     model = _load(kind, path, backend)
     x = torch.randn(batch, *model.sample_shape)
-    _step(model, x)
+    condition = model.example_condition(batch)
+    _step(model, x, condition)
     peak = _vm_hwm()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current resident set
-    _step(model, x)
+    _step(model, x, condition)
     out.put((peak, _vm_hwm()))
 
 
@@ -219,16 +221,17 @@ def step_times(models: Mapping[str, Any], x: torch.Tensor, repeats: int) -> tupl
     """``(seconds of each timed call, seconds of the first call)`` per model: one warm-up call each (it compiles
     where compiled), then ``repeats`` rounds calling every model once, in alternating order."""
     first: dict[str, float] = {}
+    conditions = {key: model.example_condition(int(x.shape[0])) for key, model in models.items()}
     for key, model in models.items():
         start = time.perf_counter()
-        _step(model, x)
+        _step(model, x, conditions[key])
         first[key] = time.perf_counter() - start
     times: dict[str, list[float]] = {k: [] for k in models}
     order = list(models.items())
     for r in range(repeats):
         for key, model in order if r % 2 == 0 else order[::-1]:
             start = time.perf_counter()
-            _step(model, x)
+            _step(model, x, conditions[key])
             times[key].append(time.perf_counter() - start)
     return times, first
 

@@ -9,10 +9,12 @@ import math
 import pytest
 import torch
 
+from search.errors import ConfigError
 from supernet.artifact import META_FILE
 from supernet.calibration import CalibrationSettings
 from supernet.calibration import tcaq as tcaq_module
 from supernet.calibration.daq import PowerLawTest, fit_power_law, power_law_test, timestep_groups
+from supernet.calibration.tcaq import daq_kind
 from supernet.quant import Log2Params, UniformParams
 from supernet.supernet import QuantSupernet
 from supernet.testing import TESTBED_SHAPE, random_data
@@ -107,8 +109,8 @@ def test_choices_and_ratios_reach_the_tables_and_the_saved_metadata(tmp_path, mo
 
 
 def test_the_error_rule_keeps_the_kind_with_the_lower_error_whatever_the_test_says(monkeypatch):
-    """The default ``daq_rule: error``: the test says log2 everywhere, each timestep's table keeps the kind whose
-    quantization error on the observed probabilities is lower (reported per timestep as ``kept``)."""
+    """``daq_rule: error``: the test says log2 everywhere, each timestep's table keeps the kind whose quantization
+    error on the observed probabilities is lower (reported per timestep as ``kept``)."""
 
     def always_log2(values: torch.Tensor) -> PowerLawTest:
         fitted = power_law_test(values)
@@ -116,9 +118,15 @@ def test_the_error_rule_keeps_the_kind_with_the_lower_error_whatever_the_test_sa
 
     monkeypatch.setattr(tcaq_module, "power_law_test", always_log2)
     settings = CalibrationSettings(
-        grid_steps=4, samples=2, mse_grid=8, act_max_elems=4096, reconstruction=False, tcr=False, par=False
+        grid_steps=4,
+        samples=2,
+        mse_grid=8,
+        act_max_elems=4096,
+        reconstruction=False,
+        tcr=False,
+        par=False,
+        daq_rule="error",
     )
-    assert settings.daq_rule == "error"
     sn = QuantSupernet.build(make_testbed(0).eval(), (4, 8), calib_settings=settings)
     sn.calibrate(random_data(TESTBED_SHAPE, grid=(999, 600, 300, 0), n=2))
     kinds = {"log2": Log2Params, "uniform": UniformParams}
@@ -133,3 +141,14 @@ def test_the_error_rule_keeps_the_kind_with_the_lower_error_whatever_the_test_sa
                     assert row["kept"][0] == ("log2" if row["mse_log2"] < row["mse_uniform"] else "uniform")
             seen.update(kept)
     assert "uniform" in seen  # the test's log2 was overruled somewhere
+
+
+def test_the_guarded_rule_overrules_the_test_only_a_hundredfold_off():
+    assert CalibrationSettings().daq_rule == "guarded"
+    assert daq_kind("guarded", "log2", 5e-5, 1e-5) == "log2"  # 5x worse: the test's choice stands
+    assert daq_kind("guarded", "log2", 2e-3, 1e-5) == "uniform"  # 200x worse: overruled
+    assert daq_kind("guarded", "uniform", 5e-5, 1e-2) == "log2"  # and the other way round
+    assert daq_kind("power_law", "log2", 2e-3, 1e-5) == "log2" and daq_kind("error", "log2", 5e-5, 1e-5) == "uniform"
+    with pytest.raises(ConfigError) as err:
+        CalibrationSettings(daq_rule="best")
+    assert err.value.field == "daq_rule"

@@ -165,6 +165,7 @@ def test_tcaq_calibrates_a_dit_and_the_export_runs_in_diffusers(tiny: Path, tmp_
     from supernet.artifact import get_or_build_supernet
     from supernet.calibration.settings import CalibrationSettings
     from supernet.export import export_candidate, load
+    from supernet.runtime.measure import measure_export
 
     model = load_model(tiny)
     calib = CalibrationSettings.from_dict(
@@ -207,3 +208,5 @@ def test_tcaq_calibrates_a_dit_and_the_export_runs_in_diffusers(tiny: Path, tmp_
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["fp_components"] == ["vae"]
     assert json.loads((out / "model_index.json").read_text())["id2label"] == {str(k): v for k, v in TINY_LABELS.items()}
+    measured = measure_export(out, tiny, batch_size=4, repeats=2, reference_steps=4, memory=False)  # a condition each
+    assert measured.backend == "reference" and measured.step_ms > 0 and measured.fp_step_ms > 0

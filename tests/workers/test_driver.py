@@ -152,6 +152,48 @@ def test_a_text_to_image_job_runs_on_any_local_sd_directory(tmp_path: Path) -> N
     assert any("feature program features.pt2: 16 features" in a["message"] for a in sink.activities)
 
 
+@pytest.mark.slow
+def test_a_class_conditional_job_runs_on_any_local_dit_directory(tmp_path: Path) -> None:
+    """A random DiT directory: the job names two classes (an id and a label), is calibrated on them and searched
+    with one gene per kind of layer in each block; prompts are refused for it at validation."""
+    from supernet.testing_dit import tiny_dit_pipeline
+    from workers.jobspec import validate_job
+
+    root = tmp_path / "models"
+    tiny_dit_pipeline(root / "dit")
+    job_spec: dict[str, Any] = {
+        "model": {"path": "dit", "classes": [2, "square"]},
+        "search": {
+            "bit_options": [4, 8],
+            "steps": 3,
+            "granularity": "kind",
+            "population": 4,
+            "generations": 1,
+            "solver": "dpmsolver++",
+        },
+        "calibration": {"strategy": "range", "grid_steps": 3, "samples": 6, "report_ranking": False},
+        "evaluation": {"samples": 6, "reference_steps": 8, "batch_size": 6},
+    }
+    with pytest.raises(ConfigError, match="class-conditional") as err:
+        validate_job({**job_spec, "model": {"path": "dit", "prompts": ["a square"]}}, root)
+    assert err.value.field == "model.prompts"
+    spec = validate_job(job_spec, root)
+    assert spec.model.classes == ("line", "square") and spec.model.guidance_scale == 3.0
+    sink = Sink()
+    options = DriverOptions(evaluator="inprocess", cache_dir=str(tmp_path / "cache"))
+    prepared = {}
+    result = run_job(spec, sink, options=options, on_prepared=lambda job: prepared.setdefault("job", job))
+    job = prepared["job"]
+    assert job.model.condition_for(3).labels.tolist() == [2, 0, 2]
+    assert job.supernet_path.name.startswith(f"{job.model.model_hash}.{spec.model.condition_key()}-")
+    assert sink.generations == [0] and result.front and all(e.ok and e.quality > 0 for e in result.front)
+    units = job.supernet.site_units("kind")
+    for e in result.front:  # the sites of one kind of layer in one block share their genes
+        w = result.candidates[e.key].w_map()
+        for unit in set(units.values()):
+            assert len({w[s] for s, u in units.items() if u == unit}) == 1, unit
+
+
 def test_a_feature_program_that_does_not_fit_the_model_fails_before_calibration(tmp_path: Path) -> None:
     from search.errors import ConfigError
     from workers.jobspec import validate_job
