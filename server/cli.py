@@ -145,7 +145,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         spec = {**base, "search": {**base["search"], "generations": generations}}
         job = client.submit(spec)
         print(
-            f"2/6 submitted job {job['id']}: NSGA-II over K in {spec['search']['steps']} x block bit-widths "
+            f"2/6 submitted job {job['id']}: NSGA-II over K in {spec['search']['steps']} x "
+            f"{spec['search'].get('granularity', 'site')} bit-widths "
             f"{spec['search']['bit_options']} on the shipped {args.model} ({spec['search'].get('solver', 'ddim')})"
         )
         print(f"    {supernet_source(spec, data)}")
@@ -175,8 +176,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         )
         if result.pipeline_grid is not None:
             print(
-                f"    and as a diffusers StableDiffusionPipeline (export.pipeline(prompts)): {result.pipeline_grid}, "
-                f"one column per prompt; max |difference| to tmpq's sampler {result.pipeline_max_diff:.1e}"
+                f"    and as a diffusers {result.pipeline_class} (export.pipeline): {result.pipeline_grid}, one column "
+                f"per prompt (class); max |difference| to tmpq's sampler {result.pipeline_max_diff:.1e}"
             )
         print(f"done in {time.perf_counter() - started:.0f} s. Try: tmpq front {job['id']} --url {url} --knee")
         return EXIT_OK

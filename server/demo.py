@@ -146,9 +146,10 @@ class KneeExport:
         grid: the PNG grid of samples drawn from the export.
         psnr_db: PSNR of those samples against the FP model at 100 steps from the same noise.
         identical: whether they equal the supernet's assembled knee candidate's samples bit for bit.
-        pipeline_grid: for a text-to-image model, the grid drawn by calling the export's diffusers pipeline with
-            each prompt (``None`` otherwise).
+        pipeline_grid: for a conditional model, the grid drawn by calling the export's diffusers pipeline with
+            each prompt or class (``None`` otherwise).
         pipeline_max_diff: the largest difference between those images and tmpq's sampler's on the same noise.
+        pipeline_class: the diffusers pipeline's class name (``None`` without one).
     """
 
     directory: Path
@@ -158,6 +159,7 @@ class KneeExport:
     identical: bool
     pipeline_grid: Path | None = None
     pipeline_max_diff: float | None = None
+    pipeline_class: str | None = None
 
 
 def export_and_sample_knee(
@@ -185,22 +187,14 @@ def export_and_sample_knee(
     pipe = load(directory)
     images = pipe.sample(samples, seed=seed)
     grid = save_grid(images, out / "knee_samples.png", ncol=8)
-    pipeline_grid, pipeline_diff = None, None
+    pipeline_grid, pipeline_diff, pipeline_class = None, None, None
     conditioning = getattr(pipe.model, "conditioning", None)
-    if conditioning is not None:  # the export as the diffusers pipeline a user runs, on the same noise and prompts
-        from supernet.sampling import make_noise
-
+    if conditioning is not None:  # the export as the diffusers pipeline a user runs, same noise and conditions
         n = min(samples, 4 * len(conditioning.prompts))
-        prompts = [conditioning.prompts[i] for i in conditioning.prompt_index(n)]
-        drawn = pipe.pipeline(
-            prompts,
-            latents=make_noise(n, pipe.model.sample_shape, seed),
-            guidance_scale=conditioning.guidance_scale,
-            negative_prompt=[conditioning.negative_prompt] * n if conditioning.negative_prompt else None,
-            output_type="pt",
-        ).images
+        drawn = pipe.pipeline(**pipe.model.pipeline_inputs(n, seed), output_type="pt").images
         pipeline_grid = save_grid(drawn * 2 - 1, out / "knee_pipeline.png", ncol=len(conditioning.prompts))
         pipeline_diff = float((drawn - (images[:n] * 0.5 + 0.5)).abs().max())
+        pipeline_class = type(pipe.pipeline).__name__
 
     os.environ["TMPQ_DATA_DIR"] = str(data_dir)  # the cache the server's runner filled
     spec = JobSpec.from_dict(job["spec"]).resolved(MODEL_ROOT)
@@ -220,4 +214,5 @@ def export_and_sample_knee(
         torch.equal(images, direct),
         pipeline_grid,
         pipeline_diff,
+        pipeline_class,
     )

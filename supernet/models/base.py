@@ -358,6 +358,11 @@ class DiffusionAdapter(abc.ABC):
         stored ones): by default :meth:`from_config`; a pipeline with other components loads them from ``root``."""
         return cls.from_config(config, scheduler_config)
 
+    def pipeline_inputs(self, n: int, seed: int) -> dict[str, Any]:
+        """The keyword arguments of :meth:`diffusers_pipeline`'s call that draw samples ``0..n-1`` from the noise of
+        ``seed`` as tmpq's sampler does (a conditional pipeline's subclasses)."""
+        raise ConfigError("model", f"{type(self).__name__} has no diffusers pipeline to run: use its sampler")
+
     def diffusers_pipeline(self, timesteps: Sequence[int], scheduler_config: Mapping[str, Any]) -> Any:
         """A diffusers pipeline over this model that runs ``timesteps`` when called (see the subclasses)."""
         raise ConfigError("model", f"{type(self).__name__} has no diffusers pipeline to run: use its sampler")

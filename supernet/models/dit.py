@@ -252,6 +252,17 @@ class DiTAdapter(VAELatents, DiffusionAdapter):
         self.pipeline.scheduler = searched_scheduler_for(scheduler_config, timesteps)
         return self.pipeline
 
+    def pipeline_inputs(self, n: int, seed: int) -> dict[str, Any]:
+        """The arguments of the ``DiTPipeline`` call that draws samples ``0..n-1`` as :meth:`sampler` does: their
+        class ids, a generator of ``seed`` (the pipeline draws the same noise as
+        :func:`~supernet.sampling.make_noise`) and the guidance."""
+        condition = self.condition_for(n)
+        return {
+            "class_labels": condition.labels.tolist(),
+            "generator": torch.Generator().manual_seed(int(seed)),
+            "guidance_scale": condition.guidance_scale,
+        }
+
     def save_pretrained(self, out_dir: str | Path) -> Path:
         """Write the pipeline as a diffusers directory (safetensors, ``id2label`` in ``model_index.json``)."""
         out = Path(out_dir)

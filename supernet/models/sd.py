@@ -293,6 +293,22 @@ class StableDiffusionAdapter(VAELatents, UNetTimeEmbedding, DiffusionAdapter):
         self.pipeline.scheduler = searched_scheduler_for(scheduler_config, timesteps)
         return self.pipeline
 
+    def pipeline_inputs(self, n: int, seed: int) -> dict[str, Any]:
+        """The arguments of the diffusers pipeline call that draws samples ``0..n-1`` as :meth:`sampler` does: their
+        prompts, the noise of ``seed``, the guidance and negative prompt."""
+        from supernet.sampling import make_noise
+
+        conditioning = self.condition_for(n)
+        assert self.conditioning is not None
+        prompts = [self.conditioning.prompts[i] for i in conditioning.index.tolist()]
+        negative = self.conditioning.negative_prompt
+        return {
+            "prompt": prompts,
+            "latents": make_noise(n, self.sample_shape, seed),
+            "guidance_scale": self.conditioning.guidance_scale,
+            "negative_prompt": [negative] * n if negative else None,
+        }
+
     def save_pretrained(self, out_dir: str | Path) -> Path:
         """Write the pipeline as a diffusers directory (safetensors) that :func:`load_model` reads."""
         out = Path(out_dir)
