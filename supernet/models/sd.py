@@ -298,14 +298,15 @@ class StableDiffusionAdapter(VAELatents, UNetTimeEmbedding, DiffusionAdapter):
         prompts, the noise of ``seed``, the guidance and negative prompt."""
         from supernet.sampling import make_noise
 
-        conditioning = self.condition_for(n)
-        assert self.conditioning is not None
-        prompts = [self.conditioning.prompts[i] for i in conditioning.index.tolist()]
-        negative = self.conditioning.negative_prompt
+        condition = self.condition_for(n)  # ConfigError when the model has no prompts
+        configured = self.conditioning
+        if configured is None:
+            raise ConfigError("prompts", f"{self!r} has no prompts: configure it with the job's prompts first")
+        negative = configured.negative_prompt
         return {
-            "prompt": prompts,
+            "prompt": [configured.prompts[i] for i in condition.index.tolist()],
             "latents": make_noise(n, self.sample_shape, seed),
-            "guidance_scale": self.conditioning.guidance_scale,
+            "guidance_scale": condition.guidance_scale,
             "negative_prompt": [negative] * n if negative else None,
         }
 
