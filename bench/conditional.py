@@ -44,6 +44,7 @@ from supernet.export import export_candidate, load
 from supernet.metrics import FDDScorer, mse
 from supernet.models import DIGITS_SD_DIR, features_for, load_model, prompt_labels_for
 from supernet.models.directory import DIGITS_DIT_DIR
+from supernet.models.kinds import kind_named
 from supernet.sampling import uniform_schedule
 
 ROWS = (("W8A8", 8, 8), ("W6A6", 6, 6), ("W4A8", 4, 8))
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace, path: str) -> dict[str, Any]:
     conditioning = model.conditioning
     if conditioning is None:
         raise SystemExit(f"{path}: the model ships no prompts.txt; give it prompts first")
-    accuracy = "class_accuracy" if model.kind == "dit" else "prompt_accuracy"
+    accuracy = "class_accuracy" if kind_named(model.kind).condition == "classes" else "prompt_accuracy"
     defaults = model_defaults(path)
     steps = int(defaults.get("default_steps", 25))
     schedule = uniform_schedule(steps, model.num_train_timesteps)

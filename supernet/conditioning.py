@@ -160,11 +160,11 @@ def resolve_conditioning(
     return Conditioning(found, float(guidance_scale), negative_prompt, images_per_prompt)
 
 
-def class_table(model_dir: str | Path) -> dict[int, str]:
+def class_table(model_dir: str | Path, names: Mapping[int, Sequence[str]] | None = None) -> dict[int, str]:
     """``{class id: label}`` of a class-conditional pipeline directory: ``model_index.json``'s ``id2label`` (a
-    label is its first comma-separated name), else every class of the transformer's label table
-    (``num_embeds_ada_norm``) named by its number."""
-    names = _id2label(model_dir)
+    label is its first comma-separated name; ``names``: :func:`class_names` when the caller has read them), else
+    every class of the transformer's label table (``num_embeds_ada_norm``) named by its number."""
+    names = class_names(model_dir) if names is None else names
     if names:
         return {i: aliases[0] for i, aliases in names.items()}
     n = _json_object(Path(model_dir) / "transformer" / "config.json").get("num_embeds_ada_norm")
@@ -173,7 +173,7 @@ def class_table(model_dir: str | Path) -> dict[int, str]:
     return {i: str(i) for i in range(n)}
 
 
-def _id2label(model_dir: str | Path) -> dict[int, list[str]]:
+def class_names(model_dir: str | Path) -> dict[int, list[str]]:
     """Every class's names in ``model_index.json``'s ``id2label`` (comma-separated, as diffusers' ``DiTPipeline``
     splits them), by id; empty when it has none."""
     table = _json_object(Path(model_dir) / "model_index.json").get("id2label")
@@ -215,8 +215,9 @@ def resolve_classes(
     any of a label's comma-separated names; default: every class of :func:`class_table`), as their labels, and its
     guidance scale (else the model's ``tmpq.json``, else ``DiTPipeline``'s 4.0). ConfigError naming
     ``classes[i]`` for a class the model lacks."""
-    table = class_table(model_dir)
-    alias = {a: table[i] for i, names in sorted(_id2label(model_dir).items(), reverse=True) for a in names}
+    names = class_names(model_dir)
+    table = class_table(model_dir, names)
+    alias = {a: table[i] for i, aliases in sorted(names.items(), reverse=True) for a in aliases}
     ids = list(table) if classes is None else class_ids([alias.get(str(c), str(c)) for c in classes], table)
     if len(ids) > MAX_CLASSES:
         raise ConfigError("classes", f"at most {MAX_CLASSES} classes, the model has {len(ids)}: name the ones to use")

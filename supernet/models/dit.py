@@ -14,21 +14,19 @@ this layout loads the same way, safetensors only; nothing is ever downloaded.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from search.errors import ConfigError, ModelLoadError
-from supernet.conditioning import Conditioning, class_ids, class_table, resolve_classes
-from supernet.models.base import Condition, DiffusionAdapter, NoiseSchedule
+from supernet.conditioning import Conditioning, class_ids, class_names, class_table, resolve_classes
+from supernet.models.base import Condition, NoiseSchedule
 from supernet.models.directory import ModelDir, model_hash
 from supernet.models.kinds import DIT
-from supernet.models.latent import VAELatents, denoiser_config
+from supernet.models.latent import LatentPipelineAdapter, denoiser_config
 from supernet.models.schedulers import scheduler_from_config, searched_scheduler_for
 
 #: The denoiser class of this kind.
@@ -64,7 +62,7 @@ class ClassCondition:
         return self.guidance_scale > 1.0
 
 
-class DiTAdapter(VAELatents, DiffusionAdapter):
+class DiTAdapter(LatentPipelineAdapter):
     """A ``DiTPipeline`` (DiTTransformer2DModel + AutoencoderKL), conditioned on class labels.
 
     Before sampling, :meth:`configure` sets the job's classes and guidance (at load: every class of the model at
@@ -101,7 +99,6 @@ class DiTAdapter(VAELatents, DiffusionAdapter):
         self.num_classes = int(cfg.num_embeds_ada_norm)
         self.classes: dict[int, str] = dict(classes) if classes else {i: str(i) for i in range(self.num_classes)}
         self.conditioning: Conditioning | None = None
-        self.warnings: list[str] = []
         self._ids: torch.Tensor | None = None
         self._shape = (int(cfg.in_channels), int(cfg.sample_size), int(cfg.sample_size))
 
@@ -125,13 +122,6 @@ class DiTAdapter(VAELatents, DiffusionAdapter):
         adapter.configure(resolve_classes(root, None, None, 1))
         return adapter
 
-    # --- identity -----------------------------------------------------------------------------------------------
-    @property
-    def condition_key(self) -> str | None:
-        """The key of the configured classes and guidance: supernets calibrated on other classes are other
-        artifacts."""
-        return self.conditioning.key() if self.conditioning is not None else None
-
     # --- the condition ------------------------------------------------------------------------------------------
     def configure(self, conditioning: Conditioning) -> None:
         """Condition every later sample on ``conditioning``, whose prompts are class labels (or ids)."""
@@ -152,11 +142,6 @@ class DiTAdapter(VAELatents, DiffusionAdapter):
     def example_condition(self, batch: int) -> ClassCondition:
         """Class 0, unguided: a trace costs one denoiser call per sample."""
         return ClassCondition(torch.zeros(batch, dtype=torch.long), self.num_classes, 1.0)
-
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> None:
-        super().to(device, dtype)
-        if device is not None:
-            self.pipeline.vae.to(device)
 
     # --- samples and noise ---------------------------------------------------------------------------------
     @property
@@ -200,25 +185,11 @@ class DiTAdapter(VAELatents, DiffusionAdapter):
         }
 
     def _id2label(self) -> dict[str, str]:
-        """The model directory's ``id2label`` as it has it (every comma-separated name), else the class labels."""
-        if self.path is not None:
-            index = json.loads((self.path / "model_index.json").read_text())
-            if isinstance(index.get("id2label"), Mapping):
-                return {str(k): str(v) for k, v in index["id2label"].items()}
+        """The model directory's ``id2label`` (every comma-separated name of a class), else the class labels."""
+        names = class_names(self.path) if self.path is not None else {}
+        if names:
+            return {str(i): ", ".join(aliases) for i, aliases in names.items()}
         return {str(i): label for i, label in self.classes.items()}
-
-    def export_components(self, out_dir: Path) -> list[str]:
-        """Copy the FP VAE into an export, file for file (weights as safetensors)."""
-        target = Path(out_dir) / "vae"
-        source = self.path / "vae" if self.path is not None else None
-        target.mkdir(parents=True, exist_ok=True)
-        if source is not None and source.is_dir():
-            for f in sorted(source.iterdir()):
-                if f.is_file() and f.suffix in (".json", ".safetensors"):
-                    shutil.copy2(f, target / f.name)
-        else:
-            self.pipeline.vae.save_pretrained(target, safe_serialization=True)
-        return [f"vae/{f.name}" for f in sorted(target.iterdir()) if f.is_file()]
 
     @classmethod
     def from_export(
@@ -270,10 +241,6 @@ class DiTAdapter(VAELatents, DiffusionAdapter):
         self.pipeline.save_pretrained(out, safe_serialization=True)
         write_id2label(out, {int(k): v for k, v in self._id2label().items()})
         return out
-
-    def components(self) -> dict[str, nn.Module]:
-        """The floating-point components besides the denoiser (kept FP): the VAE."""
-        return {"vae": self.pipeline.vae}
 
 
 def write_id2label(out: Path, classes: Mapping[int, str]) -> None:

@@ -1,22 +1,49 @@
-"""What the latent pipelines' adapters share: samples through the pipeline's floating-point VAE, and the
-denoiser's diffusers config for an export."""
+"""What the adapters of latent diffusers pipelines share (Stable Diffusion, DiT): samples through the pipeline's
+floating-point VAE, the FP components moved with the denoiser and copied into an export, the identity of the
+configured condition, and the denoiser's diffusers config for an export."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from search.errors import ConfigError
+from supernet.models.base import DiffusionAdapter
+
+if TYPE_CHECKING:
+    from supernet.conditioning import Conditioning
 
 
-class VAELatents:
-    """``encode``/``decode`` of a latent pipeline's adapter through its FP ``AutoencoderKL`` (``pipeline.vae``),
-    scaled by the VAE's ``scaling_factor`` as diffusers' pipelines do."""
+class LatentPipelineAdapter(DiffusionAdapter):
+    """A conditional latent pipeline: ``pipeline`` holds the denoiser and an ``AutoencoderKL`` (``pipeline.vae``);
+    ``conditioning`` is set by the subclass's ``configure``."""
 
+    #: The pipeline's components an export copies beside the denoiser, file for file.
+    export_parts: ClassVar[tuple[str, ...]] = ("vae",)
     pipeline: Any
+    conditioning: Conditioning | None
+
+    @property
+    def condition_key(self) -> str | None:
+        """The key of the configured condition (prompts or classes, and guidance): supernets calibrated on another
+        condition are other artifacts."""
+        return self.conditioning.key() if self.conditioning is not None else None
+
+    def components(self) -> dict[str, nn.Module]:
+        """The floating-point components besides the denoiser (kept FP): the VAE."""
+        return {"vae": self.pipeline.vae}
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        """Move the denoiser (cast to ``dtype``) and the FP components (in their dtype) to ``device``."""
+        super().to(device, dtype)
+        if device is not None:
+            for part in self.components().values():
+                part.to(device)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents to images in [-1, 1] through the FP VAE (``latents / scaling_factor``, as diffusers does)."""
@@ -32,6 +59,27 @@ class VAELatents:
         scale = float(getattr(vae.config, "scaling_factor", 1.0))
         with torch.no_grad():
             return vae.encode(images.to(vae.dtype)).latent_dist.mean * scale  # type: ignore[no-any-return]
+
+    def export_components(self, out_dir: Path) -> list[str]:
+        """Copy :attr:`export_parts` into an export, file for file from the model directory (configs, texts,
+        safetensors), or saved from the loaded pipeline when there is no directory."""
+        written: list[str] = []
+        for name in self.export_parts:
+            target = Path(out_dir) / name
+            source = self.path / name if self.path is not None else None
+            if source is not None and source.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                for f in sorted(source.iterdir()):
+                    if f.is_file() and f.suffix in (".json", ".txt", ".safetensors"):
+                        shutil.copy2(f, target / f.name)
+            else:
+                part = getattr(self.pipeline, name)
+                if name == "tokenizer":
+                    part.save_pretrained(target)
+                else:
+                    part.save_pretrained(target, safe_serialization=True)
+            written += [f"{name}/{f.name}" for f in sorted(target.iterdir()) if f.is_file()]
+        return written
 
 
 def denoiser_config(denoiser: nn.Module, class_name: str) -> dict[str, Any]:

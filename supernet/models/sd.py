@@ -10,7 +10,6 @@ layout loads the same way, safetensors only; nothing is ever downloaded.
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,10 @@ from torch import nn
 
 from search.errors import ConfigError, ModelLoadError
 from supernet.conditioning import Conditioning, default_conditioning
-from supernet.models.base import Condition, DiffusionAdapter, NoiseSchedule
+from supernet.models.base import Condition, NoiseSchedule
 from supernet.models.directory import ModelDir, model_hash
 from supernet.models.kinds import STABLE_DIFFUSION
-from supernet.models.latent import VAELatents, denoiser_config
+from supernet.models.latent import LatentPipelineAdapter, denoiser_config
 from supernet.models.schedulers import scheduler_from_config, searched_scheduler_for
 from supernet.models.unet_time import UNetTimeEmbedding
 
@@ -32,8 +31,6 @@ log = logging.getLogger(__name__)
 
 #: The denoiser class of this kind.
 CLASS_NAME = "UNet2DConditionModel"
-#: The pipeline's components that stay in floating point and are copied into an export as they are.
-FP_COMPONENTS = ("vae", "text_encoder", "tokenizer")
 PIPELINE_CLASS = "StableDiffusionPipeline"
 
 
@@ -82,7 +79,7 @@ def _pipeline_class() -> type:
     return StableDiffusionPipeline  # type: ignore[no-any-return]
 
 
-class StableDiffusionAdapter(VAELatents, UNetTimeEmbedding, DiffusionAdapter):
+class StableDiffusionAdapter(UNetTimeEmbedding, LatentPipelineAdapter):
     """A ``StableDiffusionPipeline`` (UNet2DConditionModel + AutoencoderKL + CLIP text encoder and tokenizer).
 
     Before sampling, :meth:`configure` sets the job's prompts and guidance (at load, the model directory's own
@@ -92,6 +89,7 @@ class StableDiffusionAdapter(VAELatents, UNetTimeEmbedding, DiffusionAdapter):
 
     kind = STABLE_DIFFUSION.name
     conditional = True
+    export_parts = ("vae", "text_encoder", "tokenizer")
 
     def __init__(
         self,
@@ -139,13 +137,6 @@ class StableDiffusionAdapter(VAELatents, UNetTimeEmbedding, DiffusionAdapter):
             adapter.configure(defaults)
         return adapter
 
-    # --- identity -----------------------------------------------------------------------------------------------
-    @property
-    def condition_key(self) -> str | None:
-        """The key of the configured prompts and guidance: supernets calibrated on other prompts are other
-        artifacts."""
-        return self.conditioning.key() if self.conditioning is not None else None
-
     # --- the condition ------------------------------------------------------------------------------------------
     def configure(self, conditioning: Conditioning) -> None:
         """Condition every later sample on ``conditioning``: its prompts are encoded now, once, in FP."""
@@ -187,12 +178,6 @@ class StableDiffusionAdapter(VAELatents, UNetTimeEmbedding, DiffusionAdapter):
         with torch.no_grad():
             embeds, _ = self.pipeline.encode_prompt([""], self.device, 1, False)
         return PromptCondition(embeds.to(torch.float32), None, torch.zeros(batch, dtype=torch.long), 1.0)
-
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> None:
-        super().to(device, dtype)
-        if device is not None:
-            for part in (self.pipeline.vae, self.pipeline.text_encoder):
-                part.to(device)
 
     # --- samples and noise ---------------------------------------------------------------------------------
     @property
@@ -243,26 +228,6 @@ class StableDiffusionAdapter(VAELatents, UNetTimeEmbedding, DiffusionAdapter):
             "image_encoder": [None, None],
             "requires_safety_checker": False,
         }
-
-    def export_components(self, out_dir: Path) -> list[str]:
-        """Copy the FP VAE, text encoder and tokenizer into an export, file for file (weights as safetensors)."""
-        written: list[str] = []
-        for name in FP_COMPONENTS:
-            target = Path(out_dir) / name
-            source = self.path / name if self.path is not None else None
-            if source is not None and source.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                for f in sorted(source.iterdir()):
-                    if f.is_file() and f.suffix in (".json", ".txt", ".safetensors"):
-                        shutil.copy2(f, target / f.name)
-            else:
-                part = getattr(self.pipeline, name)
-                if name == "tokenizer":
-                    part.save_pretrained(target)
-                else:
-                    part.save_pretrained(target, safe_serialization=True)
-            written += [f"{name}/{f.name}" for f in sorted(target.iterdir()) if f.is_file()]
-        return written
 
     @classmethod
     def from_export(
@@ -318,7 +283,7 @@ class StableDiffusionAdapter(VAELatents, UNetTimeEmbedding, DiffusionAdapter):
         return out
 
     def components(self) -> dict[str, nn.Module]:
-        """The floating-point components besides the denoiser (kept FP by default): VAE and text encoder."""
+        """The floating-point components besides the denoiser (kept FP): VAE and text encoder."""
         return {"vae": self.pipeline.vae, "text_encoder": self.pipeline.text_encoder}
 
 

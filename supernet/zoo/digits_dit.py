@@ -18,6 +18,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from supernet.conditioning import DEFAULTS_FILE, model_defaults
-from supernet.models.directory import DIGITS_DIT_DIR, DIGITS_SD_DIR, FEATURES_DIR
+from supernet.models.directory import DIGITS_DIT_DIR, DIGITS_SD_DIR
 from supernet.models.dit import write_id2label
 from supernet.zoo.determinism import deterministic_torch
 from supernet.zoo.digits import load_digits_tensor
@@ -213,7 +214,7 @@ def class_accuracies(
     """Per digit, the fraction of the pipeline's samples of that class that the shipped digits classifier labels
     as that digit (stock ``DiTPipeline.__call__``, its own scheduler; ``steps`` and ``guidance`` default to the
     model's ``tmpq.json``; noise from one CPU generator seeded ``seed``)."""
-    from supernet.zoo.features import load_features
+    from supernet.zoo.features import digit_accuracies
 
     record: dict[str, Any] = {}
     if isinstance(pipe_or_dir, str | Path):
@@ -223,27 +224,17 @@ def class_accuracies(
         pipe = pipe_or_dir
     steps = int(record.get("default_steps", DEFAULT_STEPS)) if steps is None else steps
     guidance = float(record.get("guidance_scale", DEFAULT_GUIDANCE)) if guidance is None else guidance
-    classifier = load_features(FEATURES_DIR)
-    labels = [d for d in range(len(DIGIT_LABELS)) for _ in range(n_per_class)]
     gen = torch.Generator().manual_seed(seed)
-    predicted = []
-    for i in range(0, len(labels), batch_size):
-        images = pipe(
-            labels[i : i + batch_size],
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            generator=gen,
-            output_type="pt",
-        ).images
-        images = torch.as_tensor(images)
-        images = images.permute(0, 3, 1, 2) if images.shape[-1] == 1 else images
-        predicted.append(classifier(images.float() * 2.0 - 1.0).argmax(1))
-    correct = (torch.cat(predicted) == torch.tensor(labels)).float().view(len(DIGIT_LABELS), n_per_class)
-    per_digit = [float(c) for c in correct.mean(1)]
+
+    def draw(labels: Sequence[int]) -> torch.Tensor:
+        out = pipe(list(labels), num_inference_steps=steps, guidance_scale=guidance, generator=gen, output_type="pt")
+        return out.images  # type: ignore[no-any-return]
+
+    per_digit = digit_accuracies(draw, n_per_class, batch_size, len(DIGIT_LABELS))
     log.info(
         "class accuracy %.4f over %d samples (%d steps, guidance %.1f): %s",
         sum(per_digit) / len(per_digit),
-        len(labels),
+        n_per_class * len(per_digit),
         steps,
         guidance,
         " ".join(f"{d}:{a:.2f}" for d, a in enumerate(per_digit)),

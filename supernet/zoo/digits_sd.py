@@ -17,6 +17,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from supernet.conditioning import DEFAULTS_FILE, PROMPTS_FILE, model_defaults
-from supernet.models.directory import DIGITS_SD_DIR, FEATURES_DIR
+from supernet.models.directory import DIGITS_SD_DIR
 from supernet.zoo.determinism import deterministic_torch
 from supernet.zoo.digits import IMAGE_SIZE, load_digits_tensor
 from supernet.zoo.digits_tokenizer import (
@@ -391,7 +392,7 @@ def prompt_accuracies(
     Samples ``n_per_prompt`` images per prompt with the pipeline's own scheduler (``steps`` and ``guidance`` default
     to the model's ``tmpq.json``), in batches of ``batch_size`` prompts, noise from one CPU generator seeded ``seed``.
     """
-    from supernet.zoo.features import load_features
+    from supernet.zoo.features import digit_accuracies
 
     if isinstance(pipe_or_dir, str | Path):
         default_steps, default_guidance = sampling_defaults(pipe_or_dir)
@@ -401,26 +402,18 @@ def prompt_accuracies(
         pipe = pipe_or_dir
     steps = default_steps if steps is None else steps
     guidance = default_guidance if guidance is None else guidance
-    classifier = load_features(FEATURES_DIR)
-    prompts = [p for p in DIGIT_PROMPTS for _ in range(n_per_prompt)]
-    targets = torch.arange(len(DIGIT_PROMPTS)).repeat_interleave(n_per_prompt)
     gen = torch.Generator().manual_seed(seed)
-    predicted = []
-    for i in range(0, len(prompts), batch_size):
-        images = pipe(
-            prompts[i : i + batch_size],
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            generator=gen,
-            output_type="pt",
-        ).images
-        predicted.append(classifier(images.float() * 2.0 - 1.0).argmax(1))
-    correct = (torch.cat(predicted) == targets).float().view(len(DIGIT_PROMPTS), n_per_prompt)
-    per_digit = [float(c) for c in correct.mean(1)]
+
+    def draw(digits: Sequence[int]) -> torch.Tensor:
+        prompts = [DIGIT_PROMPTS[d] for d in digits]
+        out = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=gen, output_type="pt")
+        return out.images  # type: ignore[no-any-return]
+
+    per_digit = digit_accuracies(draw, n_per_prompt, batch_size, len(DIGIT_PROMPTS))
     log.info(
         "prompt accuracy %.4f over %d samples (%d steps, guidance %.1f): %s",
         sum(per_digit) / len(per_digit),
-        len(prompts),
+        n_per_prompt * len(per_digit),
         steps,
         guidance,
         " ".join(f"{d}:{a:.2f}" for d, a in enumerate(per_digit)),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -111,3 +112,20 @@ def load_features(path: str | Path = FEATURES_DIR) -> DigitsClassifier:
     net = DigitsClassifier(width=int(cfg["width"]), feature_dim=int(cfg["feature_dim"]))
     net.load_state_dict(state)
     return net.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def digit_accuracies(
+    draw: Callable[[Sequence[int]], torch.Tensor], n_per_digit: int, batch_size: int, digits: int = 10
+) -> list[float]:
+    """Per digit ``d``, the share of ``n_per_digit`` images drawn for it that the shipped digits classifier labels
+    ``d``. ``draw(targets)`` returns one image in [0, 1] (``N×1×H×W``) per target digit; it is called on batches of
+    at most ``batch_size`` targets, digit-major."""
+    classifier = load_features(FEATURES_DIR)
+    targets = [d for d in range(digits) for _ in range(n_per_digit)]
+    predicted = [
+        classifier(draw(targets[i : i + batch_size]).float() * 2.0 - 1.0).argmax(1)
+        for i in range(0, len(targets), batch_size)
+    ]
+    correct = (torch.cat(predicted) == torch.tensor(targets)).float().view(digits, n_per_digit)
+    return [float(c) for c in correct.mean(1)]

@@ -3,6 +3,7 @@ choice wired into the activation tables and the supernet's saved metadata."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -63,6 +64,12 @@ def test_mle_is_the_closed_form_and_degenerate_input_is_uniform():
     assert timestep_groups(2, 4) == [[0], [1]]
 
 
+#: DAQ alone (no reconstruction, TCR or PAR) on a tiny grid: the range fit with DAQ's kinds.
+DAQ_ONLY = CalibrationSettings(
+    grid_steps=4, samples=2, mse_grid=8, act_max_elems=4096, reconstruction=False, tcr=False, par=False
+)
+
+
 def test_choices_and_ratios_reach_the_tables_and_the_saved_metadata(tmp_path, monkeypatch):
     """``daq_rule: power_law``, group 0 forced to log2, the rest to uniform: every .pv probability table follows,
     per timestep."""
@@ -76,18 +83,7 @@ def test_choices_and_ratios_reach_the_tables_and_the_saved_metadata(tmp_path, mo
         return PowerLawTest(choice, fitted.R, fitted.R_norm, fitted.alpha, fitted.xmin, fitted.n, fitted.ks)
 
     monkeypatch.setattr(tcaq_module, "power_law_test", scripted)
-    settings = CalibrationSettings(
-        grid_steps=4,
-        samples=2,
-        mse_grid=8,
-        act_max_elems=4096,
-        reconstruction=False,
-        tcr=False,
-        par=False,
-        daq_groups=2,
-        recon_samples=2,
-        daq_rule="power_law",
-    )
+    settings = dataclasses.replace(DAQ_ONLY, daq_groups=2, recon_samples=2, daq_rule="power_law")
     sn = QuantSupernet.build(make_testbed(0).eval(), (4, 6), calib_settings=settings)
     sn.calibrate(random_data(TESTBED_SHAPE, grid=(999, 600, 300, 0), n=2))
     daq = sn.calibration_metadata["daq"]
@@ -117,16 +113,7 @@ def test_the_error_rule_keeps_the_kind_with_the_lower_error_whatever_the_test_sa
         return PowerLawTest("log2", fitted.R, fitted.R_norm, fitted.alpha, fitted.xmin, fitted.n, fitted.ks)
 
     monkeypatch.setattr(tcaq_module, "power_law_test", always_log2)
-    settings = CalibrationSettings(
-        grid_steps=4,
-        samples=2,
-        mse_grid=8,
-        act_max_elems=4096,
-        reconstruction=False,
-        tcr=False,
-        par=False,
-        daq_rule="error",
-    )
+    settings = dataclasses.replace(DAQ_ONLY, daq_rule="error")
     sn = QuantSupernet.build(make_testbed(0).eval(), (4, 8), calib_settings=settings)
     sn.calibrate(random_data(TESTBED_SHAPE, grid=(999, 600, 300, 0), n=2))
     kinds = {"log2": Log2Params, "uniform": UniformParams}
