@@ -3,8 +3,10 @@
 For each model, each settings (``previous``: the default before issue 18, :data:`PREVIOUS_DEFAULT` applied to the
 current defaults; ``default``: :class:`CalibrationSettings` as it is) and each calibration seed (the ``seed`` field:
 the FP trajectories' noise and the reconstruction's batches), a supernet over the bit options is calibrated as the
-settings say (the previous default: in this process, one option after the other; the default: in worker processes
-where ``calibration.workers`` decides so), and for every bit option b the uniform candidate WbAb is sampled with
+settings say (the previous default: in this process, one option after the other, its differentiable quantizers as
+the chains of elementary operators they were before they became closed-form autograd nodes,
+:func:`supernet.calibration.reference.operator_chains`; the default: in worker processes where
+``calibration.workers`` decides so), and for every bit option b the uniform candidate WbAb is sampled with
 10 uniform DDIM steps from the same noise as the FP model. Reported:
 
 - ``seconds``: per bit option, the calibration's seconds and their split by phase (``ranges``, ``reconstruction``,
@@ -37,6 +39,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import argparse
 import atexit
+import contextlib
 import dataclasses
 import json
 import logging
@@ -52,6 +55,7 @@ import torch
 
 from supernet.calibration import CalibrationSettings, collect_calibration_data
 from supernet.calibration.estimate import estimate_calibration
+from supernet.calibration.reference import operator_chains
 from supernet.metrics import FDDScorer, psnr
 from supernet.models import DIGITS_SD_DIR, TESTBED_DIR, UNet2DAdapter, load_model
 from supernet.models.base import DiffusionAdapter
@@ -60,7 +64,14 @@ from supernet.supernet import QuantSupernet
 
 #: The fields the issue-18 defaults changed, at their previous values (applied to today's defaults): the wide
 #: widths' shorter reconstruction, the bit options calibrated one after the other in process, and DAQ's rule.
-PREVIOUS_DEFAULT: dict[str, Any] = {"recon_iters_wide": None, "workers": 1, "daq_rule": "power_law"}
+PREVIOUS_DEFAULT: dict[str, Any] = {
+    "recon_iters_wide": None,
+    "workers": 1,
+    "daq_rule": "power_law",
+    "recon_round_below": 9,
+    "par_rounding": True,
+    "par_decay": 0.5,
+}
 #: The generated second model: RGB at 24x24, three levels (the testbed: one channel at 16x16, three levels).
 RGB24_CONFIG: dict[str, Any] = {
     "_class_name": "UNet2DModel",
@@ -262,7 +273,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows: dict[str, dict[str, dict[str, list[float | None]]]] = {}
         for seed in seeds:
             for label, settings in settings_pair(seed, trial, args.baseline).items():
-                sn, secs = calibrate_one(name, settings, bits)
+                with operator_chains() if label == "previous" else contextlib.nullcontext():
+                    sn, secs = calibrate_one(name, settings, bits)
                 seconds.setdefault(label, {})[str(seed)] = secs
                 _log(f"{name} {label} seed {seed}: {secs['total']} s {[v['total'] for v in secs['per_bits'].values()]}")
                 for row, cell in score_rows(sn, fp_images, model_scorer, args.steps, n, args.noise_seed).items():
@@ -293,6 +305,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "samples": n,
         "baseline": args.baseline,
         "previous_default": PREVIOUS_DEFAULT,
+        "previous_code": "operator chains" if args.baseline == "previous" else "current",
         "default": settings_pair(0, trial)["default"].to_dict(),
         "trial": trial,
         "threads": torch.get_num_threads(),

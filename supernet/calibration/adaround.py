@@ -8,9 +8,15 @@ Hardening takes ``h ≥ 0.5`` (``V ≥ 0``) as "up". The scale and zero-point st
 ``V`` starts where ``h`` equals the fractional part of ``w/s`` (the soft weight equals the FP weight), or, when a
 previous rounding is given (a later PAR round), at ``h = 0.1`` / ``0.9`` on that rounding's side: close to it,
 still able to flip.
+
+The soft weight and the regulariser are one autograd node each with their gradients in closed form (the same as the
+chain of elementary operators up to float rounding, without ``clamp``'s slow backward kernel), since they run for
+every weight of a block at every reconstruction step.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,6 +28,52 @@ ZETA, GAMMA = 1.1, -0.1
 BETA_START, BETA_END = 20.0, 2.0
 #: How far a warm start sits from the previous hard decision (h = 0.1 or 0.9).
 WARM_MARGIN = 0.1
+
+
+def _rectified(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``h(V)`` and ``∂h/∂V`` (zero where the clamp is active)."""
+    sig = torch.sigmoid(v)
+    h = sig * (ZETA - GAMMA) + GAMMA
+    hc = h.clamp(0.0, 1.0)
+    dh = sig.mul_(1.0 - sig).mul_(ZETA - GAMMA).mul_(torch.eq(h, hc))
+    return hc, dh
+
+
+class _SoftWeight(torch.autograd.Function):
+    """``(clamp(floor + h(V) + z, qmin, qmax) - z) · s`` and its gradient with respect to ``V``."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, v: torch.Tensor, floor_z: torch.Tensor, lo: float, hi: float, z: torch.Tensor, s: torch.Tensor
+    ) -> torch.Tensor:
+        h, dh = _rectified(v)
+        code = h.add_(floor_z)
+        clamped = code.clamp(lo, hi)
+        ctx.save_for_backward(dh.mul_(torch.eq(clamped, code)).mul_(s))
+        return clamped.sub_(z).mul_(s)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (dw,) = ctx.saved_tensors
+        return grad * dw, None, None, None, None, None
+
+
+class _Regulariser(torch.autograd.Function):
+    """``Σ 1 - |2h(V) - 1|^β`` and its gradient with respect to ``V``."""
+
+    @staticmethod
+    def forward(ctx: Any, v: torch.Tensor, beta: float) -> torch.Tensor:
+        h, dh = _rectified(v)
+        u = h.mul_(2.0).sub_(1.0)
+        mag = u.abs()
+        # ∂/∂V of -|u|^β: -β |u|^(β-1) sign(u) · 2 ∂h/∂V
+        ctx.save_for_backward(mag.pow(beta - 1.0).mul_(torch.sign(u)).mul_(dh).mul_(-2.0 * beta))
+        return (1.0 - mag.pow_(beta)).sum()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (dr,) = ctx.saved_tensors
+        return grad * dr, None
 
 
 class AdaRoundWeight(nn.Module):
@@ -39,6 +91,7 @@ class AdaRoundWeight(nn.Module):
         w = weight.detach().to(torch.float32)
         scaled = w / params.scale
         self.register_buffer("floor", torch.floor(scaled))
+        self.register_buffer("floor_z", self.floor + params.zero_point)
         rest = scaled - self.floor if previous is None else previous.to(w) * (1.0 - 2 * WARM_MARGIN) + WARM_MARGIN
         rest = rest.clamp(1e-4, 1.0 - 1e-4)
         self.v = nn.Parameter(-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1.0))
@@ -52,11 +105,11 @@ class AdaRoundWeight(nn.Module):
     def soft(self) -> torch.Tensor:
         """The differentiable dequantized weight."""
         z = self.params.zero_point
-        return (torch.clamp(self.floor + self.h() + z, self._lo, self._hi) - z) * self.params.scale
+        return _SoftWeight.apply(self.v, self.floor_z, self._lo, self._hi, z, self.params.scale)
 
     def regulariser(self, beta: float) -> torch.Tensor:
         """``Σ 1 - |2h - 1|^β`` over the elements."""
-        return (1.0 - (2.0 * self.h() - 1.0).abs().pow(beta)).sum()
+        return _Regulariser.apply(self.v, beta)
 
     def rounding(self) -> torch.Tensor:
         """The hard decisions (1: round up), detached."""

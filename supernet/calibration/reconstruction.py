@@ -16,6 +16,9 @@ For each block:
 3. the rounding is hardened and the result written to the session as ordinary integer weight codes and
    per-timestep activation parameters (the forward path used afterwards is the supernet's usual one).
 
+Weights of ``recon_round_below`` bits or more get no AdaRound variables: they keep the range fit's nearest rounding
+and only the activation step sizes are trained (the steps then skip the weight gradients).
+
 Choices of ours: a block whose hardened error on a fixed evaluation batch is worse than before training keeps its
 previous quantizers (reported as ``reverted``); iterations are capped at ``recon_epochs`` passes over the block's
 calibration pool; the attention matmuls are run through a differentiable copy of the processor's arithmetic while
@@ -160,12 +163,14 @@ class ReconOptions:
     round_weight: float
     warmup: float
     seed: int
+    round_weights: bool = True
 
     @classmethod
     def from_settings(cls, s: CalibrationSettings, round_index: int = 0, bits: int = 0) -> ReconOptions:
         """Round ``round_index`` (0-based) of ``s`` for weights of ``bits`` bits: ``recon_iters_wide`` steps from
         :data:`WIDE_BITS` bits up to ``recon_wide_below`` (when set), else ``recon_iters``; later rounds take
-        ``par_decay`` times fewer."""
+        ``par_decay`` times fewer. Weights narrower than ``recon_round_below`` learn their rounding, in later rounds
+        only with ``par_rounding``."""
         wide = s.recon_iters_wide is not None and WIDE_BITS <= bits < s.recon_wide_below
         base = s.recon_iters_wide if wide else s.recon_iters
         iters = max(1, round(base * s.par_decay**round_index)) if base else 0
@@ -179,6 +184,7 @@ class ReconOptions:
             s.recon_round_weight,
             s.recon_warmup,
             s.seed + 1000 * round_index,
+            bits < s.recon_round_below and (round_index == 0 or s.par_rounding),
         )
 
     def steps_for(self, pool_size: int) -> int:
@@ -527,7 +533,7 @@ class BlockReconstructor:
         ada = {
             s: AdaRoundWeight(layers[s].weight, self._weight_params(s, layers[s]), self._rounding.get(s))
             for s in block.sites
-            if s in layers
+            if s in layers and opts.round_weights
         }
         tables = set(session.act_quantizers())
         grid = len(session.ctx.grid)

@@ -45,6 +45,8 @@ KEY_STABLE_DEFAULTS: dict[str, Any] = {
     "workers": 0,
     "recon_wide_below": 9,
     "daq_rule": "power_law",
+    "recon_round_below": 9,
+    "par_rounding": True,
 }
 #: Fields that say how a calibration runs, not what it computes: never part of the cache key (:meth:`key`).
 EXECUTION_FIELDS = ("workers",)
@@ -61,6 +63,7 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
     "act_max_elems": (1, 2**24),
     "weight_minmax_below": (0, 9),
     "recon_wide_below": (0, 9),
+    "recon_round_below": (0, 9),
     "par_rounds": (1, 10),
     "recon_iters": (0, 100_000),
     "recon_batch": (1, 4096),
@@ -149,6 +152,11 @@ class CalibrationSettings:
             :data:`KEY_STABLE_DEFAULTS`).
         par_rounds: calibration rounds when ``par`` is on (round 1 on the FP trajectories; each later round on
             the quantized model's own trajectories).
+        par_rounding: whether later PAR rounds learn the weights' rounding again (AdaRound warm-started from the
+            previous round's decisions, the behaviour before the field existed). Off (the default): they keep the
+            rounding round 1 hardened and learn the activation step sizes alone, which needs no weight gradients.
+            On the testbed the second round's AdaRound moved no block's error by more than 2 % while taking a third
+            of a W4 calibration's steps (``docs/calibration-profile.md``).
         recon_iters: optimiser steps per block in round 1 at 4 bits (and below); round r uses
             ``recon_iters * par_decay**(r-1)``. Never more than ``recon_epochs`` passes over a block's calibration
             pool (small data stays cheap).
@@ -158,9 +166,15 @@ class CalibrationSettings:
             W6A6 is as good or better after 50 steps as after 200, W4A4 is not, and W8A8 after 12 steps fell below
             the plain range fit.
         recon_wide_below: weights of this many bits or more take ``recon_iters`` again (the wide count applies from
-            :data:`WIDE_BITS` up to this, exclusive). 8 (the default): W8 reconstructs in full, since W8A8 after
-            50 steps lost 1-4 dB of PSNR against 200 and once fell below the plain range fit; 9 applies the wide
-            count to W8 as well (the behaviour before the field existed, left out of :meth:`to_dict`).
+            :data:`WIDE_BITS` up to this, exclusive). 9 (the default): the wide count at W8 too. It was 8 while W8
+            learned its rounding (AdaRound after 50 steps lost 1-4 dB of W8A8 PSNR against 200 and once fell below the
+            plain range fit); with ``recon_round_below: 8`` W8 learns its activation step sizes only, which 50 steps
+            settle (``docs/calibration-profile.md``).
+        recon_round_below: weights narrower than this many bits learn their rounding (AdaRound) while
+            reconstructing; from this width up they keep their range fit's nearest rounding and reconstruction learns
+            the activation step sizes alone (no AdaRound variables, no weight gradients: cheaper steps). 8 (the
+            default): W8 keeps nearest rounding, as good on the testbed in a quarter of the steps; 9: AdaRound at every
+            width (the behaviour before the field existed, left out of :meth:`to_dict`).
         recon_batch: samples per step; recon_epochs: see ``recon_iters``.
         recon_samples: calibration samples per grid timestep (the first ones) that reconstruction, TCR's and
             DAQ's statistics use (the initial range fit uses all of them).
@@ -224,10 +238,12 @@ class CalibrationSettings:
     dilation: bool = False
     temporal_cache: bool = False
     par_rounds: int = 2
-    par_decay: float = 0.5
+    par_decay: float = 0.25
+    par_rounding: bool = False
     recon_iters: int = 200
     recon_iters_wide: int | None = 50
-    recon_wide_below: int = 8
+    recon_wide_below: int = 9
+    recon_round_below: int = 8
     recon_batch: int = 32
     recon_samples: int = 32
     recon_epochs: float = 10.0
@@ -260,7 +276,7 @@ class CalibrationSettings:
             "strategy",
             f"unknown calibration strategy {shown(self.strategy)} (available: {', '.join(known_strategies())})",
         )
-        for name in (*SWITCHES, "report_ranking"):
+        for name in (*SWITCHES, "report_ranking", "par_rounding"):
             _check(isinstance(getattr(self, name), bool), name, "must be a boolean")
         for name, (low, high) in INT_BOUNDS.items():
             value = getattr(self, name)

@@ -88,7 +88,7 @@ def test_later_rounds_use_the_quantized_trajectories_with_fewer_steps(trajectori
     settings = dataclasses.replace(LIGHT, samples=2, recon_samples=2)
     sn = QuantSupernet.build(make_testbed(0).eval(), (2,), calib_settings=settings)
     sn.calibrate(trajectories)
-    assert [iters for iters, _ in seen] == [8, 4, 2]  # par_decay 0.5 per later round
+    assert [iters for iters, _ in seen] == [8, 2, 1]  # par_decay 0.25 per later round
     first, second, third = (d for _, d in seen)
     assert first is trajectories and second.source.get("resampled") and third.source.get("resampled")
     assert torch.equal(second.inputs[0], trajectories.inputs[0])  # same x_T: the same noise
