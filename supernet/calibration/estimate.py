@@ -200,12 +200,11 @@ def estimate_from_forward(
             steps = reconstruction_steps(s, bits)
             if s.grad_align:
                 steps = [n + GRAD_ALIGN_OUTER * math.ceil(n / s.grad_align_every) for n in steps]
-            step = [
-                COST_FACTORS["recon_step"]
-                * (1.0 if ReconOptions.from_settings(s, r, bits).round_weights else ACT_ONLY_STEP)
-                for r in range(len(steps))
-            ]
-            mine["reconstruction"] = sum(c * f * n * s.recon_batch + capture for c, n in zip(step, steps, strict=True))
+            learns = [ReconOptions.from_settings(s, r, bits).round_weights for r in range(len(steps))]
+            mine["reconstruction"] = sum(
+                COST_FACTORS["recon_step"] * (1.0 if lr else ACT_ONLY_STEP) * f * n * s.recon_batch + capture
+                for lr, n in zip(learns, steps, strict=True)
+            )
             later_rounds = (s.par_rounds - 1) if s.par else 0
             mine["par-trajectories"] = later_rounds * COST_FACTORS["par-trajectories"] * f * grid * s.samples
         mine = {k: v * s.restarts for k, v in mine.items()}

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import torch
 
-from supernet.calibration.adaround import GAMMA, ZETA, AdaRoundWeight
+from supernet.calibration.adaround import AdaRoundWeight
 from supernet.calibration.lsq import _TINY, TimestepActQuant
 
 
@@ -34,20 +34,15 @@ def log2_chain(x: torch.Tensor, s: torch.Tensor, zero_code: int) -> torch.Tensor
     return x + (fq - x).detach()
 
 
-def rectified_chain(v: torch.Tensor) -> torch.Tensor:
-    """AdaRound's ``h(V)``."""
-    return (torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
-
-
 def soft_chain(a: AdaRoundWeight) -> torch.Tensor:
-    """AdaRound's soft weight of ``a``."""
+    """AdaRound's soft weight of ``a`` (its ``h`` is the operator chain already)."""
     z = a.params.zero_point
-    return (torch.clamp(a.floor + rectified_chain(a.v) + z, a._lo, a._hi) - z) * a.params.scale
+    return (torch.clamp(a.floor + a.h() + z, a._lo, a._hi) - z) * a.params.scale
 
 
 def regulariser_chain(a: AdaRoundWeight, beta: float) -> torch.Tensor:
     """AdaRound's rounding regulariser of ``a``."""
-    return (1.0 - (2.0 * rectified_chain(a.v) - 1.0).abs().pow(beta)).sum()
+    return (1.0 - (2.0 * a.h() - 1.0).abs().pow(beta)).sum()
 
 
 @contextmanager

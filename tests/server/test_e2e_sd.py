@@ -17,19 +17,13 @@ import pytest
 from supernet.testing import write_feature_program
 from supernet.testing_sd import tiny_sd_pipeline
 from tests.server.test_e2e import tmpq_serve
+from tests.workers.test_driver import LATENT_SEARCH
 
 REPO = Path(__file__).resolve().parents[2]
 
 JOB = {
     "model": {"path": "tiny-sd", "prompts": ["a red square", "a blue circle"], "guidance_scale": 2.5},
-    "search": {
-        "bit_options": [4, 8],
-        "steps": 3,
-        "granularity": "block",
-        "population": 4,
-        "generations": 1,
-        "solver": "dpmsolver++",
-    },
+    "search": LATENT_SEARCH,
     "calibration": {"strategy": "range", "grid_steps": 3, "samples": 4, "report_ranking": False},
     "evaluation": {"samples": 4, "reference_steps": 8, "batch_size": 4},
 }

@@ -26,6 +26,16 @@ SPEC = {
     "calibration": TINY["calibration"],
     "evaluation": {"samples": 8, "rescore_samples": 0, "reference_steps": 10},
 }
+#: The search and calibration of the tiny latent (text-to-image, DiT) jobs below.
+LATENT_SEARCH = {
+    "bit_options": [4, 8],
+    "steps": 3,
+    "granularity": "block",
+    "population": 4,
+    "generations": 1,
+    "solver": "dpmsolver++",
+}
+LATENT_CALIBRATION = {"strategy": "range", "grid_steps": 3, "samples": 6, "report_ranking": False}
 
 
 class Sink:
@@ -120,15 +130,8 @@ def test_a_text_to_image_job_runs_on_any_local_sd_directory(tmp_path: Path) -> N
     spec = validate_job(
         {
             "model": "sd",
-            "search": {
-                "bit_options": [4, 8],
-                "steps": 3,
-                "granularity": "block",
-                "population": 4,
-                "generations": 1,
-                "solver": "dpmsolver++",
-            },
-            "calibration": {"strategy": "range", "grid_steps": 3, "samples": 6, "report_ranking": False},
+            "search": LATENT_SEARCH,
+            "calibration": LATENT_CALIBRATION,
             "evaluation": {
                 "samples": 6,
                 "reference_steps": 8,
@@ -163,15 +166,8 @@ def test_a_class_conditional_job_runs_on_any_local_dit_directory(tmp_path: Path)
     tiny_dit_pipeline(root / "dit")
     job_spec: dict[str, Any] = {
         "model": {"path": "dit", "classes": [2, "square"]},
-        "search": {
-            "bit_options": [4, 8],
-            "steps": 3,
-            "granularity": "kind",
-            "population": 4,
-            "generations": 1,
-            "solver": "dpmsolver++",
-        },
-        "calibration": {"strategy": "range", "grid_steps": 3, "samples": 6, "report_ranking": False},
+        "search": {**LATENT_SEARCH, "granularity": "kind"},
+        "calibration": LATENT_CALIBRATION,
         "evaluation": {"samples": 6, "reference_steps": 8, "batch_size": 6},
     }
     with pytest.raises(ConfigError, match="class-conditional") as err:
